@@ -1,0 +1,66 @@
+"""What each algorithm can do, and the order ``algo="auto"`` tries them in.
+
+``unsupported_reason`` is a property of the algorithm, identical for every backend: an
+algorithm that cannot compute a call says so instead of silently computing something else.
+``auto_algos`` is the heuristic order for ``algo="auto"``; the first applicable, registered
+and loadable candidate wins, and the reference kernel is always the last resort.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from ..params import ConvParams, PoolParams
+
+#: Backend preference for ``backend="auto"``: compiled code first (no JIT latency), then Numba.
+BACKEND_ORDER = ("cython", "numba", "numpy")
+
+#: Ops that some algorithms compute with another algorithm's kernel, and which one.
+#: Bias gradients are a plain reduction, the same whatever algorithm ran the convolution.
+DELEGATES = {
+    ("conv2d_grad_bias", "im2col"): "direct",
+    ("conv2d_grad_bias", "winograd_f23"): "direct",
+    ("conv2d_grad_bias", "winograd_f43"): "direct",
+}
+
+
+def delegate(op: str, algo: str) -> str:
+    """The algorithm whose kernel actually computes ``op`` when ``algo`` is asked for."""
+    return DELEGATES.get((op, algo), algo)
+
+
+def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
+    """``None`` if ``algo`` can compute ``op`` for ``params``, else the reason it cannot."""
+    if algo.startswith("winograd") and isinstance(params, ConvParams) and op != "conv2d_grad_bias":
+        problems = []
+        if (params.r, params.s) != (3, 3):
+            problems.append(f"a 3x3 kernel (got {params.r}x{params.s})")
+        if (params.stride_h, params.stride_w) != (1, 1):
+            problems.append(f"stride 1 (got {params.stride_h},{params.stride_w})")
+        if (params.dil_h, params.dil_w) != (1, 1):
+            problems.append(f"dilation 1 (got {params.dil_h},{params.dil_w})")
+        if problems:
+            return f"{algo} needs " + ", ".join(problems)
+    return None
+
+
+def auto_algos(op: str, params) -> List[Tuple[str, str]]:
+    """Algorithms to try for ``algo="auto"``, best first, each with the rule that put it there."""
+    if isinstance(params, PoolParams):
+        return [("direct", "pooling has one fast algorithm")]
+    if op == "conv2d_grad_bias":
+        return [("direct", "a bias gradient is a plain reduction")]
+    p: ConvParams = params
+    reduction = p.c_per_group * p.r * p.s
+    if p.is_depthwise or p.c_per_group == 1:
+        why = "one input channel per group: no reduction for a GEMM to amortise"
+        return [("direct", why), ("im2col", "fallback")]
+    if reduction < 32:
+        why = f"tiny reduction (c/groups*r*s = {reduction}): GEMM packing costs more than it saves"
+        return [("direct", why), ("im2col", "fallback")]
+    order = []
+    if op != "conv2d_grad_weight" and unsupported_reason(op, "winograd_f23", p) is None \
+            and p.c_per_group >= 16 and p.k_per_group >= 16:
+        why = "3x3 stride 1 with >= 16 channels per group: Winograd needs fewer multiplies"
+        order += [("winograd_f43", why), ("winograd_f23", why)]
+    order += [("im2col", f"reduction c/groups*r*s = {reduction} is GEMM-sized"), ("direct", "fallback")]
+    return order

@@ -1,0 +1,126 @@
+"""Kernel selection: explicit choice, automatic choice, and the explanation of either.
+
+The choice is made once per configuration ``(op, params, algo, backend)`` and cached; the
+cache empties itself when the registry changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from . import registry, rules
+
+
+class UnsupportedError(ValueError):
+    """The requested algorithm or backend cannot compute this call (says why)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The kernel that will run one op, and why it was picked."""
+
+    op: str
+    algo: str
+    backend: str
+    function: Callable
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.op}: {self.algo}/{self.backend} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One (algo, backend) considered for an op: ``status`` is 'ok' or why it was passed over."""
+
+    algo: str
+    backend: str
+    status: str
+    rule: str
+
+
+def check_algo(op: str, algo) -> None:
+    valid = ("auto",) + registry.algos_for(op)
+    if op in registry.CONV_OPS:
+        valid += tuple(registry.ALGO_ALIASES)
+    if not isinstance(algo, str) or algo not in valid:
+        raise ValueError(f"algo={algo!r}: expected one of {valid}")
+
+
+def check_backend(backend) -> None:
+    valid = ("auto",) + registry.BACKENDS
+    if not isinstance(backend, str) or backend not in valid:
+        raise ValueError(f"backend={backend!r}: expected one of {valid}")
+
+
+def _requested_algos(op: str, params, algo: str) -> List[Tuple[str, str]]:
+    if algo == "auto":
+        return rules.auto_algos(op, params) + [("reference", "last resort: the NumPy oracle")]
+    return [(a, f"algo={algo!r} requested") for a in registry.ALGO_ALIASES.get(algo, (algo,))]
+
+
+def candidates(op: str, params, algo: str = "auto", backend: str = "auto") -> List[Candidate]:
+    """Every registered (algo, backend) the selection considers, in order, with its status."""
+    check_algo(op, algo)
+    check_backend(backend)
+    backends = rules.BACKEND_ORDER if backend == "auto" else (backend,)
+    seen = set()
+    result = []
+    for wanted, rule in _requested_algos(op, params, algo):
+        actual = rules.delegate(op, wanted)
+        if actual != wanted:
+            rule = f"{rule}; {op} of {wanted} is computed by {actual}"
+        reason = rules.unsupported_reason(op, wanted, params)
+        for b in backends:
+            if (actual, b) in seen:
+                continue
+            seen.add((actual, b))
+            entry = registry.lookup(op, actual, b)
+            if entry is None:
+                continue
+            if reason is not None:
+                status = f"not applicable: {reason}"
+            else:
+                status = entry.unavailable_reason() or "ok"
+                if status != "ok":
+                    status = f"not available: {status}"
+            result.append(Candidate(actual, b, status, rule))
+    return result
+
+
+_cache: Dict[tuple, Choice] = {}
+registry.on_change(_cache.clear)
+
+
+def select(op: str, params, algo: str = "auto", backend: str = "auto") -> Choice:
+    """The kernel for ``op`` on ``params``; raises ``UnsupportedError`` if none can run it."""
+    key = (op, params, algo, backend)
+    choice = _cache.get(key)
+    if choice is not None:
+        return choice
+    considered = candidates(op, params, algo, backend)
+    for cand in considered:
+        if cand.status == "ok":
+            entry = registry.lookup(op, cand.algo, cand.backend)
+            choice = Choice(op, cand.algo, cand.backend, entry.function(), cand.rule)
+            _cache[key] = choice
+            return choice
+    details = "; ".join(f"{c.algo}/{c.backend}: {c.status}" for c in considered) \
+        or "no kernel of that algorithm and backend is registered"
+    raise UnsupportedError(
+        f"no kernel can compute {op} with algo={algo!r}, backend={backend!r} for {params.describe()} "
+        f"({details})")
+
+
+def describe(op: str, params, algo: str = "auto", backend: str = "auto") -> str:
+    """A readable account of the selection: every candidate, its status, and the winner."""
+    lines = [f"{op}: {params.describe()}  [algo={algo!r}, backend={backend!r}]"]
+    chosen = False
+    for cand in candidates(op, params, algo, backend):
+        mark = "  "
+        if cand.status == "ok" and not chosen:
+            mark, chosen = "->", True
+        lines.append(f"  {mark} {cand.algo + '/' + cand.backend:<20} {cand.status:<4}  ({cand.rule})")
+    if not chosen:
+        lines.append("  no registered kernel can run this call")
+    return "\n".join(lines)
