@@ -24,11 +24,8 @@ GRADIENT_NAMES = ("input", "weight", "bias")
 
 # ---------------------------------------------------------------- arrays
 
-def float_array(value, name: str, dtype: Optional[np.dtype] = None, ndim: Optional[int] = None) -> np.ndarray:
-    """``value`` as a C-contiguous float32/float64 ndarray (copied only when needed).
-
-    ``dtype=None`` keeps the array's own floating dtype; otherwise the array is converted.
-    """
+def float_view(value, name: str, ndim: Optional[int] = None) -> np.ndarray:
+    """``value`` as a float32/float64 ndarray, without copying; checks dtype and ndim."""
     if value is None:
         raise TypeError(f"{name} is None: expected a float32 or float64 array")
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
@@ -39,9 +36,19 @@ def float_array(value, name: str, dtype: Optional[np.dtype] = None, ndim: Option
     if ndim is not None and array.ndim != ndim:
         raise ValueError(f"{name} has {array.ndim} dimensions (shape {array.shape}): expected {ndim}"
                          + (" (N, C, H, W)" if ndim == 4 else ""))
-    # One copy at most: a dtype conversion, or making a Fortran-ordered or negative-stride
-    # view C-contiguous (kernels assume C order).
-    return np.asarray(array, dtype=dtype if dtype is not None else array.dtype, order="C")
+    return array
+
+
+def contiguous(array: np.ndarray, name: str, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """``array`` C-contiguous and of ``dtype`` (default: its own), copied only when needed.
+
+    The one copy covers a dtype conversion and Fortran-ordered, negative-stride or broadcast
+    views. Its size is checked first: a broadcast view can be far larger than its memory.
+    """
+    dtype = array.dtype if dtype is None else np.dtype(dtype)
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        check_allocation(array.shape, dtype.itemsize, f"a contiguous copy of {name}")
+    return np.asarray(array, dtype=dtype, order="C")
 
 
 def output_array(out, shape: Tuple[int, ...], dtype: np.dtype, name: str = "out",
@@ -170,35 +177,38 @@ def conv_params(x_shape, w_shape, stride, padding, dilation, groups, dtype) -> C
                       dtype=np.dtype(dtype).name)
 
 
-def bias_array(bias, k: int, dtype: np.dtype) -> Optional[np.ndarray]:
+def bias_view(bias, k: int) -> Optional[np.ndarray]:
     if bias is None:
         return None
-    bias = float_array(bias, "bias", dtype=dtype)
+    bias = float_view(bias, "bias")
     if bias.shape != (k,):
         raise ValueError(f"bias has shape {bias.shape}: expected ({k},), one value per output channel")
     return bias
 
 
 def conv_forward_args(x, weight, bias, stride, padding, dilation, groups):
-    """Checked ``(x, weight, bias, params)`` of ``conv2d``."""
-    x = float_array(x, "x", ndim=4)
-    weight = float_array(weight, "weight", dtype=x.dtype, ndim=4)
+    """Checked ``(x, weight, bias, params)`` of ``conv2d``; copies (if any) come after all checks."""
+    x = float_view(x, "x", ndim=4)
+    weight = float_view(weight, "weight", ndim=4)
     params = conv_params(x.shape, weight.shape, stride, padding, dilation, groups, x.dtype)
-    bias = bias_array(bias, params.k, x.dtype)
-    return x, weight, bias, params
+    bias = bias_view(bias, params.k)
+    return (contiguous(x, "x"), contiguous(weight, "weight", x.dtype),
+            None if bias is None else contiguous(bias, "bias", x.dtype), params)
 
 
 def conv_backward_args(grad_output, x, weight, stride, padding, dilation, groups, needs):
     """Checked ``(grad_output, x, weight, params, needs)`` of ``conv2d_backward``."""
-    x = float_array(x, "x", ndim=4)
-    weight = float_array(weight, "weight", dtype=x.dtype, ndim=4)
+    x = float_view(x, "x", ndim=4)
+    weight = float_view(weight, "weight", ndim=4)
     params = conv_params(x.shape, weight.shape, stride, padding, dilation, groups, x.dtype)
-    grad_output = gradient_array(grad_output, "grad_output", params.output_shape, x.dtype)
-    return grad_output, x, weight, params, needs_tuple(needs)
+    grad_output = gradient_view(grad_output, "grad_output", params.output_shape)
+    needs = needs_tuple(needs)
+    return (contiguous(grad_output, "grad_output", x.dtype), contiguous(x, "x"),
+            contiguous(weight, "weight", x.dtype), params, needs)
 
 
-def gradient_array(grad, name: str, expected_shape, dtype) -> np.ndarray:
-    grad = float_array(grad, name, dtype=dtype, ndim=len(expected_shape))
+def gradient_view(grad, name: str, expected_shape) -> np.ndarray:
+    grad = float_view(grad, name, ndim=len(expected_shape))
     if grad.shape != tuple(expected_shape):
         raise ValueError(f"{name} has shape {grad.shape}: expected {tuple(expected_shape)} "
                          "(the shape of the forward result)")
@@ -232,16 +242,18 @@ def pool_params(x_shape, kernel_size, stride, padding, count_include_pad, dtype)
 
 def pool_forward_args(x, kernel_size, stride, padding, count_include_pad=True):
     """Checked ``(x, params)`` of a pooling forward (and of max pooling's backward)."""
-    x = float_array(x, "x", ndim=4)
-    return x, pool_params(x.shape, kernel_size, stride, padding, count_include_pad, x.dtype)
+    x = float_view(x, "x", ndim=4)
+    p = pool_params(x.shape, kernel_size, stride, padding, count_include_pad, x.dtype)
+    return contiguous(x, "x"), p
 
 
 def avg_pool_backward_args(grad_output, x_shape, kernel_size, stride, padding, count_include_pad):
     """Checked ``(grad_output, params)`` of ``avg_pool2d_backward`` (dtype: grad_output's)."""
-    grad_output = float_array(grad_output, "grad_output", ndim=4)
+    grad_output = float_view(grad_output, "grad_output", ndim=4)
     p = pool_params(input_shape(x_shape), kernel_size, stride, padding, count_include_pad,
                     grad_output.dtype)
-    return gradient_array(grad_output, "grad_output", p.output_shape, grad_output.dtype), p
+    grad_output = gradient_view(grad_output, "grad_output", p.output_shape)
+    return contiguous(grad_output, "grad_output"), p
 
 
 def input_shape(x_shape, name: str = "x_shape") -> Tuple[int, int, int, int]:

@@ -82,9 +82,16 @@ def check_allocation(shape, itemsize: int, what: str) -> None:
     limit = max_allocation_bytes()
     if nbytes > limit:
         raise WorkspaceTooLargeError(
-            f"{what} of shape {tuple(int(d) for d in shape)} would need {nbytes / 2**30:.1f} GiB, "
-            f"more than the allocation limit of {limit / 2**30:.1f} GiB "
+            f"{what} of shape {tuple(int(d) for d in shape)} would need {_size(nbytes)}, "
+            f"more than the allocation limit of {_size(limit)} "
             "(fastconv.set_max_allocation_bytes or FASTCONV_MAX_ALLOC_MB raise it)")
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
 
 
 def _positive_bytes(nbytes, name: str) -> int:

@@ -48,7 +48,8 @@ def max_pool2d_backward(grad_output, x, kernel_size: IntOrPair, stride: Optional
         grad_input (N, C, H, W) in ``x``'s dtype.
     """
     x, p = checks.pool_forward_args(x, kernel_size, stride, padding)
-    grad_output = checks.gradient_array(grad_output, "grad_output", p.output_shape, x.dtype)
+    grad_output = checks.contiguous(checks.gradient_view(grad_output, "grad_output", p.output_shape),
+                                    "grad_output", x.dtype)
     kernel = select("max_pool2d_backward", p, algo, backend)
     if indices is None:
         indices = checks.output_array(None, p.output_shape, np.dtype(np.int64))
@@ -96,7 +97,7 @@ def avg_pool2d_backward(grad_output, x_shape, kernel_size: IntOrPair, stride: Op
 
 def global_avg_pool2d(x, *, algo: str = "auto", backend: str = "auto") -> np.ndarray:
     """Mean over each H x W plane: x (N, C, H, W) -> (N, C, 1, 1)."""
-    x = checks.float_array(x, "x", ndim=4)
+    x = checks.float_view(x, "x", ndim=4)
     return avg_pool2d(x, x.shape[2:], algo=algo, backend=backend)
 
 

@@ -99,6 +99,12 @@ def select(op: str, params, algo: str = "auto", backend: str = "auto") -> Choice
     if choice is not None:
         return choice
     considered = candidates(op, params, algo, backend)
+    if algo != "auto":
+        # What the algorithm cannot do is the answer, whether or not a kernel is registered.
+        reasons = [rules.unsupported_reason(op, a, params) for a, _ in _requested_algos(op, params, algo)]
+        if all(reasons):
+            raise UnsupportedError(f"algo={algo!r} cannot compute {op} for {params.describe()}: "
+                                   + "; ".join(sorted(set(reasons))))
     for cand in considered:
         if cand.status == "ok":
             entry = registry.lookup(op, cand.algo, cand.backend)
