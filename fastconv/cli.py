@@ -10,7 +10,7 @@ from typing import List, Optional
 SUBCOMMANDS = {
     "info": ("fastconv.cli", "versions, thread settings and the registered kernels"),
     "train": ("fastconv.train", "train the MNIST model (fastconv train --help)"),
-    "bench": ("fastconv.bench", "benchmark the kernels (fastconv bench --help)"),
+    "bench": ("fastconv.benchmarks.runner", "benchmark the kernels (fastconv bench --help)"),
 }
 
 

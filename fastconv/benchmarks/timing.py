@@ -1,0 +1,46 @@
+"""Timing that survives a noisy 2-core machine: interleaved candidates, medians of repeats."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict
+
+import numpy as np
+
+
+def interleaved_medians(candidates: Dict[str, Callable[[], object]], repeats: int = 7,
+                        warmup: int = 2, budget_s: float = 3.0) -> Dict[str, float]:
+    """Median seconds per call of each candidate, timed in turns so drift hits all alike.
+
+    Every candidate first runs ``warmup`` times (JIT compilation, caches, buffer reuse).
+    ``repeats`` is lowered (not below 3) when one round would blow ``budget_s``.
+    """
+    first = {}
+    for label, fn in candidates.items():
+        for i in range(max(warmup, 1)):
+            start = time.perf_counter()
+            fn()
+            first[label] = time.perf_counter() - start
+    round_s = sum(first.values())
+    if round_s > 0:
+        repeats = max(3, min(repeats, int(budget_s / round_s)))
+    samples = {label: [] for label in candidates}
+    labels = list(candidates)
+    for r in range(repeats):
+        # Rotate the order each round so no candidate always runs right after another.
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for label in order:
+            start = time.perf_counter()
+            candidates[label]()
+            samples[label].append(time.perf_counter() - start)
+    return {label: statistics.median(s) for label, s in samples.items()}
+
+
+def sgemm_gflops(n: int = 1024, dtype=np.float32, repeats: int = 7) -> float:
+    """The machine's GEMM rate at the current BLAS thread count: NumPy matmul of n x n matrices."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    c = np.empty((n, n), dtype)
+    seconds = interleaved_medians({"gemm": lambda: np.matmul(a, b, out=c)}, repeats=repeats, warmup=2)
+    return 2.0 * n ** 3 / seconds["gemm"] / 1e9
