@@ -5,12 +5,13 @@ Public calls (NCHW, float32/float64):
 * ``conv2d``, ``conv2d_backward``
 * ``max_pool2d``, ``max_pool2d_backward``, ``avg_pool2d``, ``avg_pool2d_backward``,
   ``global_avg_pool2d``, ``global_avg_pool2d_backward``
-* ``explain`` (which kernel a call would run and why), ``list_kernels``
+* ``explain`` (which kernel a call would run and why), ``list_kernels``, ``autotune``
 * ``set_num_threads``, ``get_num_threads`` (Numba, OpenMP and BLAS together)
 * ``set_workspace_limit``, ``set_max_allocation_bytes`` (memory limits)
 """
 from .conv import conv2d, conv2d_backward
 from .dispatch import UnsupportedError, list_kernels
+from .dispatch.autotune import enable as autotune
 from .explain import explain
 from .limits import WorkspaceTooLargeError, set_max_allocation_bytes, set_workspace_limit
 from .pooling import (avg_pool2d, avg_pool2d_backward, global_avg_pool2d, global_avg_pool2d_backward,
@@ -23,6 +24,6 @@ __all__ = [
     "conv2d", "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "global_avg_pool2d", "global_avg_pool2d_backward",
-    "explain", "list_kernels", "UnsupportedError", "WorkspaceTooLargeError",
+    "explain", "list_kernels", "autotune", "UnsupportedError", "WorkspaceTooLargeError",
     "set_num_threads", "get_num_threads", "set_workspace_limit", "set_max_allocation_bytes",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import registry, rules
+from . import autotune, registry, rules
 
 
 class UnsupportedError(ValueError):
@@ -94,7 +94,9 @@ registry.on_change(_cache.clear)
 
 def select(op: str, params, algo: str = "auto", backend: str = "auto") -> Choice:
     """The kernel for ``op`` on ``params``; raises ``UnsupportedError`` if none can run it."""
-    key = (op, params, algo, backend)
+    tuning = algo == "auto" and autotune.enabled()
+    nthreads = _threads() if tuning else None
+    key = (op, params, algo, backend, nthreads)
     choice = _cache.get(key)
     if choice is not None:
         return choice
@@ -105,28 +107,64 @@ def select(op: str, params, algo: str = "auto", backend: str = "auto") -> Choice
         if all(reasons):
             raise UnsupportedError(f"algo={algo!r} cannot compute {op} for {params.describe()}: "
                                    + "; ".join(sorted(set(reasons))))
-    for cand in considered:
-        if cand.status == "ok":
-            entry = registry.lookup(op, cand.algo, cand.backend)
-            choice = Choice(op, cand.algo, cand.backend, entry.function(), cand.rule)
-            _cache[key] = choice
-            return choice
-    details = "; ".join(f"{c.algo}/{c.backend}: {c.status}" for c in considered) \
-        or "no kernel of that algorithm and backend is registered"
-    raise UnsupportedError(
-        f"no kernel can compute {op} with algo={algo!r}, backend={backend!r} for {params.describe()} "
-        f"({details})")
+    usable = [c for c in considered if c.status == "ok"]
+    if not usable:
+        details = "; ".join(f"{c.algo}/{c.backend}: {c.status}" for c in considered) \
+            or "no kernel of that algorithm and backend is registered"
+        raise UnsupportedError(
+            f"no kernel can compute {op} with algo={algo!r}, backend={backend!r} for {params.describe()} "
+            f"({details})")
+    if tuning and len(usable) > 1:
+        choice = _autotuned(op, params, usable, nthreads)
+    else:
+        first = usable[0]
+        choice = Choice(op, first.algo, first.backend,
+                        registry.lookup(op, first.algo, first.backend).function(), first.rule)
+    _cache[key] = choice
+    return choice
+
+
+def _threads() -> int:
+    from .. import threads
+
+    return threads.get_num_threads()
+
+
+def _autotuned(op: str, params, usable: List[Candidate], nthreads: int) -> Choice:
+    """The fastest usable candidate, measured now or remembered from an earlier measurement."""
+    # The oracle is never the fastest; timing it would only slow the first call down.
+    fast = [c for c in usable if c.algo != "reference"] or usable
+    by_label = {f"{c.algo}/{c.backend}": c for c in fast}
+    tuned = autotune.lookup(op, params, nthreads)
+    if tuned is not None:
+        algo, backend, entry = tuned
+        if f"{algo}/{backend}" in by_label:
+            return Choice(op, algo, backend, registry.lookup(op, algo, backend).function(),
+                          f"autotuned earlier: {_timings_text(entry.get('ms', {}))}")
+    kernels = [(c.algo, c.backend, registry.lookup(op, c.algo, c.backend).function()) for c in fast]
+    timings = autotune.time_kernels(op, params, kernels)
+    best = min(timings, key=timings.get)
+    winner = by_label[best]
+    autotune.record(op, params, nthreads, winner.algo, winner.backend, timings)
+    return Choice(op, winner.algo, winner.backend, registry.lookup(op, winner.algo, winner.backend).function(),
+                  f"autotuned: {_timings_text(timings)}")
+
+
+def _timings_text(timings: Dict[str, float]) -> str:
+    return ", ".join(f"{label} {ms:.3g} ms" for label, ms in sorted(timings.items(), key=lambda kv: kv[1]))
 
 
 def describe(op: str, params, algo: str = "auto", backend: str = "auto") -> str:
     """A readable account of the selection: every candidate, its status, and the winner."""
     lines = [f"{op}: {params.describe()}  [algo={algo!r}, backend={backend!r}]"]
-    chosen = False
+    try:
+        choice = select(op, params, algo, backend)
+    except UnsupportedError as exc:
+        choice = None
+        failure = str(exc)
     for cand in candidates(op, params, algo, backend):
-        mark = "  "
-        if cand.status == "ok" and not chosen:
-            mark, chosen = "->", True
+        mark = "->" if choice and (cand.algo, cand.backend) == (choice.algo, choice.backend) else "  "
         lines.append(f"  {mark} {cand.algo + '/' + cand.backend:<20} {cand.status:<4}  ({cand.rule})")
-    if not chosen:
-        lines.append("  no registered kernel can run this call")
+    lines.append(f"  chosen: {choice.algo}/{choice.backend}: {choice.reason}" if choice
+                 else f"  no kernel can run this call: {failure}")
     return "\n".join(lines)
