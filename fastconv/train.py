@@ -176,10 +176,11 @@ def torch_model(model: nn.Sequential):
 class TorchRun:
     """The PyTorch twin of the fastconv run: same model, optimiser and learning rates."""
 
-    def __init__(self, model: nn.Sequential, lr: float, threads: int):
+    def __init__(self, model: nn.Sequential, lr: float, threads: int, seed: int = 0):
         import torch
 
         torch.set_num_threads(threads)
+        torch.manual_seed(seed)  # its dropout masks
         self.torch = torch
         self.model = torch_model(model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
@@ -288,7 +289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     twin = None
     if args.compare == "torch":
         try:
-            twin = TorchRun(model, optimizer.lr, threads)
+            twin = TorchRun(model, optimizer.lr, threads, args.seed)
         except ImportError as exc:
             print(f"--compare torch: PyTorch is not installed ({exc}); training fastconv only")
 

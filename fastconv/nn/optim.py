@@ -98,6 +98,7 @@ class Adam(Optimizer):
         self.t = 0
         self.exp_avg = [np.zeros_like(p.data) for p in self.params]
         self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+        self._scratch = [np.empty_like(p.data) for p in self.params]
 
     def step(self) -> None:
         self.t += 1
@@ -105,20 +106,28 @@ class Adam(Optimizer):
         bias_correction1 = 1.0 - b1 ** self.t
         bias_correction2_sqrt = math.sqrt(1.0 - b2 ** self.t)
         step_size = self.lr / bias_correction1
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+        # In place with one scratch array per parameter; the operations and their order are
+        # torch's: lerp, then addcmul (value * g * g), then addcdiv with -step_size.
+        for p, m, v, tmp in zip(self.params, self.exp_avg, self.exp_avg_sq, self._scratch):
             g = p.grad
             if self.weight_decay:
                 if self.decoupled:
                     p.data *= 1.0 - self.lr * self.weight_decay
                 else:
                     g = g + self.weight_decay * p.data
-            m += (1.0 - b1) * (g - m)
+            np.subtract(g, m, out=tmp)
+            tmp *= 1.0 - b1
+            m += tmp
             v *= b2
-            v += (1.0 - b2) * (g * g)
-            denom = np.sqrt(v)
-            denom /= bias_correction2_sqrt
-            denom += self.eps
-            p.data -= step_size * (m / denom)
+            np.multiply(g, 1.0 - b2, out=tmp)
+            tmp *= g
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp /= bias_correction2_sqrt
+            tmp += self.eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p.data -= tmp
 
 
 class AdamW(Adam):
