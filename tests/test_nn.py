@@ -111,18 +111,15 @@ def test_max_pool_gradients(kwargs):
     check_layer(nn.MaxPool2d(**kwargs), x.astype(F64))
 
 
-def test_max_pool_relu_folding_gradients():
-    """relu=True (a ReLU after the pool) and relu_mask=True (a ReLU before it) are ReLU+pool."""
+def test_max_pool_with_fused_relu():
+    """pool(relu=True) is relu(maxpool(x)) == maxpool(relu(x)), forward and backward."""
     x = away_from_zero((2, 2, 6, 6), seed=8)
-    check_layer(nn.MaxPool2d(2), x, forward_kw=dict(relu=True))
-    pool = nn.MaxPool2d(2)
-    relu_x = np.maximum(x, 0)
-    y = pool.forward(relu_x)
+    check_layer(nn.MaxPool2d(3, stride=2, padding=1), x, forward_kw=dict(relu=True))
+    fused, plain = nn.MaxPool2d(2), nn.MaxPool2d(2)
+    y = fused.forward(x, relu=True)
+    np.testing.assert_array_equal(y, plain.forward(np.maximum(x, 0)))
     g = np.random.default_rng(9).standard_normal(y.shape)
-    folded = pool.backward(g.copy(), relu_mask=True)
-    pool.forward(relu_x)
-    plain = pool.backward(g.copy()) * (x > 0)
-    np.testing.assert_array_equal(folded, plain)
+    np.testing.assert_array_equal(fused.backward(g.copy()), plain.backward(g.copy()) * (x > 0))
 
 
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
@@ -258,6 +255,8 @@ FUSION_LAYOUTS = {
                              nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.Linear(12, 3)],
     "relu-alone-maxpool": lambda: [nn.Conv2d(2, 4, 3, padding=1), nn.AvgPool2d(2), nn.ReLU(),
                                    nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3), nn.ReLU()],
+    "conv-relu-conv": lambda: [nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3, stride=2), nn.ReLU(),
+                               nn.GlobalAvgPool2d(), nn.Flatten(), nn.Linear(5, 3)],
 }
 
 
@@ -283,16 +282,18 @@ def test_fused_equals_unfused(layout):
 
 
 def test_fusion_plan():
+    def summary(layout):
+        return [(type(s.layer).__name__, s.relu) for s in nn_model.plan(FUSION_LAYOUTS[layout]())]
+
+    # ReLU + max pool: the pool applies the ReLU to its small output; Linear + ReLU: in place
+    assert summary("conv-relu-maxpool") == [
+        ("Conv2d", False), ("MaxPool2d", True), ("Conv2d", False), ("MaxPool2d", True),
+        ("Flatten", False), ("Linear", True), ("Linear", False)]
+    assert summary("maxpool-relu")[:3] == [("Conv2d", False), ("MaxPool2d", True), ("Conv2d", False)]
+    assert summary("relu-alone-maxpool")[1:3] == [("AvgPool2d", False), ("MaxPool2d", True)]
+    assert summary("conv-relu-conv")[:2] == [("Conv2d", True), ("Conv2d", True)]
     layers = FUSION_LAYOUTS["conv-relu-maxpool"]()
-    steps = nn_model.plan(layers)
-    assert [type(s.layer).__name__ for s in steps] == [
-        "Conv2d", "MaxPool2d", "Conv2d", "MaxPool2d", "Flatten", "Linear", "Linear"]
-    conv, pool = steps[0], steps[1]
-    assert conv.relu and not conv.mask_relu and pool.pool_mask  # mask applied by the pool
-    assert steps[5].relu and steps[5].mask_relu  # Linear + ReLU: mask in its own backward
-    assert len(nn_model.plan(layers, fuse=False)) == len(layers)
-    steps = nn_model.plan(FUSION_LAYOUTS["maxpool-relu"]())
-    assert steps[1].relu and isinstance(steps[1].layer, nn.MaxPool2d)
+    assert [s.layer for s in nn_model.plan(layers, fuse=False)] == layers
 
 
 def test_training_reduces_loss():

@@ -1,9 +1,9 @@
 """Layers with parameters (Conv2d, Linear) and the element-wise/shape layers (ReLU, Flatten, Dropout).
 
 Conv2d and Linear can apply a ReLU to their own output in place (``forward(x, relu=True)``):
-the output array is the ReLU's output, and ``y > 0`` is the ReLU's mask, so the fused layer
-needs no extra array and saves a full pass over the activation in each direction.
-``Sequential`` turns this on when a ReLU follows the layer (see ``fastconv.nn.model``).
+the output array is the ReLU's output and ``y > 0`` is the ReLU's mask, so the fused layer
+makes no separate ReLU output or mask array. ``Sequential`` turns this on when a ReLU
+follows the layer (see ``fastconv.nn.model``).
 
 Convolutions call only the public ops (``fastconv.conv2d`` / ``conv2d_backward``), so they
 use whatever kernels the registry selects; ``algo``/``backend`` are passed through.
@@ -110,16 +110,16 @@ class Conv2d(Module):
         self._x, self._y = x, (y if relu else None)
         return y
 
-    def backward(self, grad: np.ndarray, *, need_input_grad: bool = True, mask_relu: bool = True,
+    def backward(self, grad: np.ndarray, *, need_input_grad: bool = True,
                  overwrite: bool = False) -> Optional[np.ndarray]:
         """Gradient w.r.t. the input (``None`` if not ``need_input_grad``); adds weight/bias grads.
 
-        ``mask_relu=False`` skips the fused ReLU's mask because the caller already applied it
-        (a following max pool did); ``overwrite=True`` lets the mask be applied in ``grad``.
+        After ``forward(relu=True)`` the ReLU's mask ``output > 0`` is applied first, in place
+        in ``grad`` if ``overwrite=True``.
         """
         if self._x is None:
             raise missing_forward(self)
-        if self._y is not None and mask_relu:
+        if self._y is not None:
             grad = _apply_relu_mask(grad, self._y, overwrite)
         needs = (("input",) if need_input_grad else ()) + ("weight",) + \
             (("bias",) if self.bias is not None else ())
@@ -177,12 +177,12 @@ class Linear(Module):
         self._x, self._y = x, (y if relu else None)
         return y
 
-    def backward(self, grad: np.ndarray, *, need_input_grad: bool = True, mask_relu: bool = True,
+    def backward(self, grad: np.ndarray, *, need_input_grad: bool = True,
                  overwrite: bool = False) -> Optional[np.ndarray]:
         if self._x is None:
             raise missing_forward(self)
         grad = np.asarray(grad, dtype=self.dtype)
-        if self._y is not None and mask_relu:
+        if self._y is not None:
             grad = _apply_relu_mask(grad, self._y, overwrite)
         self.weight.accumulate(grad.T @ self._x)
         if self.bias is not None:
@@ -202,10 +202,9 @@ class ReLU(Module):
     def __init__(self):
         self._mask: Optional[np.ndarray] = None
 
-    def forward(self, x: np.ndarray, *, keep_mask: bool = True) -> np.ndarray:
-        """``keep_mask=False`` when the caller will not call backward (a max pool applies it)."""
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
-        self._mask = (x > 0) if keep_mask else None
+        self._mask = x > 0
         return np.maximum(x, 0)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:

@@ -1,18 +1,18 @@
 """``Sequential``: a chain of layers, with explicit fusion of ReLUs into their neighbours.
 
-Fusion (``fuse=True``, the default) rewrites the chain into steps before each forward; the
-numbers do not change (``tests/test_nn.py`` checks fused == unfused exactly), only the
-number of passes over the activations:
+Fusion (``fuse=True``, the default) rewrites the chain into steps before each forward. It
+changes the number of passes over the activations, never the numbers: ``tests/test_nn.py``
+checks that fused and unfused runs give bit-identical outputs and gradients.
 
-* ``Conv2d`` or ``Linear`` followed by ``ReLU``: the layer applies the ReLU in place on its
-  own fresh output, and its backward masks with ``output > 0``. Saves the ReLU's output and
-  mask arrays (a read and two writes of the activation) in forward.
-* ``ReLU`` (fused or not) followed by ``MaxPool2d``: max pooling commutes with ReLU, so the
-  ReLU's gradient mask equals ``pooled_output > 0`` at each window's argmax. The pool masks
-  the small pooled gradient before scattering and the ReLU's own backward mask (a pass over
-  the 4x larger activation) is skipped.
-* ``MaxPool2d`` followed by ``ReLU``: the pool applies the ReLU in place on its small output
-  and masks in its backward.
+* ``ReLU`` followed by ``MaxPool2d``: ReLU commutes with max pooling (``max(relu(x)) ==
+  relu(max(x))``, NaN included, padding is never chosen), so the pool runs first and
+  applies the ReLU in place on its 4x smaller output; its backward masks the small pooled
+  gradient with ``output > 0`` before scattering it to the argmax positions (where the
+  ReLU's own mask would have been the same). The full-size ReLU pass disappears in both
+  directions. The same holds for ``MaxPool2d`` followed by ``ReLU``.
+* ``Conv2d`` or ``Linear`` followed by ``ReLU`` (and no max pool after it): the layer applies
+  the ReLU in place on its own fresh output, and its backward masks with ``output > 0``, so
+  no separate ReLU output or mask array is made.
 
 Backward stops at the first layer with parameters and does not compute that layer's input
 gradient (nobody needs it) unless ``backward(grad, need_input_grad=True)``.
@@ -30,40 +30,26 @@ from .pooling import MaxPool2d
 
 
 class _Step:
-    """One executed step: a layer plus the fusion decisions that apply to it."""
+    """One executed step: a layer, and whether it also applies a ReLU (fused)."""
 
-    __slots__ = ("layer", "relu", "mask_relu", "pool_mask", "absorbed")
+    __slots__ = ("layer", "relu", "absorbed")
 
     def __init__(self, layer: Module, relu: bool = False, absorbed: Optional[Module] = None):
         self.layer = layer
-        self.relu = relu            # the layer applies a following ReLU in its forward
-        self.mask_relu = True       # ... and its backward applies that ReLU's mask
-        self.pool_mask = False      # MaxPool2d: mask grad by (output > 0) for a preceding ReLU
+        self.relu = relu            # the layer applies the absorbed ReLU to its output
         self.absorbed = absorbed    # the ReLU layer this step took over, if any
 
-    @property
-    def ends_in_relu(self) -> bool:
-        return self.relu or isinstance(self.layer, ReLU)
-
     def forward(self, x):
-        layer = self.layer
-        if self.relu:
-            return layer.forward(x, relu=True)
-        if isinstance(layer, ReLU) and not self.mask_relu:
-            return layer.forward(x, keep_mask=False)
-        return layer.forward(x)
+        return self.layer.forward(x, relu=True) if self.relu else self.layer.forward(x)
 
     def backward(self, grad, need_input_grad: bool, overwrite: bool):
         layer = self.layer
         if isinstance(layer, Sequential):
             return layer.backward(grad, need_input_grad=need_input_grad)
         if isinstance(layer, (Conv2d, Linear)):
-            return layer.backward(grad, need_input_grad=need_input_grad,
-                                  mask_relu=self.mask_relu, overwrite=overwrite)
+            return layer.backward(grad, need_input_grad=need_input_grad, overwrite=overwrite)
         if isinstance(layer, MaxPool2d):
-            return layer.backward(grad, relu_mask=self.pool_mask, overwrite=overwrite)
-        if isinstance(layer, ReLU) and not self.mask_relu:
-            return grad  # the following max pool applied this ReLU's mask
+            return layer.backward(grad, overwrite=overwrite)
         return layer.backward(grad)
 
 
@@ -74,17 +60,17 @@ def plan(layers: List[Module], fuse: bool = True) -> List[_Step]:
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if fuse and isinstance(nxt, ReLU) and isinstance(layer, (Conv2d, Linear, MaxPool2d)):
+        after = layers[i + 2] if i + 2 < len(layers) else None
+        if fuse and isinstance(layer, ReLU) and isinstance(nxt, MaxPool2d):
+            steps.append(_Step(nxt, relu=True, absorbed=layer))  # pool first, ReLU on its output
+            i += 2
+        elif (fuse and isinstance(nxt, ReLU) and isinstance(layer, (Conv2d, Linear, MaxPool2d))
+              and not isinstance(after, MaxPool2d)):  # (that ReLU goes into the pool instead)
             steps.append(_Step(layer, relu=True, absorbed=nxt))
             i += 2
         else:
             steps.append(_Step(layer))
             i += 1
-    if fuse:
-        for before, pool in zip(steps, steps[1:]):
-            if isinstance(pool.layer, MaxPool2d) and not pool.relu and before.ends_in_relu:
-                pool.pool_mask = True
-                before.mask_relu = False
     return steps
 
 

@@ -2,9 +2,10 @@
 
 MaxPool2d keeps the argmax indices of its forward (training mode) and hands them to
 ``max_pool2d_backward``, which then only scatters. It can also take over a neighbouring
-ReLU: ReLU commutes with max pooling, so ``relu(maxpool(x)) == maxpool(relu(x))`` and both
-ReLU gradients are ``grad_y * (y > 0)`` on the *pooled* output. Masking the small pooled
-gradient before the scatter replaces a mask over the 4x larger input (see ``Sequential``).
+ReLU (``forward(x, relu=True)``): ReLU commutes with max pooling, so
+``relu(maxpool(x)) == maxpool(relu(x))``, and in both orders the ReLU's gradient mask at
+each window's argmax is ``y > 0`` on the *pooled* output. Applying the ReLU and its mask on
+the small pooled arrays replaces two passes over the 4x larger input (see ``Sequential``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 
 import fastconv
 
-from .layers import _json_pair, _pair
+from .layers import _apply_relu_mask, _json_pair, _pair
 from .module import Module, missing_forward
 
 
@@ -36,7 +37,8 @@ class MaxPool2d(Module):
                     algo=self.algo, backend=self.backend)
 
     def forward(self, x: np.ndarray, *, relu: bool = False) -> np.ndarray:
-        """Pooled ``x``; ``relu=True`` applies a following ReLU in place on the (small) result."""
+        """Pooled ``x``; ``relu=True`` also applies a ReLU (that preceded or follows the pool)
+        in place on the small result."""
         if self.training:
             y, indices = fastconv.max_pool2d(x, return_indices=True, **self._args())
         else:  # backward after an eval forward recomputes the argmax
@@ -46,21 +48,15 @@ class MaxPool2d(Module):
         self._x, self._y, self._indices, self._relu = x, y, indices, relu
         return y
 
-    def backward(self, grad: np.ndarray, *, relu_mask: bool = False, overwrite: bool = False) -> np.ndarray:
-        """Scatter ``grad`` to the window maxima.
+    def backward(self, grad: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+        """Scatter ``grad`` to the window maxima (after the fused ReLU's mask ``y > 0``, if any).
 
-        ``relu_mask=True``: the input came out of a ReLU whose backward the caller skips; the
-        ReLU's mask is applied here as ``grad * (y > 0)`` on the pooled output (always done
-        when the forward applied a following ReLU).
+        ``overwrite=True`` lets the mask be applied in place in ``grad``.
         """
         if self._x is None:
             raise missing_forward(self)
-        if relu_mask or self._relu:
-            mask = self._y > 0
-            if overwrite and grad.flags.writeable and grad.dtype == self._y.dtype:
-                grad = np.multiply(grad, mask, out=grad)
-            else:
-                grad = np.multiply(grad, mask, dtype=self._y.dtype)
+        if self._relu:
+            grad = _apply_relu_mask(grad, self._y, overwrite)
         gx = fastconv.max_pool2d_backward(grad, self._x, indices=self._indices, **self._args())
         self._x = self._y = self._indices = None
         return gx
