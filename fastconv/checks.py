@@ -97,7 +97,7 @@ def int_pair(value, name: str, minimum: int) -> Tuple[int, int]:
     return pair
 
 
-def _positive_int(value, name: str) -> int:
+def positive_int(value, name: str) -> int:
     if not _is_int(value):
         raise TypeError(f"{name}={value!r}: expected a positive int")
     if value <= 0:
@@ -145,7 +145,7 @@ def conv_params(x_shape, w_shape, stride, padding, dilation, groups, dtype) -> C
     """Check a convolution's geometry and return its ``ConvParams``."""
     n, c, h, w = x_shape
     k, cg, r, s = w_shape
-    groups = _positive_int(groups, "groups")
+    groups = positive_int(groups, "groups")
     if c == 0:
         raise ValueError(f"x has shape {tuple(x_shape)}: expected at least one channel")
     if h == 0 or w == 0:

@@ -15,25 +15,11 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 import fastconv
+from fastconv.checks import int_pair, positive_int
 
 from . import init
 from .module import Module, missing_forward
 from .parameter import Parameter
-
-
-def _pair(value, name: str) -> Tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-        return (int(value[0]), int(value[1]))
-    raise TypeError(f"{name}={value!r}: expected an int or a pair of ints")
-
-
-def _positive(value, name: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name}={value!r}: expected a positive int")
-    return int(value)
 
 
 def _json_pair(pair):
@@ -68,18 +54,16 @@ class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, *, algo: str = "auto",
                  backend: str = "auto", dtype=np.float32, rng: init.RngLike = None):
-        self.in_channels = _positive(in_channels, "in_channels")
-        self.out_channels = _positive(out_channels, "out_channels")
-        self.groups = _positive(groups, "groups")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.groups = positive_int(groups, "groups")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} "
                              f"and out_channels={out_channels}")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        if min(self.kernel_size) <= 0:
-            raise ValueError(f"kernel_size={kernel_size!r}: expected positive sizes")
-        self.stride = _pair(stride, "stride")
-        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = int_pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = int_pair(stride, "stride", minimum=1)
+        self.padding = padding if isinstance(padding, str) else int_pair(padding, "padding", minimum=0)
+        self.dilation = int_pair(dilation, "dilation", minimum=1)
         self.algo, self.backend = algo, backend
         self.dtype = init.float_dtype(dtype)
         rng = init.get_rng(rng)
@@ -148,8 +132,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  dtype=np.float32, rng: init.RngLike = None):
-        self.in_features = _positive(in_features, "in_features")
-        self.out_features = _positive(out_features, "out_features")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
         self.dtype = init.float_dtype(dtype)
         rng = init.get_rng(rng)
         self.weight = Parameter(init.kaiming_uniform((out_features, in_features), in_features,

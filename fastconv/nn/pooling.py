@@ -15,7 +15,9 @@ import numpy as np
 
 import fastconv
 
-from .layers import _apply_relu_mask, _json_pair, _pair
+from fastconv.checks import int_pair
+
+from .layers import _apply_relu_mask, _json_pair
 from .module import Module, missing_forward
 
 
@@ -23,9 +25,9 @@ class MaxPool2d(Module):
     """Max pooling as ``torch.nn.MaxPool2d`` (``stride`` defaults to ``kernel_size``)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, *, algo: str = "auto", backend: str = "auto"):
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
+        self.kernel_size = int_pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else int_pair(stride, "stride", minimum=1)
+        self.padding = int_pair(padding, "padding", minimum=0)
         self.algo, self.backend = algo, backend
         self._x: Optional[np.ndarray] = None
         self._y: Optional[np.ndarray] = None
@@ -71,9 +73,9 @@ class AvgPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad: bool = True, *,
                  algo: str = "auto", backend: str = "auto"):
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
+        self.kernel_size = int_pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = self.kernel_size if stride is None else int_pair(stride, "stride", minimum=1)
+        self.padding = int_pair(padding, "padding", minimum=0)
         self.count_include_pad = bool(count_include_pad)
         self.algo, self.backend = algo, backend
         self._x_shape: Optional[tuple] = None
