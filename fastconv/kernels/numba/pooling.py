@@ -333,6 +333,11 @@ def _max_backward_planes(gy, idx, gx, q0, q1):
 def avg_pool2d_forward(x, y, p):
     """y (n, c, out_h, out_w) = window means of x (n, c, h, w) (float32 or float64)."""
     use_configured_threads()
+    if (p.kernel_h, p.kernel_w, p.pad_h, p.pad_w) == (p.h, p.w, 0, 0):
+        # Global average pooling: one flat sum per plane.
+        flat = x.reshape(-1, p.h * p.w)
+        _global_avg_forward(flat, y.reshape(-1), _plane_chunks(flat.shape[0]))
+        return
     xs = _planes(x, p.h, p.w)
     _avg_forward(xs, _planes(y, p.out_h, p.out_w), _plane_chunks(xs.shape[0]), p.kernel_h, p.kernel_w,
                  p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad)
@@ -376,9 +381,61 @@ def _avg_forward_planes(x, y, q0, q1, kh, kw, sh, sw, ph, pw, include_pad):
                 yr[ow] = total / div
 
 
+_LANES = 256  # partial sums for large planes: long element-wise adds vectorise
+_FLUSH = 16  # blocks a lane sums in the input dtype before going into the float64 total
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _global_avg_forward(x, y, chunk):
+    planes = x.shape[0]
+    for t in prange((planes + chunk - 1) // chunk):
+        _global_avg_planes(x, y, t * chunk, min(planes, (t + 1) * chunk))
+
+
+@njit(**JIT_OPTIONS)
+def _global_avg_planes(x, y, q0, q1):
+    """y[q] = mean of plane q.
+
+    Large planes: lane-wise partial sums in the input dtype over blocks of _LANES elements
+    (vectorised adds, no conversions), each lane summing at most _FLUSH blocks before it is
+    added into a float64 total. Small planes: four interleaved float64 scalar sums.
+    """
+    m = x.shape[1]
+    lanes = np.empty(_LANES, dtype=x.dtype)
+    for q in range(q0, q1):
+        total = 0.0
+        if m >= 2 * _LANES:
+            for b0 in range(0, m, _LANES * _FLUSH):
+                lanes[:] = 0
+                for b in range(b0, min(m, b0 + _LANES * _FLUSH), _LANES):
+                    seg = x[q, b:b + _LANES]
+                    for j in range(seg.size):
+                        lanes[j] += seg[j]
+                for j in range(_LANES):
+                    total += lanes[j]
+        else:
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for i in range(0, m - 3, 4):
+                s0 += x[q, i]
+                s1 += x[q, i + 1]
+                s2 += x[q, i + 2]
+                s3 += x[q, i + 3]
+            for i in range(m - m % 4, m):
+                s0 += x[q, i]
+            total = (s0 + s1) + (s2 + s3)
+        y[q] = total / m
+
+
 def avg_pool2d_backward(grad_output, grad_input, p):
     """grad_input (n, c, h, w): each grad_output (n, c, out_h, out_w) value spread over its window."""
     use_configured_threads()
+    if (p.kernel_h, p.kernel_w, p.pad_h, p.pad_w) == (p.h, p.w, 0, 0):
+        flat = grad_input.reshape(-1, p.h * p.w)
+        _global_avg_backward(grad_output.reshape(-1), flat, _plane_chunks(flat.shape[0]))
+        return
     gys = _planes(grad_output, p.out_h, p.out_w)
     _avg_backward(gys, _planes(grad_input, p.h, p.w), _plane_chunks(gys.shape[0]), p.kernel_h,
                   p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad)
@@ -422,3 +479,21 @@ def _avg_backward_planes(gy, gx, q0, q1, kh, kw, sh, sw, ph, pw, include_pad):
                 row = plane[i]
                 for j in range(w):
                     row[j] += share[j]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _global_avg_backward(gy, gx, chunk):
+    planes = gx.shape[0]
+    for t in prange((planes + chunk - 1) // chunk):
+        _global_avg_backward_planes(gy, gx, t * chunk, min(planes, (t + 1) * chunk))
+
+
+@njit(**JIT_OPTIONS)
+def _global_avg_backward_planes(gy, gx, q0, q1):
+    """Every element of plane q gets grad_output[q] / plane size."""
+    m = gx.shape[1]
+    for q in range(q0, q1):
+        v = gy[q] / m
+        row = gx[q]
+        for i in range(m):
+            row[i] = v
