@@ -327,12 +327,26 @@ def _s1_forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, pt, pl, dh, 
                         for i in range(length):
                             tgt[i] += b
                 else:
-                    plane = y[n, k]
-                    for i in range(oh1 - oh0):
-                        src = tgt[i * w:i * w + out_w]
-                        dst = plane[oh0 + i]
-                        for jj in range(out_w):
-                            dst[jj] = src[jj] + b
+                    _copy_out(tgt, y[n, k].reshape(out_h * out_w), oh0, oh1 - oh0, w, out_w, b)
+
+
+@njit(**JIT_OPTIONS)
+def _copy_out(acc, yf, oh0, rows, w, out_w, b):
+    """yf[(oh0 + i)*out_w + j] = acc[i*w + j] + b: the accumulator's rows are w wide.
+
+    Unsigned indices: Numba checks signed ones for wraparound, which costs vectorisation
+    (and views per row cost reference counting), and these rows are short.
+    """
+    uw = np.uint64(w)
+    uo = np.uint64(out_w)
+    base = np.uint64(oh0) * uo
+    for i in range(rows):
+        ui = np.uint64(i)
+        a0 = ui * uw
+        o0 = base + ui * uo
+        for j in range(out_w):
+            uj = np.uint64(j)
+            yf[o0 + uj] = acc[a0 + uj] + b
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -439,6 +453,8 @@ def _s1_borders(tgt, x, n, c0, wk, oh0, oh1, h, w, out_w, pt, pl, dh, dw):
     cg, kr, ks = wk.shape
     ow_a = min(max(0, pl), out_w)
     ow_b = max(ow_a, min(out_w, w + pl - (ks - 1) * dw))
+    if ow_a == 0 and ow_b == out_w:
+        return
     for ow in range(out_w):
         if ow_a <= ow < ow_b:
             continue
