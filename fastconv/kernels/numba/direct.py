@@ -1,34 +1,46 @@
 """Direct convolution kernels in Numba: forward, grad_input, grad_weight, grad_bias.
 
-Layout trick used throughout ("wide rows"): a band of input rows is copied, with its zero
-padding, into a flat buffer whose rows are ``wp`` elements wide, where ``wp`` is exactly the
-padded width the output row needs. An accumulator laid out with the same row width then
-receives every output row of the band in ONE contiguous pass per kernel tap:
+Everything rests on one layout idea ("wide rows"): an accumulator whose rows are as wide as
+the rows of the data it reads lines up with that data, so ALL output rows of a band are
+computed by one long contiguous pass per group of kernel taps,
 
-    acc[t] += w[r, s] * band[t + r * dil_h * wp + s * dil_w]     for t in 0 .. (bh-1)*wp + out_w
+    acc[t] += sum_s w[r, s] * src[t + r * dil_h * row_width + s * dil_w]
 
-The ``wp - out_w`` columns at the end of each accumulator row are garbage and are never
-copied out (or summed, for the weight gradient). So the innermost loop is a long unit-stride
-loop with no bounds checks and no border special cases, which LLVM vectorises; padding costs
-one copy of the input band, reused by every output channel and every tap. Short output rows
-(26 pixels for MNIST) would vectorise badly on their own; the band pass is hundreds long.
+The columns past ``out_w`` in each accumulator row are garbage and are never stored (or
+summed, for the weight gradient). The innermost loop is then a long unit-stride loop without
+bounds checks, which LLVM vectorises; output rows alone (26 pixels for MNIST) would be too
+short for that. Two ways to get ``src``:
 
-Register blocking: taps are applied three at a time (one accumulator load/store per three
-multiply-adds); a band of output rows is sized so that accumulators and the input band stay
-in L1/L2, and one input band is reused for a block of output channels.
+* stride-1 path (``_s1_*``), no copies: ``src`` is the input plane itself (row width w).
+  A kernel row's pass covers the output rows whose input row exists. The pass wraps around
+  row ends only in border columns (where a tap falls into left/right padding); those are
+  recomputed exactly afterwards, column by column. When ``out_w == w`` ("same") the
+  accumulator IS the output plane. Used when there are no border columns or when a group
+  has a single output channel (depthwise), i.e. when a padded copy could not be shared.
+* band path (``_forward_tasks``): a band of input rows is copied with its zero padding into
+  a buffer exactly as wide as the output rows need; any stride and dilation. The copy is
+  shared by a block of output channels (LeNet's 1->6 5x5 "same", grouped convolutions).
 
-* forward: parallel over (image, group, block of output channels); every output element is
-  computed by one task in a fixed order, so results do not depend on the thread count.
+Register blocking: taps are applied three at a time, and 3x3 kernels in one nine-tap pass
+(nine loads and one store per output, the sum in registers); bands are sized so that
+accumulators and input rows stay in L1; one input band serves a block of output channels.
+
+* forward: parallel over (image, group, block of output channels), tasks run in chunks.
 * grad_input, stride 1: a forward convolution of grad_output with the flipped, transposed
-  weights (padding ``dil * (r - 1) - pad``, possibly negative = cropping). General stride:
-  scatter each grad_output row into a padded grad_input plane owned by one (image, channel)
-  task (no races).
+  weights (padding ``dil * (r - 1) - pad``, possibly negative = cropping). Other strides:
+  each (image, input channel) task scatters grad_output rows into its own padded plane.
 * grad_weight: one task per filter entry (k, c): per-tap accumulator rows summed over the
-  batch, then only their valid columns are added up (float64). Deterministic.
+  batch (two images and a kernel row's taps per pass), then only their valid columns are
+  added up in float64.
 * grad_bias: one task per output channel.
 
-Indexing always goes through slices of non-negative extent: Numba checks negative indices
-for wraparound, and that check alone stops vectorisation of ``a[i + off]`` loops.
+Every output element is computed by exactly one task in a fixed order: results are the same
+bit for bit whatever the thread count. No fastmath: NaN and Inf propagate.
+
+Numba specifics that shaped the code: a possibly negative index (``a[i + off]``) is checked
+for wraparound, and that alone stops vectorisation, so loops index views with ``range``
+indices; a runtime tap offset inside a fused loop also stopped it, so dilation 1 has its own
+loops; a prange body is a single call (an inlined parallel body optimised far worse).
 """
 from __future__ import annotations
 
