@@ -361,7 +361,7 @@ def _copy_out(acc, yf, oh0, rows, w, out_w, b):
             yf[o0 + uj] = acc[a0 + uj] + b
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def _s1_target(y, acc, n, k, j, oh0, length, in_place):
     """The accumulator of output channel k for the band: y's own rows, or acc row j."""
     if in_place:
@@ -562,7 +562,7 @@ def _s1_grad_weight_task(gy, x, gw, task, groups, pt, pl, dh, dw, band_h):
             gw[k, ci, r, s] = total
 
 
-@njit(inline="always", **JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def _gy_band(gy, n, k, oh0, oh1, w, direct, wide):
     """grad_output rows [oh0, oh1) of (n, k) laid out w wide, like the input rows they meet."""
     out_h, out_w = gy.shape[2], gy.shape[3]
