@@ -154,6 +154,64 @@ def _band_pass(acc, a0, band, wrow, r_off, bh, wp, sh, sw, dw, out_w):
             _taps_strided(acc, a0 + i * wp, band, r_off + i * sh * wp, wrow, dw, sw, out_w)
 
 
+@njit(**JIT_OPTIONS)
+def _band_kernel(acc, band, wk, bh, wp, sh, sw, dh, dw, out_w, assign):
+    """acc (+)= band (*) wk (r, s) for a band of ``bh`` output rows (``assign``: overwrite).
+
+    Stride 1: a 3x3 kernel in one nine-tap pass; other kernels two kernel rows per pass.
+    """
+    kr, ks = wk.shape
+    n = (bh - 1) * wp + out_w
+    if sh == 1 and sw == 1 and kr == 3 and ks == 3:
+        _taps9(acc, 0, band, 0, wk, dh * wp, dw, n, assign)
+        return
+    if assign:
+        acc[:n] = 0
+    if sh == 1 and sw == 1:
+        rs = dh * wp
+        for r in range(0, kr - 1, 2):
+            s = 0
+            while s < ks:
+                m = min(3, ks - s)
+                _taps_rows2(acc, band, r * rs + s * dw, rs, wk[r], wk[r + 1], s, m, dw, n)
+                s += m
+        if kr % 2 == 1:
+            _taps_unit(acc, 0, band, (kr - 1) * rs, wk[kr - 1], dw, n)
+        return
+    for r in range(kr):
+        _band_pass(acc, 0, band, wk[r], r * dh * wp, bh, wp, sh, sw, dw, out_w)
+
+
+@njit(**JIT_OPTIONS)
+def _taps_rows2(acc, src, b0, rs, wa, wb, s, m, dw, n):
+    """acc[i] += sum_{j<m} wa[s+j] src[b0 + j*dw + i] + wb[s+j] src[b0 + rs + j*dw + i].
+
+    Two kernel rows per accumulator load and store (up to six taps)."""
+    out = acc[:n]
+    span = n + (m - 1) * dw
+    p = src[b0:b0 + span]
+    q = src[b0 + rs:b0 + rs + span]
+    if m == 3 and dw == 1:
+        a0, a1, a2 = wa[s], wa[s + 1], wa[s + 2]
+        c0, c1, c2 = wb[s], wb[s + 1], wb[s + 2]
+        for i in range(n):
+            out[i] += (a0 * p[i] + a1 * p[i + 1] + a2 * p[i + 2]) + (c0 * q[i] + c1 * q[i + 1] + c2 * q[i + 2])
+    elif m == 2 and dw == 1:
+        a0, a1 = wa[s], wa[s + 1]
+        c0, c1 = wb[s], wb[s + 1]
+        for i in range(n):
+            out[i] += (a0 * p[i] + a1 * p[i + 1]) + (c0 * q[i] + c1 * q[i + 1])
+    else:
+        for j in range(m):
+            # Dilated: one tap pair per pass (views at fixed offsets keep the loop simple).
+            pa = src[b0 + j * dw:b0 + j * dw + n]
+            qa = src[b0 + rs + j * dw:b0 + rs + j * dw + n]
+            a0 = wa[s + j]
+            c0 = wb[s + j]
+            for i in range(n):
+                out[i] += a0 * pa[i] + c0 * qa[i]
+
+
 # ---------------------------------------------------------------- forward core
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -201,19 +259,13 @@ def _forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, sh, sw, pt, pl,
                 _copy_band(x[n, g], band, oh0 * sh - pt, -pl, rows, wp)
                 for j in range(nk):
                     a = acc[0]
-                    a[:length] = 0
-                    for r in range(kr):
-                        _band_pass(a, 0, band, weight[k0 + j, 0, r], r * dh * wp, bh, wp, sh, sw, dw, out_w)
+                    _band_kernel(a, band, weight[k0 + j, 0], bh, wp, sh, sw, dh, dw, out_w, True)
                     _store_rows(a, y[n, k0 + j], oh0, bh, wp, bias, k0 + j, has_bias)
             else:
-                for j in range(nk):
-                    acc[j, :length] = 0
                 for ci in range(cg):
                     _copy_band(x[n, g * cg + ci], band, oh0 * sh - pt, -pl, rows, wp)
                     for j in range(nk):
-                        a = acc[j]
-                        for r in range(kr):
-                            _band_pass(a, 0, band, weight[k0 + j, ci, r], r * dh * wp, bh, wp, sh, sw, dw, out_w)
+                        _band_kernel(acc[j], band, weight[k0 + j, ci], bh, wp, sh, sw, dh, dw, out_w, ci == 0)
                 for j in range(nk):
                     _store_rows(acc[j], y[n, k0 + j], oh0, bh, wp, bias, k0 + j, has_bias)
 
