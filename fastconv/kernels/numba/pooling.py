@@ -1,18 +1,21 @@
 """Max and average pooling kernels in Numba, forward and backward (PyTorch semantics).
 
-Every kernel runs one task per (image, channel) plane in parallel: planes are independent,
-so backward scatters (overlapping windows included) never race, and each element is
-computed in a fixed order whatever the thread count.
+Parallel tasks are chunks of whole (image, channel) planes: planes are independent, so
+backward scatters (overlapping windows included) never race, and every element is computed
+in a fixed order whatever the thread count. A prange body is one call on a chunk of planes
+(Numba optimises a plain function far better than an inlined parallel body, and per-call
+costs are paid once per chunk).
 
 Max pooling: padding is never a candidate (windows are clipped to the input); within a
 window ``v > best`` keeps the first maximum in row-major order and a NaN always replaces the
 current best, so the last NaN gives the index and NaN propagates. Indices are flat offsets
-into each H*W plane, as PyTorch returns them.
+into each H*W plane, as PyTorch returns them. 2x2 windows with stride 2 and no padding have
+their own path; all others are reduced row segments first, then down the window rows.
 
-Average pooling sums a window's rows first (element-wise over the row: vectorised) and then
-each output's columns, in float64; global average pooling (window = plane) is the same code
-with one output. ``count_include_pad`` picks the divisor: the window size, or the number of
-real elements in the clipped window.
+Average pooling sums a window's rows element-wise (vectorised), then each output's columns,
+in float64; ``count_include_pad`` picks the divisor (window size, or the number of real
+elements in the clipped window). Global average pooling (window = plane, no padding) sums
+each flat plane with lane-wise partial sums and fills the plane directly in backward.
 """
 from __future__ import annotations
 
@@ -59,9 +62,14 @@ def max_pool2d_forward(x, y, indices, p):
     if (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w) == (2, 2, 2, 2, 0, 0):
         idx = _planes(indices, p.out_h, p.out_w) if want else _NO_INDICES
         _max2x2_forward(xs, ys, idx, want, _plane_chunks(xs.shape[0]))
+    elif p.h * p.w >= 2 ** 31:
+        # The separable path tracks indices in int32 scratch; planes this large (8 GiB of
+        # float32 each) go to the NumPy oracle rather than overflow.
+        from ... import reference
+
+        reference.max_pool2d_forward(x, y, indices, p)
     else:
-        # Indices are tracked in int32 scratch (planes above 2**31 elements are not supported
-        # by this path) and written out only when asked for.
+        # Indices are tracked in int32 scratch and written out only when asked for.
         idx = _planes(indices, p.out_h, p.out_w) if want else np.empty((1, p.out_h, p.out_w), np.int64)
         _max_forward(xs, ys, idx, want, _plane_chunks(xs.shape[0]), p.kernel_h, p.kernel_w,
                      p.stride_h, p.stride_w, p.pad_h, p.pad_w)
