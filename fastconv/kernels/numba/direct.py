@@ -364,6 +364,7 @@ def _s1_forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, pt, pl, dh, 
     kg = k_all // groups
     n_kb = (kg + kblock - 1) // kblock
     in_place = out_w == w
+    has_borders = pl > 0 or w + pl - (ks - 1) * dw < out_w
     acc = np.empty((1 if in_place else kblock, band_h * w), dtype=y.dtype)
     for task in range(t0, t1):
         n = task // (groups * n_kb)
@@ -384,7 +385,8 @@ def _s1_forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, pt, pl, dh, 
             for j in range(nk):
                 k = k0 + j
                 tgt = _s1_target(y, acc, n, k, j, oh0, length, in_place)
-                _s1_borders(tgt, x, n, c0, weight[k], oh0, oh1, h, w, out_w, pt, pl, dh, dw)
+                if has_borders:
+                    _s1_borders(tgt, x, n, c0, weight[k], oh0, oh1, h, w, out_w, pt, pl, dh, dw)
                 b = bias[k] if has_bias else bias[0] * 0
                 if in_place:
                     if has_bias:
@@ -394,7 +396,7 @@ def _s1_forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, pt, pl, dh, 
                     _copy_out(tgt, y[n, k].reshape(out_h * out_w), oh0, oh1 - oh0, w, out_w, b)
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _copy_out(acc, yf, oh0, rows, w, out_w, b):
     """yf[(oh0 + i)*out_w + j] = acc[i*w + j] + b: the accumulator's rows are w wide.
 
@@ -413,7 +415,7 @@ def _copy_out(acc, yf, oh0, rows, w, out_w, b):
             yf[o0 + uj] = acc[a0 + uj] + b
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _s1_target(y, acc, n, k, j, oh0, length, in_place):
     """The accumulator of output channel k for the band: y's own rows, or acc row j."""
     if in_place:
@@ -614,7 +616,7 @@ def _s1_grad_weight_task(gy, x, gw, task, groups, pt, pl, dh, dw, band_h):
             gw[k, ci, r, s] = total
 
 
-@njit(**JIT_OPTIONS)
+@njit(inline="always", **JIT_OPTIONS)
 def _gy_band(gy, n, k, oh0, oh1, w, direct, wide):
     """grad_output rows [oh0, oh1) of (n, k) laid out w wide, like the input rows they meet."""
     out_h, out_w = gy.shape[2], gy.shape[3]
