@@ -37,4 +37,12 @@ KERNEL_TABLE = [
     ("max_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:max_pool2d_backward"),
     ("avg_pool2d_forward",  "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_forward"),
     ("avg_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_backward"),
+    ("conv2d_forward",      "direct",    "numba",  f"{_NB}.direct:conv2d_forward"),
+    ("conv2d_grad_input",   "direct",    "numba",  f"{_NB}.direct:conv2d_grad_input"),
+    ("conv2d_grad_weight",  "direct",    "numba",  f"{_NB}.direct:conv2d_grad_weight"),
+    ("conv2d_grad_bias",    "direct",    "numba",  f"{_NB}.direct:conv2d_grad_bias"),
+    ("max_pool2d_forward",  "direct",    "numba",  f"{_NB}.pooling:max_pool2d_forward"),
+    ("max_pool2d_backward", "direct",    "numba",  f"{_NB}.pooling:max_pool2d_backward"),
+    ("avg_pool2d_forward",  "direct",    "numba",  f"{_NB}.pooling:avg_pool2d_forward"),
+    ("avg_pool2d_backward", "direct",    "numba",  f"{_NB}.pooling:avg_pool2d_backward"),
 ]

@@ -1,0 +1,909 @@
+"""Direct convolution kernels in Numba: forward, grad_input, grad_weight, grad_bias.
+
+Everything rests on one layout idea ("wide rows"): an accumulator whose rows are as wide as
+the rows of the data it reads lines up with that data, so ALL output rows of a band are
+computed by one long contiguous pass per group of kernel taps,
+
+    acc[t] += sum_s w[r, s] * src[t + r * dil_h * row_width + s * dil_w]
+
+The columns past ``out_w`` in each accumulator row are garbage and are never stored (or
+summed, for the weight gradient). The innermost loop is then a long unit-stride loop without
+bounds checks, which LLVM vectorises; output rows alone (26 pixels for MNIST) would be too
+short for that. Two ways to get ``src``:
+
+* stride-1 path (``_s1_*``), no copies: ``src`` is the input plane itself (row width w).
+  A kernel row's pass covers the output rows whose input row exists. The pass wraps around
+  row ends only in border columns (where a tap falls into left/right padding); those are
+  recomputed exactly afterwards, column by column. When ``out_w == w`` ("same") the
+  accumulator IS the output plane. Used when there are no border columns or when a group
+  has a single output channel (depthwise), i.e. when a padded copy could not be shared.
+* band path (``_forward_tasks``): a band of input rows is copied with its zero padding into
+  a buffer exactly as wide as the output rows need; any stride and dilation. The copy is
+  shared by a block of output channels (LeNet's 1->6 5x5 "same", grouped convolutions).
+
+Register blocking: taps are applied three at a time, and 3x3 kernels in one nine-tap pass
+(nine loads and one store per output, the sum in registers); bands are sized so that
+accumulators and input rows stay in L1; one input band serves a block of output channels.
+
+* forward: parallel over (image, group, block of output channels), tasks run in chunks.
+* grad_input, stride 1: a forward convolution of grad_output with the flipped, transposed
+  weights (padding ``dil * (r - 1) - pad``, possibly negative = cropping). Other strides:
+  each (image, input channel) task scatters grad_output rows into its own padded plane.
+* grad_weight: one task per filter entry (k, c): per-tap accumulator rows summed over the
+  batch (two images and a kernel row's taps per pass), then only their valid columns are
+  added up in float64.
+* grad_bias: one task per output channel.
+
+Every output element is computed by exactly one task in a fixed order: results are the same
+bit for bit whatever the thread count. No fastmath: NaN and Inf propagate.
+
+Numba specifics that shaped the code: a possibly negative index (``a[i + off]``) is checked
+for wraparound, and that alone stops vectorisation, so loops index views with ``range``
+indices; a runtime tap offset inside a fused loop also stopped it, so dilation 1 has its own
+loops; a prange body is a single call (an inlined parallel body optimised far worse).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
+
+#: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
+_BAND_BYTES = 28 * 1024
+#: Output channels that share one copied input band when channels per group > 1.
+_CHANNEL_BLOCK = 8
+
+
+# ---------------------------------------------------------------- inner passes
+
+@njit(**JIT_OPTIONS)
+def _taps_unit(acc, a0, band, b0, wrow, dw, n):
+    """acc[a0 : a0+n] += sum_s wrow[s] * band[b0 + s*dw : ... + n]  (unit output stride)."""
+    taps = wrow.size
+    s = 0
+    while s < taps:
+        m = min(3, taps - s)
+        _taps_group(acc, a0, band, b0 + s * dw, wrow, s, m, dw, n)
+        s += m
+
+
+@njit(**JIT_OPTIONS)
+def _taps_group(acc, a0, src, b0, wrow, s, m, dw, n):
+    """acc[a0 + i] += sum_{j < m} wrow[s + j] * src[b0 + j*dw + i] for i < n, m <= 3.
+
+    Three taps per pass: one load and store of the accumulator per three multiply-adds.
+    """
+    out = acc[a0:a0 + n]
+    if m == 3:
+        w0 = wrow[s]
+        w1 = wrow[s + 1]
+        w2 = wrow[s + 2]
+        if dw == 1:
+            # Known neighbouring offsets: one source view, fewer overlap checks for LLVM.
+            p = src[b0:b0 + n + 2]
+            for i in range(n):
+                out[i] += w0 * p[i] + w1 * p[i + 1] + w2 * p[i + 2]
+        else:
+            p0 = src[b0:b0 + n]
+            p1 = src[b0 + dw:b0 + dw + n]
+            p2 = src[b0 + 2 * dw:b0 + 2 * dw + n]
+            for i in range(n):
+                out[i] += w0 * p0[i] + w1 * p1[i] + w2 * p2[i]
+    elif m == 2:
+        w0 = wrow[s]
+        w1 = wrow[s + 1]
+        p0 = src[b0:b0 + n]
+        p1 = src[b0 + dw:b0 + dw + n]
+        for i in range(n):
+            out[i] += w0 * p0[i] + w1 * p1[i]
+    else:
+        w0 = wrow[s]
+        p0 = src[b0:b0 + n]
+        for i in range(n):
+            out[i] += w0 * p0[i]
+
+
+@njit(**JIT_OPTIONS)
+def _taps_strided(acc, a0, band, b0, wrow, dw, sw, n):
+    """acc[a0 + i] += sum_s wrow[s] * band[b0 + s*dw + i*sw] for i < n (output stride sw)."""
+    out = acc[a0:a0 + n]
+    for s in range(wrow.size):
+        w0 = wrow[s]
+        o = b0 + s * dw
+        p0 = band[o:o + (n - 1) * sw + 1:sw]
+        for i in range(n):
+            out[i] += w0 * p0[i]
+
+
+@njit(**JIT_OPTIONS)
+def _copy_band(plane, band, row0, col0, rows, wp):
+    """band[i*wp + j] = plane[row0 + i, col0 + j], or 0 outside the plane (i < rows, j < wp)."""
+    h, w = plane.shape
+    j_lo = min(max(0, -col0), wp)
+    j_hi = max(min(wp, w - col0), j_lo)
+    for i in range(rows):
+        dst = band[i * wp:(i + 1) * wp]
+        ih = row0 + i
+        if ih < 0 or ih >= h:
+            for j in range(wp):
+                dst[j] = 0
+            continue
+        for j in range(j_lo):
+            dst[j] = 0
+        # Views, then indices from range(): a possibly negative index such as j + col0 is
+        # wraparound-checked, and that check alone keeps a loop from vectorising.
+        src = plane[ih, j_lo + col0:j_hi + col0]
+        d = dst[j_lo:j_hi]
+        for j in range(j_hi - j_lo):
+            d[j] = src[j]
+        for j in range(j_hi, wp):
+            dst[j] = 0
+
+
+@njit(**JIT_OPTIONS)
+def _band_pass(acc, a0, band, wrow, r_off, bh, wp, sh, sw, dw, out_w):
+    """One kernel row's taps into the accumulator rows of a band of ``bh`` output rows."""
+    if sh == 1 and sw == 1:
+        _taps_unit(acc, a0, band, r_off, wrow, dw, (bh - 1) * wp + out_w)
+    elif sw == 1:
+        for i in range(bh):
+            _taps_unit(acc, a0 + i * wp, band, r_off + i * sh * wp, wrow, dw, out_w)
+    else:
+        for i in range(bh):
+            _taps_strided(acc, a0 + i * wp, band, r_off + i * sh * wp, wrow, dw, sw, out_w)
+
+
+@njit(**JIT_OPTIONS)
+def _band_kernel(acc, band, wk, bh, wp, sh, sw, dh, dw, out_w, assign):
+    """acc (+)= band (*) wk (r, s) for a band of ``bh`` output rows (``assign``: overwrite).
+
+    Stride 1: a 3x3 kernel in one nine-tap pass; other kernels two kernel rows per pass.
+    """
+    kr, ks = wk.shape
+    n = (bh - 1) * wp + out_w
+    if sh == 1 and sw == 1 and kr == 3 and ks == 3:
+        _taps9(acc, 0, band, 0, wk, dh * wp, dw, n, assign)
+        return
+    if assign:
+        acc[:n] = 0
+    if sh == 1 and sw == 1:
+        rs = dh * wp
+        for r in range(0, kr - 1, 2):
+            s = 0
+            while s < ks:
+                m = min(3, ks - s)
+                _taps_rows2(acc, band, r * rs + s * dw, rs, wk[r], wk[r + 1], s, m, dw, n)
+                s += m
+        if kr % 2 == 1:
+            _taps_unit(acc, 0, band, (kr - 1) * rs, wk[kr - 1], dw, n)
+        return
+    for r in range(kr):
+        _band_pass(acc, 0, band, wk[r], r * dh * wp, bh, wp, sh, sw, dw, out_w)
+
+
+@njit(**JIT_OPTIONS)
+def _taps_rows2(acc, src, b0, rs, wa, wb, s, m, dw, n):
+    """acc[i] += sum_{j<m} wa[s+j] src[b0 + j*dw + i] + wb[s+j] src[b0 + rs + j*dw + i].
+
+    Two kernel rows per accumulator load and store (up to six taps)."""
+    out = acc[:n]
+    span = n + (m - 1) * dw
+    p = src[b0:b0 + span]
+    q = src[b0 + rs:b0 + rs + span]
+    if m == 3 and dw == 1:
+        a0, a1, a2 = wa[s], wa[s + 1], wa[s + 2]
+        c0, c1, c2 = wb[s], wb[s + 1], wb[s + 2]
+        for i in range(n):
+            out[i] += (a0 * p[i] + a1 * p[i + 1] + a2 * p[i + 2]) + (c0 * q[i] + c1 * q[i + 1] + c2 * q[i + 2])
+    elif m == 2 and dw == 1:
+        a0, a1 = wa[s], wa[s + 1]
+        c0, c1 = wb[s], wb[s + 1]
+        for i in range(n):
+            out[i] += (a0 * p[i] + a1 * p[i + 1]) + (c0 * q[i] + c1 * q[i + 1])
+    else:
+        for j in range(m):
+            # Dilated: one tap pair per pass (views at fixed offsets keep the loop simple).
+            pa = src[b0 + j * dw:b0 + j * dw + n]
+            qa = src[b0 + rs + j * dw:b0 + rs + j * dw + n]
+            a0 = wa[s + j]
+            c0 = wb[s + j]
+            for i in range(n):
+                out[i] += a0 * pa[i] + c0 * qa[i]
+
+
+# ---------------------------------------------------------------- forward core
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _forward_core(x, weight, bias, has_bias, y, groups, sh, sw, pt, pl, dh, dw, kblock, band_h, chunk):
+    """y = x (*) weight (+ bias): the correlation that forward and grad_input (stride 1) share.
+
+    ``pt``/``pl`` may be negative (the input is cropped instead of padded). ``kblock`` output
+    channels share each copied input band; bands hold ``band_h`` output rows. Tasks are
+    (image, group, channel block) triples, run ``chunk`` at a time per parallel iteration.
+    """
+    kg = weight.shape[0] // groups
+    n_tasks = x.shape[0] * groups * ((kg + kblock - 1) // kblock)
+    for t in prange((n_tasks + chunk - 1) // chunk):
+        # One call per iteration: Numba optimises a plain function much better than an
+        # inlined parallel loop body, and buffers are allocated once per chunk of tasks.
+        _forward_tasks(x, weight, bias, has_bias, y, t * chunk, min(n_tasks, (t + 1) * chunk),
+                       groups, sh, sw, pt, pl, dh, dw, kblock, band_h)
+
+
+@njit(**JIT_OPTIONS)
+def _forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, sh, sw, pt, pl, dh, dw, kblock, band_h):
+    """Tasks t0 .. t1-1: output channels [k0, k0 + nk) of one image and group, band by band."""
+    k_all, cg, kr, ks = weight.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    kg = k_all // groups
+    n_kb = (kg + kblock - 1) // kblock
+    wp = (out_w - 1) * sw + (ks - 1) * dw + 1
+    band_rows = (band_h - 1) * sh + (kr - 1) * dh + 1
+    band_len = (band_h - 1) * wp + out_w
+    band = np.empty(band_rows * wp, dtype=x.dtype)
+    acc = np.empty((1 if cg == 1 else kblock, band_len), dtype=y.dtype)
+    for task in range(t0, t1):
+        n = task // (groups * n_kb)
+        g = (task // n_kb) % groups
+        kb = task % n_kb
+        k0 = g * kg + kb * kblock
+        nk = min(kblock, kg - kb * kblock)
+        for oh0 in range(0, out_h, band_h):
+            bh = min(band_h, out_h - oh0)
+            rows = (bh - 1) * sh + (kr - 1) * dh + 1
+            length = (bh - 1) * wp + out_w
+            if cg == 1:
+                # One input channel feeds each output channel: finish one channel at a time so
+                # a single accumulator stays in L1.
+                _copy_band(x[n, g], band, oh0 * sh - pt, -pl, rows, wp)
+                for j in range(nk):
+                    a = acc[0]
+                    _band_kernel(a, band, weight[k0 + j, 0], bh, wp, sh, sw, dh, dw, out_w, True)
+                    _store_rows(a, y[n, k0 + j], oh0, bh, wp, bias, k0 + j, has_bias)
+            else:
+                for ci in range(cg):
+                    _copy_band(x[n, g * cg + ci], band, oh0 * sh - pt, -pl, rows, wp)
+                    for j in range(nk):
+                        _band_kernel(acc[j], band, weight[k0 + j, ci], bh, wp, sh, sw, dh, dw, out_w, ci == 0)
+                for j in range(nk):
+                    _store_rows(acc[j], y[n, k0 + j], oh0, bh, wp, bias, k0 + j, has_bias)
+
+
+@njit(**JIT_OPTIONS)
+def _store_rows(a, plane, oh0, bh, wp, bias, k, has_bias):
+    """plane[oh0 + i, :] = a[i*wp : i*wp + out_w] (+ bias[k]) for the band's rows."""
+    out_w = plane.shape[1]
+    for i in range(bh):
+        src = a[i * wp:i * wp + out_w]
+        dst = plane[oh0 + i]
+        if has_bias:
+            b = bias[k]
+            for j in range(out_w):
+                dst[j] = src[j] + b
+        else:
+            for j in range(out_w):
+                dst[j] = src[j]
+
+
+def _chunk(n_tasks):
+    """Tasks per parallel iteration: about eight iterations per thread (load balance) while
+    per-iteration costs (buffer allocation, reference counting of views) stay negligible."""
+    from ... import threads
+
+    return max(1, n_tasks // (8 * threads.get_num_threads()))
+
+
+def _forward_blocking(n_tasks_per_block, kg, cg, wp, out_w, kr, sh, dh, itemsize):
+    """(kblock, band_h) for ``_forward_core``: enough tasks for the threads, bands in cache."""
+    from ... import threads
+
+    nthreads = threads.get_num_threads()
+    kblock = kg if cg == 1 else min(kg, _CHANNEL_BLOCK)
+    # Split channel blocks further when images x groups alone cannot feed every thread.
+    while kblock > 1 and n_tasks_per_block * -(-kg // kblock) < 2 * nthreads:
+        kblock = (kblock + 1) // 2
+    acc_rows = 1 if cg == 1 else kblock
+    per_row = (acc_rows * wp + sh * wp) * itemsize
+    fixed = (kr - 1) * dh * wp * itemsize
+    band_h = max(1, (_BAND_BYTES - fixed) // max(per_row, 1))
+    return kblock, band_h
+
+
+def _run_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw):
+    n, _, _, w = x.shape
+    k, cg, kr, ks = weight.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    # Without a padded copy, border columns cost a scalar recomputation; with one, the copy
+    # is shared by all output channels of the group. No copy when there are no border
+    # columns, or when one output channel per group could not share it.
+    borderless = pl <= 0 and w + pl - (ks - 1) * dw >= out_w
+    if _s1_applies(sh, sw, out_w, w) and (borderless or k // groups == 1):
+        _run_s1_forward(x, weight, bias, y, groups, pt, pl, dh, dw)
+        return
+    wp = (out_w - 1) * sw + (ks - 1) * dw + 1
+    kblock, band_h = _forward_blocking(n * groups, k // groups, cg, wp, out_w, kr, sh, dh, y.itemsize)
+    band_h = min(band_h, out_h)
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=y.dtype)
+    n_tasks = n * groups * -(-(k // groups) // kblock)
+    use_configured_threads()
+    _forward_core(x, weight, b, has_bias, y, groups, sh, sw, pt, pl, dh, dw, kblock, band_h,
+                  _chunk(n_tasks))
+
+
+# ---------------------------------------------------------------- stride 1, no copies
+#
+# With stride 1 and out_w <= w, an accumulator whose rows are w wide (the input's own row
+# width) lines up with the input plane itself: output (oh, ow) of kernel row r and tap s reads
+# flat input element t + (r*dil_h - pad_top)*w + s*dil_w - pad_left, t = oh*w + ow. So every
+# kernel row is one flat pass over the input plane, restricted to the output rows whose input
+# row exists; no padded copy is made. A pass wraps around row ends only in the border columns
+# (where some tap falls into the padding), which are then recomputed exactly. When out_w == w
+# ("same" convolutions) the accumulator is the output plane itself: no copy-out either.
+
+def _s1_applies(sh, sw, out_w, w):
+    return sh == 1 and sw == 1 and out_w <= w
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _s1_forward_core(x, weight, bias, has_bias, y, groups, pt, pl, dh, dw, kblock, band_h, chunk):
+    kg = weight.shape[0] // groups
+    n_tasks = x.shape[0] * groups * ((kg + kblock - 1) // kblock)
+    for t in prange((n_tasks + chunk - 1) // chunk):
+        _s1_forward_tasks(x, weight, bias, has_bias, y, t * chunk, min(n_tasks, (t + 1) * chunk),
+                          groups, pt, pl, dh, dw, kblock, band_h)
+
+
+@njit(**JIT_OPTIONS)
+def _s1_forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, pt, pl, dh, dw, kblock, band_h):
+    """Tasks t0 .. t1-1, each (image, group, block of output channels), band by band."""
+    h, w = x.shape[2], x.shape[3]
+    k_all, cg, kr, ks = weight.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    kg = k_all // groups
+    n_kb = (kg + kblock - 1) // kblock
+    in_place = out_w == w
+    has_borders = pl > 0 or w + pl - (ks - 1) * dw < out_w
+    acc = np.empty((1 if in_place else kblock, band_h * w), dtype=y.dtype)
+    for task in range(t0, t1):
+        n = task // (groups * n_kb)
+        g = (task // n_kb) % groups
+        kb = task % n_kb
+        k0 = g * kg + kb * kblock
+        nk = min(kblock, kg - kb * kblock)
+        c0 = g * cg
+        for oh0 in range(0, out_h, band_h):
+            oh1 = min(out_h, oh0 + band_h)
+            length = (oh1 - oh0 - 1) * w + out_w
+            for ci in range(cg):
+                xf = x[n, c0 + ci].reshape(h * w)
+                for j in range(nk):
+                    tgt = _s1_target(y, acc, n, k0 + j, j, oh0, length, in_place)
+                    _s1_accumulate(tgt, xf, weight[k0 + j, ci], oh0, oh1, h, w, out_w, pt, pl, dh, dw,
+                                   ci == 0)
+            for j in range(nk):
+                k = k0 + j
+                tgt = _s1_target(y, acc, n, k, j, oh0, length, in_place)
+                if has_borders:
+                    _s1_borders(tgt, x, n, c0, weight[k], oh0, oh1, h, w, out_w, pt, pl, dh, dw)
+                b = bias[k] if has_bias else bias[0] * 0
+                if in_place:
+                    if has_bias:
+                        for i in range(length):
+                            tgt[i] += b
+                else:
+                    _copy_out(tgt, y[n, k].reshape(out_h * out_w), oh0, oh1 - oh0, w, out_w, b)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _copy_out(acc, yf, oh0, rows, w, out_w, b):
+    """yf[(oh0 + i)*out_w + j] = acc[i*w + j] + b: the accumulator's rows are w wide.
+
+    Unsigned indices: Numba checks signed ones for wraparound, which costs vectorisation
+    (and views per row cost reference counting), and these rows are short.
+    """
+    uw = np.uint64(w)
+    uo = np.uint64(out_w)
+    base = np.uint64(oh0) * uo
+    for i in range(rows):
+        ui = np.uint64(i)
+        a0 = ui * uw
+        o0 = base + ui * uo
+        for j in range(out_w):
+            uj = np.uint64(j)
+            yf[o0 + uj] = acc[a0 + uj] + b
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _s1_target(y, acc, n, k, j, oh0, length, in_place):
+    """The accumulator of output channel k for the band: y's own rows, or acc row j."""
+    if in_place:
+        w = y.shape[3]
+        return y[n, k].reshape(y.shape[2] * w)[oh0 * w:oh0 * w + length]
+    return acc[j, :length]
+
+
+@njit(**JIT_OPTIONS)
+def _s1_accumulate(tgt, xf, wk, oh0, oh1, h, w, out_w, pt, pl, dh, dw, first):
+    """tgt (+)= one input plane (*) wk (r, s) for output rows [oh0, oh1) (band-local flat index).
+
+    ``first``: tgt holds garbage and is overwritten (no separate zeroing pass). Elements the
+    passes skip are border columns, which ``_s1_borders`` recomputes afterwards.
+    """
+    kr, ks = wk.shape
+    nx = xf.size
+    fa = oh0
+    fb = oh0
+    if kr == 3 and ks == 3:
+        # 3x3: all nine taps in one pass over the rows where every kernel row is inside the
+        # input: nine loads and one store per output, the accumulator stays in registers.
+        fa = min(oh1, max(oh0, pt))
+        fb = max(fa, min(oh1, h + pt - 2 * dh))
+        if fb > fa:
+            base = (oh0 - pt) * w - pl
+            a = max((fa - oh0) * w, -base)
+            b = min((fb - 1 - oh0) * w + out_w, nx - (base + 2 * dh * w + 2 * dw))
+            if b > a:
+                _taps9(tgt, a, xf, a + base, wk, dh * w, dw, b - a, first)
+    if first:
+        # Rows the fused pass did not cover are accumulated kernel row by kernel row.
+        for i in range((fa - oh0) * w):
+            tgt[i] = 0
+        for i in range((fb - oh0) * w, tgt.size):
+            tgt[i] = 0
+    for r in range(kr):
+        for part in range(2):
+            # The rows outside [fa, fb): above it, then below it.
+            pa = oh0 if part == 0 else fb
+            pb = fa if part == 0 else oh1
+            ra = max(pa, pt - r * dh)
+            rb = min(pb, h + pt - r * dh)
+            if ra >= rb:
+                continue
+            lo = (ra - oh0) * w
+            hi = (rb - 1 - oh0) * w + out_w
+            base = (oh0 + r * dh - pt) * w - pl
+            wrow = wk[r]
+            s = 0
+            while s < ks:
+                m = min(3, ks - s)
+                # Keep every read inside the plane; what this trims is border columns only.
+                a = max(lo, -(base + s * dw))
+                b = min(hi, nx - (base + (s + m - 1) * dw))
+                if b > a:
+                    _taps_group(tgt, a, xf, a + base + s * dw, wrow, s, m, dw, b - a)
+                s += m
+
+
+@njit(**JIT_OPTIONS)
+def _taps9(acc, a0, src, b0, wk, rs, dw, n, assign):
+    """acc[a0 + i] (+)= sum_{r,s<3} wk[r, s] * src[b0 + r*rs + s*dw + i] for i < n."""
+    out = acc[a0:a0 + n]
+    w00, w01, w02 = wk[0, 0], wk[0, 1], wk[0, 2]
+    w10, w11, w12 = wk[1, 0], wk[1, 1], wk[1, 2]
+    w20, w21, w22 = wk[2, 0], wk[2, 1], wk[2, 2]
+    p0 = src[b0:b0 + n + 2 * dw]
+    p1 = src[b0 + rs:b0 + rs + n + 2 * dw]
+    p2 = src[b0 + 2 * rs:b0 + 2 * rs + n + 2 * dw]
+    if dw == 1:
+        if assign:
+            for i in range(n):
+                out[i] = ((w00 * p0[i] + w01 * p0[i + 1] + w02 * p0[i + 2])
+                          + (w10 * p1[i] + w11 * p1[i + 1] + w12 * p1[i + 2])
+                          + (w20 * p2[i] + w21 * p2[i + 1] + w22 * p2[i + 2]))
+        else:
+            for i in range(n):
+                out[i] += ((w00 * p0[i] + w01 * p0[i + 1] + w02 * p0[i + 2])
+                           + (w10 * p1[i] + w11 * p1[i + 1] + w12 * p1[i + 2])
+                           + (w20 * p2[i] + w21 * p2[i + 1] + w22 * p2[i + 2]))
+    else:
+        d2 = 2 * dw
+        if assign:
+            for i in range(n):
+                out[i] = ((w00 * p0[i] + w01 * p0[i + dw] + w02 * p0[i + d2])
+                          + (w10 * p1[i] + w11 * p1[i + dw] + w12 * p1[i + d2])
+                          + (w20 * p2[i] + w21 * p2[i + dw] + w22 * p2[i + d2]))
+        else:
+            for i in range(n):
+                out[i] += ((w00 * p0[i] + w01 * p0[i + dw] + w02 * p0[i + d2])
+                           + (w10 * p1[i] + w11 * p1[i + dw] + w12 * p1[i + d2])
+                           + (w20 * p2[i] + w21 * p2[i + dw] + w22 * p2[i + d2]))
+
+
+@njit(**JIT_OPTIONS)
+def _s1_borders(tgt, x, n, c0, wk, oh0, oh1, h, w, out_w, pt, pl, dh, dw):
+    """Recompute exactly the output columns where some tap reads padding (the flat passes
+    wrapped around the row there): column by column, tap by tap, down the rows with no
+    bounds checks. wk is (c/groups, r, s)."""
+    cg, kr, ks = wk.shape
+    ow_a = min(max(0, pl), out_w)
+    ow_b = max(ow_a, min(out_w, w + pl - (ks - 1) * dw))
+    if ow_a == 0 and ow_b == out_w:
+        return
+    for ow in range(out_w):
+        if ow_a <= ow < ow_b:
+            continue
+        for i in range(oh1 - oh0):
+            tgt[i * w + ow] = 0
+        for ci in range(cg):
+            xf = x[n, c0 + ci].reshape(h * w)
+            for r in range(kr):
+                ra = max(oh0, pt - r * dh)
+                rb = min(oh1, h + pt - r * dh)
+                for s in range(ks):
+                    iw = ow - pl + s * dw
+                    if iw < 0 or iw >= w:
+                        continue
+                    wv = wk[ci, r, s]
+                    for oh in range(ra, rb):
+                        tgt[(oh - oh0) * w + ow] += wv * xf[(oh - pt + r * dh) * w + iw]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _s1_grad_weight_core(gy, x, gw, groups, pt, pl, dh, dw, band_h):
+    for task in prange(gw.shape[0] * gw.shape[1]):
+        _s1_grad_weight_task(gy, x, gw, task, groups, pt, pl, dh, dw, band_h)
+
+
+@njit(**JIT_OPTIONS)
+def _s1_grad_weight_task(gy, x, gw, task, groups, pt, pl, dh, dw, band_h):
+    """Filter entry (k, c): per-tap accumulators over batch and bands, then valid-column sums."""
+    n_img, _, h, w = x.shape
+    k_all, cg, kr, ks = gw.shape
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    kg = k_all // groups
+    k = task // cg
+    ci = task % cg
+    c = (k // kg) * cg + ci
+    nx = h * w
+    direct = out_w == w
+    acc = np.zeros((kr * ks, band_h * w), dtype=gw.dtype)
+    wide = np.zeros((2, band_h * w), dtype=gy.dtype)
+    # Images two at a time: one accumulator load and store per two multiply-adds.
+    for n in range(0, n_img, 2):
+        two = n + 1 < n_img
+        n2 = n + 1 if two else n
+        xf = x[n, c].reshape(nx)
+        xf2 = x[n2, c].reshape(nx)
+        for oh0 in range(0, out_h, band_h):
+            oh1 = min(out_h, oh0 + band_h)
+            g = _gy_band(gy, n, k, oh0, oh1, w, direct, wide[0])
+            g2 = _gy_band(gy, n2, k, oh0, oh1, w, direct, wide[1])
+            for r in range(kr):
+                ra = max(oh0, pt - r * dh)
+                rb = min(oh1, h + pt - r * dh)
+                if ra >= rb:
+                    continue
+                lo = (ra - oh0) * w
+                hi = (rb - 1 - oh0) * w + out_w
+                base = (oh0 + r * dh - pt) * w - pl
+                s = 0
+                while s < ks:
+                    m = min(3, ks - s)
+                    # Each tap's reads stay inside the plane; what that trims is a column
+                    # the tap never validly reads. The taps of a group trim differently, so
+                    # the group pass covers the common range and each tap its own leftovers.
+                    ga = max(lo, -(base + s * dw))
+                    gb = min(hi, nx - (base + (s + m - 1) * dw))
+                    if gb > ga:
+                        _gw_group(acc, r * ks + s, m, ga, gb - ga, g, g2, two, xf, xf2, ga + base + s * dw, dw)
+                    else:
+                        ga = gb = hi
+                    for j in range(m):
+                        off = base + (s + j) * dw
+                        a = max(lo, -off)
+                        b = min(hi, nx - off)
+                        e = min(ga, b)
+                        if e > a:
+                            _gw_group(acc, r * ks + s + j, 1, a, e - a, g, g2, two, xf, xf2, a + off, dw)
+                        f = max(gb, a)
+                        if b > f:
+                            _gw_group(acc, r * ks + s + j, 1, f, b - f, g, g2, two, xf, xf2, f + off, dw)
+                    s += m
+    rows = min(band_h, out_h)
+    for r in range(kr):
+        for s in range(ks):
+            # Only columns whose input column exists: the others hold wrapped-around products.
+            ow_a = min(max(0, pl - s * dw), out_w)
+            ow_b = max(ow_a, min(out_w, w + pl - s * dw))
+            a = acc[r * ks + s]
+            total = 0.0
+            for i in range(rows):
+                seg = a[i * w + ow_a:i * w + ow_b]
+                for jj in range(ow_b - ow_a):
+                    total += seg[jj]
+            gw[k, ci, r, s] = total
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _gy_band(gy, n, k, oh0, oh1, w, direct, wide):
+    """grad_output rows [oh0, oh1) of (n, k) laid out w wide, like the input rows they meet."""
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    if direct:
+        return gy[n, k].reshape(out_h * w)[oh0 * w:oh1 * w]
+    for i in range(oh1 - oh0):
+        src = gy[n, k, oh0 + i]
+        dst = wide[i * w:i * w + out_w]
+        for j in range(out_w):
+            dst[j] = src[j]
+    return wide[:(oh1 - oh0) * w]
+
+
+@njit(**JIT_OPTIONS)
+def _gw_group(acc, tap, m, a0, n, g, g2, two, xf, xf2, x0, dw):
+    """acc[tap + j, a0 + i] += g[a0 + i] * xf[x0 + j*dw + i] (+ the same for g2, xf2 if two),
+    for taps j < m <= 3 of one kernel row: grad_output is loaded once for all of them."""
+    gg = g[a0:a0 + n]
+    hh = g2[a0:a0 + n]
+    span = n + (m - 1) * dw
+    p = xf[x0:x0 + span]
+    q = xf2[x0:x0 + span]
+    a = acc[tap, a0:a0 + n]
+    if m == 3 and dw == 1:
+        # Constant tap offsets: LLVM vectorises this form (with a runtime dilation it fell
+        # back to scalar code, 6x slower).
+        b = acc[tap + 1, a0:a0 + n]
+        c = acc[tap + 2, a0:a0 + n]
+        if two:
+            for i in range(n):
+                gi = gg[i]
+                hi = hh[i]
+                a[i] += gi * p[i] + hi * q[i]
+                b[i] += gi * p[i + 1] + hi * q[i + 1]
+                c[i] += gi * p[i + 2] + hi * q[i + 2]
+        else:
+            for i in range(n):
+                gi = gg[i]
+                a[i] += gi * p[i]
+                b[i] += gi * p[i + 1]
+                c[i] += gi * p[i + 2]
+    elif m == 3:
+        b = acc[tap + 1, a0:a0 + n]
+        c = acc[tap + 2, a0:a0 + n]
+        d2 = 2 * dw
+        if two:
+            for i in range(n):
+                gi = gg[i]
+                hi = hh[i]
+                a[i] += gi * p[i] + hi * q[i]
+                b[i] += gi * p[i + dw] + hi * q[i + dw]
+                c[i] += gi * p[i + d2] + hi * q[i + d2]
+        else:
+            for i in range(n):
+                gi = gg[i]
+                a[i] += gi * p[i]
+                b[i] += gi * p[i + dw]
+                c[i] += gi * p[i + d2]
+    elif m == 2:
+        b = acc[tap + 1, a0:a0 + n]
+        p1 = xf[x0 + dw:x0 + dw + n]  # separate views: no runtime offset inside the loop
+        q1 = xf2[x0 + dw:x0 + dw + n]
+        if two:
+            for i in range(n):
+                a[i] += gg[i] * p[i] + hh[i] * q[i]
+                b[i] += gg[i] * p1[i] + hh[i] * q1[i]
+        else:
+            for i in range(n):
+                a[i] += gg[i] * p[i]
+                b[i] += gg[i] * p1[i]
+    else:
+        if two:
+            for i in range(n):
+                a[i] += gg[i] * p[i] + hh[i] * q[i]
+        else:
+            for i in range(n):
+                a[i] += gg[i] * p[i]
+
+
+def _run_s1_forward(x, weight, bias, y, groups, pt, pl, dh, dw):
+    from ... import threads
+
+    n, _, _, w = x.shape
+    k, cg, kr, ks = weight.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    kg = k // groups
+    kblock = 1 if cg == 1 else min(kg, _CHANNEL_BLOCK)
+    # Split channel blocks further when images x groups alone cannot feed every thread.
+    while kblock > 1 and n * groups * -(-kg // kblock) < 2 * threads.get_num_threads():
+        kblock = (kblock + 1) // 2
+    # Accumulators of a band stay in L1 (the input plane streams through once per band).
+    band_h = max(1, min(out_h, _BAND_BYTES // (kblock * w * y.itemsize)))
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=y.dtype)
+    n_tasks = n * groups * -(-kg // kblock)
+    use_configured_threads()
+    _s1_forward_core(x, weight, b, has_bias, y, groups, pt, pl, dh, dw, kblock, band_h, _chunk(n_tasks))
+
+
+# ---------------------------------------------------------------- public kernels
+
+def conv2d_forward(x, weight, bias, y, p):
+    """y (n, k, out_h, out_w) = x (n, c, h, w) cross-correlated with weight (k, c/groups, r, s) + bias (k,).
+
+    float32 or float64, all C-contiguous; every stride, padding, dilation and grouping.
+    """
+    _run_forward(x, weight, bias, y, p.groups, p.stride_h, p.stride_w, p.pad_top, p.pad_left,
+                 p.dil_h, p.dil_w)
+
+
+def conv2d_grad_input(grad_output, weight, grad_input, p):
+    """grad_input (n, c, h, w) from grad_output (n, k, out_h, out_w) and weight (k, c/groups, r, s)."""
+    if p.stride_h == 1 and p.stride_w == 1:
+        # Full correlation with the flipped kernel: grad_input[c] = sum_k gy[k] (*) rot180(w[k, c]).
+        g, cg, kg = p.groups, p.c_per_group, p.k_per_group
+        flipped = weight[:, :, ::-1, ::-1].reshape(g, kg, cg, p.r, p.s)
+        flipped = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4).reshape(p.c, kg, p.r, p.s))
+        _run_forward(grad_output, flipped, None, grad_input, g, 1, 1,
+                     p.dil_h * (p.r - 1) - p.pad_top, p.dil_w * (p.s - 1) - p.pad_left, p.dil_h, p.dil_w)
+        return
+    use_configured_threads()
+    _grad_input_scatter(grad_output, weight, grad_input, p.groups, p.stride_h, p.stride_w,
+                        p.pad_top, p.pad_left, p.dil_h, p.dil_w)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _grad_input_scatter(gy, weight, gx, groups, sh, sw, pt, pl, dh, dw):
+    """Strided grad_input: each (image, input channel) task scatters into its own padded plane."""
+    for task in prange(gx.shape[0] * gx.shape[1]):
+        _grad_input_task(gy, weight, gx, task, groups, sh, sw, pt, pl, dh, dw)
+
+
+@njit(**JIT_OPTIONS)
+def _grad_input_task(gy, weight, gx, task, groups, sh, sw, pt, pl, dh, dw):
+    _, c_all, h, w = gx.shape
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    k_all, cg, kr, ks = weight.shape
+    kg = k_all // groups
+    hp = max((out_h - 1) * sh + (kr - 1) * dh + 1, pt + h)
+    wp = max((out_w - 1) * sw + (ks - 1) * dw + 1, pl + w)
+    n = task // c_all
+    c = task % c_all
+    g = c // cg
+    ci = c % cg
+    plane = np.zeros(hp * wp, dtype=gx.dtype)
+    for kj in range(kg):
+        k = g * kg + kj
+        for oh in range(out_h):
+            row = gy[n, k, oh]
+            for r in range(kr):
+                base = (oh * sh + r * dh) * wp
+                for s in range(ks):
+                    _scatter_row(plane, base + s * dw, sw, weight[k, ci, r, s], row)
+    out = gx[n, c]
+    for ih in range(h):
+        src = plane[(ih + pt) * wp + pl:(ih + pt) * wp + pl + w]
+        dst = out[ih]
+        for iw in range(w):
+            dst[iw] = src[iw]
+
+
+@njit(**JIT_OPTIONS)
+def _scatter_row(plane, o, sw, wv, row):
+    """plane[o + i*sw] += wv * row[i]."""
+    dst = plane[o:]
+    if sw == 2:
+        for i in range(row.size):
+            dst[2 * i] += wv * row[i]
+    else:
+        for i in range(row.size):
+            dst[i * sw] += wv * row[i]
+
+
+def conv2d_grad_weight(grad_output, x, grad_weight, p):
+    """grad_weight (k, c/groups, r, s) = sum over batch and pixels of grad_output x shifted input."""
+    sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
+    if _s1_applies(sh, sw, p.out_w, p.w):
+        per_row = (p.r * p.s + 2) * p.w * grad_weight.itemsize
+        band_h = max(1, min(p.out_h, _BAND_BYTES // per_row))
+        use_configured_threads()
+        _s1_grad_weight_core(grad_output, x, grad_weight, p.groups, p.pad_top, p.pad_left, dh, dw, band_h)
+        return
+    wp = (p.out_w - 1) * sw + (p.s - 1) * dw + 1
+    per_row = (p.r * p.s * wp + sh * wp + wp) * grad_weight.itemsize
+    band_h = max(1, min(p.out_h, (_BAND_BYTES * 2) // per_row))
+    use_configured_threads()
+    _grad_weight_core(grad_output, x, grad_weight, p.groups, sh, sw, p.pad_top, p.pad_left, dh, dw, band_h)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _grad_weight_core(gy, x, gw, groups, sh, sw, pt, pl, dh, dw, band_h):
+    """One task per filter entry (k, c): per-tap accumulator rows over the batch, then a sum."""
+    for task in prange(gw.shape[0] * gw.shape[1]):
+        _grad_weight_task(gy, x, gw, task, groups, sh, sw, pt, pl, dh, dw, band_h)
+
+
+@njit(**JIT_OPTIONS)
+def _grad_weight_task(gy, x, gw, task, groups, sh, sw, pt, pl, dh, dw, band_h):
+    n_img = x.shape[0]
+    k_all, cg, kr, ks = gw.shape
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    kg = k_all // groups
+    wp = (out_w - 1) * sw + (ks - 1) * dw + 1
+    band_rows = (band_h - 1) * sh + (kr - 1) * dh + 1
+    band_len = (band_h - 1) * wp + out_w
+    k = task // cg
+    ci = task % cg
+    c = (k // kg) * cg + ci
+    band = np.empty(band_rows * wp, dtype=x.dtype)
+    gband = np.zeros(band_len, dtype=x.dtype)
+    acc = np.zeros((kr * ks, band_len), dtype=gw.dtype)
+    for n in range(n_img):
+        gplane = gy[n, k]
+        for oh0 in range(0, out_h, band_h):
+            bh = min(band_h, out_h - oh0)
+            rows = (bh - 1) * sh + (kr - 1) * dh + 1
+            _copy_band(x[n, c], band, oh0 * sh - pt, -pl, rows, wp)
+            for i in range(bh):
+                src = gplane[oh0 + i]
+                dst = gband[i * wp:i * wp + out_w]
+                for j in range(out_w):
+                    dst[j] = src[j]
+            for r in range(kr):
+                for s in range(ks):
+                    a = acc[r * ks + s]
+                    off = r * dh * wp + s * dw
+                    if sh == 1 and sw == 1:
+                        _mul_acc(a, 0, gband, 0, band, off, (bh - 1) * wp + out_w)
+                    elif sw == 1:
+                        for i in range(bh):
+                            _mul_acc(a, i * wp, gband, i * wp, band, off + i * sh * wp, out_w)
+                    else:
+                        for i in range(bh):
+                            _mul_acc_strided(a, i * wp, gband, i * wp, band, off + i * sh * wp, sw, out_w)
+    rows_used = min(band_h, out_h)
+    for r in range(kr):
+        for s in range(ks):
+            a = acc[r * ks + s]
+            total = 0.0
+            for i in range(rows_used):
+                for j in range(out_w):
+                    total += a[i * wp + j]
+            gw[k, ci, r, s] = total
+
+
+@njit(**JIT_OPTIONS)
+def _mul_acc(acc, a0, g, g0, band, b0, n):
+    """acc[a0 + i] += g[g0 + i] * band[b0 + i] for i < n."""
+    out = acc[a0:a0 + n]
+    gg = g[g0:g0 + n]
+    xx = band[b0:b0 + n]
+    for i in range(n):
+        out[i] += gg[i] * xx[i]
+
+
+@njit(**JIT_OPTIONS)
+def _mul_acc_strided(acc, a0, g, g0, band, b0, sw, n):
+    """acc[a0 + i] += g[g0 + i] * band[b0 + i*sw] for i < n."""
+    out = acc[a0:a0 + n]
+    gg = g[g0:g0 + n]
+    xx = band[b0:b0 + (n - 1) * sw + 1:sw]
+    for i in range(n):
+        out[i] += gg[i] * xx[i]
+
+
+def conv2d_grad_bias(grad_output, grad_bias, p):
+    """grad_bias (k,) = grad_output (n, k, out_h, out_w) summed over batch and pixels."""
+    use_configured_threads()
+    _grad_bias_core(grad_output.reshape(p.n, p.k, p.out_h * p.out_w), grad_bias)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _grad_bias_core(gy, gb):
+    for k in prange(gy.shape[1]):
+        _grad_bias_task(gy, gb, k)
+
+
+@njit(**JIT_OPTIONS)
+def _grad_bias_task(gy, gb, k):
+    """Add the planes element-wise (vectorises), then sum that row in float64."""
+    n_img, _, m = gy.shape
+    acc = np.zeros(m, dtype=np.float64)
+    for n in range(n_img):
+        src = gy[n, k]
+        for i in range(m):
+            acc[i] += src[i]
+    total = 0.0
+    for i in range(m):
+        total += acc[i]
+    gb[k] = total
