@@ -7,42 +7,49 @@ module means adding its rows here; nothing else changes.
 Kernel signatures, one per op (all arrays C-contiguous, of the params' dtype, checked by
 ``fastconv.checks``; the output array is uninitialised and the kernel writes all of it):
 
-================== ==================================================
-op                 signature
-================== ==================================================
-conv2d_forward     ``f(x, weight, bias_or_None, y, params)``
-conv2d_grad_input  ``f(grad_output, weight, grad_input, params)``
-conv2d_grad_weight ``f(grad_output, x, grad_weight, params)``
-conv2d_grad_bias   ``f(grad_output, grad_bias, params)``
-max_pool2d_forward ``f(x, y, indices_or_None, params)`` (indices int64)
+=================== ==================================================
+op                  signature
+=================== ==================================================
+conv2d_forward      ``f(x, weight, bias_or_None, y, params)``
+conv2d_grad_input   ``f(grad_output, weight, grad_input, params)``
+conv2d_grad_weight  ``f(grad_output, x, grad_weight, params)``
+conv2d_grad_bias    ``f(grad_output, grad_bias, params)``
+max_pool2d_forward  ``f(x, y, indices_or_None, params)`` (indices int64)
 max_pool2d_backward ``f(grad_output, indices, grad_input, params)``
-avg_pool2d_forward ``f(x, y, params)``
+avg_pool2d_forward  ``f(x, y, params)``
 avg_pool2d_backward ``f(grad_output, grad_input, params)``
-================== ==================================================
+=================== ==================================================
 
 ``params`` is a ``ConvParams`` or ``PoolParams`` (``fastconv.params``).
 """
 
-_REFERENCE = "fastconv.reference"
+_REF = "fastconv.reference"
 _CY = "fastconv.kernels.cython"
 _NB = "fastconv.kernels.numba"
 
-KERNEL_TABLE = [
-    # op                   algo         backend   "module:function"
-    ("conv2d_forward",      "reference", "numpy",  f"{_REFERENCE}:conv2d_forward"),
-    ("conv2d_grad_input",   "reference", "numpy",  f"{_REFERENCE}:conv2d_grad_input"),
-    ("conv2d_grad_weight",  "reference", "numpy",  f"{_REFERENCE}:conv2d_grad_weight"),
-    ("conv2d_grad_bias",    "reference", "numpy",  f"{_REFERENCE}:conv2d_grad_bias"),
-    ("max_pool2d_forward",  "reference", "numpy",  f"{_REFERENCE}:max_pool2d_forward"),
-    ("max_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:max_pool2d_backward"),
-    ("avg_pool2d_forward",  "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_forward"),
-    ("avg_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_backward"),
-    ("conv2d_forward",      "direct",    "numba",  f"{_NB}.direct:conv2d_forward"),
-    ("conv2d_grad_input",   "direct",    "numba",  f"{_NB}.direct:conv2d_grad_input"),
-    ("conv2d_grad_weight",  "direct",    "numba",  f"{_NB}.direct:conv2d_grad_weight"),
-    ("conv2d_grad_bias",    "direct",    "numba",  f"{_NB}.direct:conv2d_grad_bias"),
-    ("max_pool2d_forward",  "direct",    "numba",  f"{_NB}.pooling:max_pool2d_forward"),
-    ("max_pool2d_backward", "direct",    "numba",  f"{_NB}.pooling:max_pool2d_backward"),
-    ("avg_pool2d_forward",  "direct",    "numba",  f"{_NB}.pooling:avg_pool2d_forward"),
-    ("avg_pool2d_backward", "direct",    "numba",  f"{_NB}.pooling:avg_pool2d_backward"),
+_CONV = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
+_POOL = ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward")
+_GEMM_PASSES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
+
+# module, algo, backend, the ops it implements (a function of the op's name), suffix of the
+# function name. The Numba and Cython rows of each algorithm name modules that mirror each
+# other function for function.
+_MODULES = [
+    (_REF,                 "reference",    "numpy",  _CONV + _POOL, ""),
+    (f"{_CY}.direct",      "direct",       "cython", _CONV, ""),
+    (f"{_NB}.direct",      "direct",       "numba",  _CONV, ""),
+    (f"{_CY}.pooling",     "direct",       "cython", _POOL, ""),
+    (f"{_NB}.pooling",     "direct",       "numba",  _POOL, ""),
+    (f"{_CY}.im2col",      "im2col",       "cython", _GEMM_PASSES, ""),
+    (f"{_NB}.im2col",      "im2col",       "numba",  _GEMM_PASSES, ""),
+    # Winograd: one module per backend holds both tile sizes; grad_weight is delegated to
+    # im2col (fastconv.dispatch.rules.DELEGATES), grad_bias to direct.
+    (f"{_CY}.winograd",    "winograd_f23", "cython", ("conv2d_forward", "conv2d_grad_input"), "_f23"),
+    (f"{_CY}.winograd",    "winograd_f43", "cython", ("conv2d_forward", "conv2d_grad_input"), "_f43"),
+    (f"{_NB}.winograd",    "winograd_f23", "numba",  ("conv2d_forward", "conv2d_grad_input"), "_f23"),
+    (f"{_NB}.winograd",    "winograd_f43", "numba",  ("conv2d_forward", "conv2d_grad_input"), "_f43"),
 ]
+
+#: (op, algo, backend, "module:function") for every kernel.
+KERNEL_TABLE = [(op, algo, backend, f"{module}:{op}{suffix}")
+                for module, algo, backend, ops, suffix in _MODULES for op in ops]
