@@ -37,4 +37,8 @@ KERNEL_TABLE = [
     ("max_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:max_pool2d_backward"),
     ("avg_pool2d_forward",  "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_forward"),
     ("avg_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_backward"),
+    ("conv2d_forward",      "direct",    "cython", f"{_CY}.direct:conv2d_forward"),
+    ("conv2d_grad_input",   "direct",    "cython", f"{_CY}.direct:conv2d_grad_input"),
+    ("conv2d_grad_weight",  "direct",    "cython", f"{_CY}.direct:conv2d_grad_weight"),
+    ("conv2d_grad_bias",    "direct",    "cython", f"{_CY}.direct:conv2d_grad_bias"),
 ]

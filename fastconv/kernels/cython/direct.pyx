@@ -1,0 +1,877 @@
+"""Direct convolution kernels (Cython + OpenMP), forward and the three gradients.
+
+The Numba twin is ``fastconv/kernels/numba/direct.py``: same public functions, same split
+into a shared correlation core, a scatter kernel for strided grad_input, a grad_weight core
+and a grad_bias reduction.
+
+How the loops are laid out (why it is fast):
+
+* **Taps.** A convolution output is ``bias + sum over taps t = (c, r, s) of w[k, t] * src_t``
+  where ``src_t`` is the input plane ``c`` shifted by ``(r*dil_h, s*dil_w)``. Each tap is one
+  pointer offset ``toff[t]`` into a (padded) plane buffer, so a tap is the same thing whether
+  it walks channels (1x1 convolutions), kernel positions (one input channel, depthwise) or both.
+* **Wide rows (stride 1).** With unit strides, output pixel ``(oh, ow)`` reads the padded
+  plane at ``oh*Wp + ow + toff[t]``. Indexing the output by ``j = oh*Wp + ow`` ("wide" rows
+  of ``Wp >= out_w`` columns) makes every tap ONE contiguous run over the whole plane; the
+  ``Wp - out_w`` extra columns per row compute values that are never stored. Small planes
+  such as MNIST's 26x26 then give long vector loops instead of 26-element rows.
+* **Padding** is handled once per plane by copying it into a zero-bordered buffer, so the
+  inner loops have no bounds checks at all (unpadded convolutions read ``x`` in place).
+* **Register blocking.** A tile of ``TILE`` outputs for 4 output channels lives in local
+  arrays (they cannot alias the input, so gcc vectorises without runtime alias checks);
+  taps are applied 3 at a time, so each input vector load feeds 12 FMAs.
+* **Gradients.** grad_input with stride 1 is the same correlation applied to the padded
+  grad_output with flipped, transposed filters (a gather: every task owns its outputs);
+  strided grad_input scatters into a private padded plane per (image, channel). grad_weight
+  is a set of dot products per filter entry, accumulated in 8 vector lanes; each task owns
+  its filter entries, and the batch is split into a number of chunks fixed by the shape
+  alone, so the result is bit-identical for any thread count.
+
+No ``-ffast-math``: NaN and Inf propagate as IEEE arithmetic says. Every output element's
+sum is formed in the same order whatever the thread count or blocking.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+from fastconv.kernels.cython.blas cimport floating
+from fastconv.kernels.cython.openmp cimport omp_get_thread_num
+
+from fastconv.threads import get_num_threads
+
+cdef enum:
+    TILE = 256        # outputs per register-blocked tile (per output channel)
+    LANES = 8         # independent partial sums of a dot product (one AVX vector of float)
+    TASKS_PER_THREAD = 4
+    COPY_BUDGET = 65536   # elements of padded planes a task copies at once
+
+
+cdef struct Geometry:
+    # A stride-s correlation: src (n, c, h, w) -> dst (n, k, out_h, out_w) in groups.
+    Py_ssize_t n, c, h, w, k, groups, cg, kg, r, s
+    Py_ssize_t sh, sw, dh, dw
+    Py_ssize_t top, left, hp, wp      # where the source sits in its padded plane (hp x wp)
+    Py_ssize_t out_h, out_w
+    Py_ssize_t cb                     # channels per chunk (padded planes copied together)
+    Py_ssize_t kbt                    # output channels per task
+    Py_ssize_t nkb                    # ceil(kg / kbt)
+    Py_ssize_t nc                     # batch chunks (grad_weight only)
+    Py_ssize_t ps                     # elements between consecutive planes of the tap source
+    bint copy                         # padded copies needed (else the source is read in place)
+    bint wide                         # unit strides: one contiguous run per plane
+
+
+# ---------------------------------------------------------------- helpers
+
+cdef inline void _copy_padded(const floating* src, Py_ssize_t hs, Py_ssize_t ws,
+                              floating* dst, Py_ssize_t hd, Py_ssize_t wd,
+                              Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """dst (hd x wd) = src (hs x ws) placed at (top, left), zeros elsewhere.
+
+    ``top``/``left`` may be negative (the source is cropped), as grad_input needs when the
+    forward padding exceeds the kernel extent.
+    """
+    cdef Py_ssize_t a, sa
+    cdef Py_ssize_t b0 = left if left > 0 else 0
+    cdef Py_ssize_t b1 = left + ws if left + ws < wd else wd
+    cdef floating* row
+    for a in range(hd):
+        row = dst + a * wd
+        sa = a - top
+        if sa < 0 or sa >= hs or b1 <= b0:
+            memset(row, 0, wd * sizeof(floating))
+        else:
+            if b0 > 0:
+                memset(row, 0, b0 * sizeof(floating))
+            memcpy(row + b0, src + sa * ws + (b0 - left), (b1 - b0) * sizeof(floating))
+            if b1 < wd:
+                memset(row + b1, 0, (wd - b1) * sizeof(floating))
+
+
+cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_ssize_t n,
+                            Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """a[i] = output j0 + i of a plane stored (out_h, out_w) but indexed by wide rows of wq."""
+    cdef Py_ssize_t j = j0, end = j0 + n, oh, ow, row_end, valid_end, i
+    while j < end:
+        oh = j // wq
+        ow = j - oh * wq
+        row_end = (oh + 1) * wq
+        if row_end > end:
+            row_end = end
+        valid_end = oh * wq + out_w
+        if valid_end > row_end:
+            valid_end = row_end
+        for i in range(j, valid_end):
+            a[i - j0] = dst[oh * out_w + (i - oh * wq)]
+        for i in range(valid_end if valid_end > j else j, row_end):
+            a[i - j0] = 0
+        j = row_end
+
+
+cdef inline void _tile_store(const floating* a, floating* dst, Py_ssize_t j0, Py_ssize_t n,
+                             Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """Store the valid (column < out_w) entries of a wide-row tile into an (out_h, out_w) plane."""
+    cdef Py_ssize_t j = j0, end = j0 + n, oh, valid_end, i
+    while j < end:
+        oh = j // wq
+        valid_end = oh * wq + out_w
+        if valid_end > end:
+            valid_end = end
+        for i in range(j, valid_end):
+            dst[oh * out_w + (i - oh * wq)] = a[i - j0]
+        j = (oh + 1) * wq
+
+
+cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                 const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
+                 floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """Four output channels x ``n`` (<= TILE) outputs: a_q[i] (+)= sum_t w_q[t] * src[i*step + toff[t]].
+
+    ``first``: start from the bias (or 0), else from the values already in ``dst`` (an earlier
+    channel chunk). Output channel q's weights are ``wr + q*wstride`` and its plane
+    ``dst + q*dstride``.
+    """
+    cdef floating a0[TILE]
+    cdef floating a1[TILE]
+    cdef floating a2[TILE]
+    cdef floating a3[TILE]
+    cdef const floating* w0 = wr
+    cdef const floating* w1 = wr + wstride
+    cdef const floating* w2 = wr + 2 * wstride
+    cdef const floating* w3 = wr + 3 * wstride
+    cdef const floating* xa
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef floating b0, b1, b2, b3, va, vb, vc
+    cdef floating wa0, wb0, wc0, wa1, wb1, wc1, wa2, wb2, wc2, wa3, wb3, wc3
+    cdef Py_ssize_t i, t
+    if first:
+        b0 = b1 = b2 = b3 = 0
+        if bias != NULL:
+            b0 = bias[0]
+            b1 = bias[1]
+            b2 = bias[2]
+            b3 = bias[3]
+        for i in range(n):
+            a0[i] = b0
+            a1[i] = b1
+            a2[i] = b2
+            a3[i] = b3
+    else:
+        _tile_load(a0, dst, j0, n, wq, out_w)
+        _tile_load(a1, dst + dstride, j0, n, wq, out_w)
+        _tile_load(a2, dst + 2 * dstride, j0, n, wq, out_w)
+        _tile_load(a3, dst + 3 * dstride, j0, n, wq, out_w)
+    t = 0
+    while t + 3 <= ntaps:
+        xa = src + toff[t]
+        xb = src + toff[t + 1]
+        xc = src + toff[t + 2]
+        wa0 = w0[t]; wb0 = w0[t + 1]; wc0 = w0[t + 2]
+        wa1 = w1[t]; wb1 = w1[t + 1]; wc1 = w1[t + 2]
+        wa2 = w2[t]; wb2 = w2[t + 1]; wc2 = w2[t + 2]
+        wa3 = w3[t]; wb3 = w3[t + 1]; wc3 = w3[t + 2]
+        if step == 1:
+            for i in range(n):
+                va = xa[i]
+                vb = xb[i]
+                vc = xc[i]
+                a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
+                a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
+                a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
+                a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
+        else:
+            for i in range(n):
+                va = xa[i * step]
+                vb = xb[i * step]
+                vc = xc[i * step]
+                a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
+                a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
+                a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
+                a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
+        t += 3
+    while t < ntaps:
+        xa = src + toff[t]
+        wa0 = w0[t]; wa1 = w1[t]; wa2 = w2[t]; wa3 = w3[t]
+        if step == 1:
+            for i in range(n):
+                va = xa[i]
+                a0[i] = a0[i] + wa0 * va
+                a1[i] = a1[i] + wa1 * va
+                a2[i] = a2[i] + wa2 * va
+                a3[i] = a3[i] + wa3 * va
+        else:
+            for i in range(n):
+                va = xa[i * step]
+                a0[i] = a0[i] + wa0 * va
+                a1[i] = a1[i] + wa1 * va
+                a2[i] = a2[i] + wa2 * va
+                a3[i] = a3[i] + wa3 * va
+        t += 1
+    _tile_store(a0, dst, j0, n, wq, out_w)
+    _tile_store(a1, dst + dstride, j0, n, wq, out_w)
+    _tile_store(a2, dst + 2 * dstride, j0, n, wq, out_w)
+    _tile_store(a3, dst + 3 * dstride, j0, n, wq, out_w)
+
+
+cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                 const floating* w0, const floating* bias, bint first,
+                 floating* dst, Py_ssize_t j0, Py_ssize_t n,
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """One output channel of ``_tile4`` (same arithmetic, so results do not depend on blocking).
+
+    Taps are taken 3 at a time, exactly like ``_tile4``, and a run of 9 taps (a 3x3 kernel of
+    a depthwise or one-channel layer) is applied in one pass over the tile: one accumulator
+    load/store per 9 FMAs instead of per 3, with the same rounding as three passes of 3.
+    """
+    cdef floating a0[TILE]
+    cdef const floating* xa
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef const floating* xd
+    cdef const floating* xe
+    cdef const floating* xf
+    cdef const floating* xg
+    cdef const floating* xh
+    cdef const floating* xi
+    cdef floating va, vb, vc, wa, wb, wc, wd, we, wf, wg, wh, wi, acc
+    cdef Py_ssize_t i, t
+    if first:
+        wa = bias[0] if bias != NULL else 0
+        for i in range(n):
+            a0[i] = wa
+    else:
+        _tile_load(a0, dst, j0, n, wq, out_w)
+    t = 0
+    if step == 1:
+        while t + 9 <= ntaps:
+            xa = src + toff[t]; xb = src + toff[t + 1]; xc = src + toff[t + 2]
+            xd = src + toff[t + 3]; xe = src + toff[t + 4]; xf = src + toff[t + 5]
+            xg = src + toff[t + 6]; xh = src + toff[t + 7]; xi = src + toff[t + 8]
+            wa = w0[t]; wb = w0[t + 1]; wc = w0[t + 2]
+            wd = w0[t + 3]; we = w0[t + 4]; wf = w0[t + 5]
+            wg = w0[t + 6]; wh = w0[t + 7]; wi = w0[t + 8]
+            for i in range(n):
+                acc = a0[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+                acc = acc + wd * xd[i] + we * xe[i] + wf * xf[i]
+                a0[i] = acc + wg * xg[i] + wh * xh[i] + wi * xi[i]
+            t += 9
+    while t + 3 <= ntaps:
+        xa = src + toff[t]
+        xb = src + toff[t + 1]
+        xc = src + toff[t + 2]
+        wa = w0[t]; wb = w0[t + 1]; wc = w0[t + 2]
+        if step == 1:
+            for i in range(n):
+                a0[i] = a0[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+        else:
+            for i in range(n):
+                va = xa[i * step]
+                vb = xb[i * step]
+                vc = xc[i * step]
+                a0[i] = a0[i] + wa * va + wb * vb + wc * vc
+        t += 3
+    while t < ntaps:
+        xa = src + toff[t]
+        wa = w0[t]
+        if step == 1:
+            for i in range(n):
+                a0[i] = a0[i] + wa * xa[i]
+        else:
+            for i in range(n):
+                a0[i] = a0[i] + wa * xa[i * step]
+        t += 1
+    _tile_store(a0, dst, j0, n, wq, out_w)
+
+
+# ---------------------------------------------------------------- correlation core
+
+cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, const floating* w,
+                        const floating* bias, floating* y, const Py_ssize_t* toff,
+                        floating* ws) noexcept nogil:
+    """One task of ``_forward_core``: image n, group, block of ``kbt`` output channels."""
+    cdef Py_ssize_t kb = task % g.nkb
+    cdef Py_ssize_t rest = task // g.nkb
+    cdef Py_ssize_t grp = rest % g.groups
+    cdef Py_ssize_t n = rest // g.groups
+    cdef Py_ssize_t k0 = grp * g.kg + kb * g.kbt
+    cdef Py_ssize_t nk = g.kg - kb * g.kbt
+    cdef Py_ssize_t rs = g.r * g.s, crs = g.cg * g.r * g.s
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w, in_plane = g.h * g.w
+    cdef const floating* x_img = x + (n * g.c + grp * g.cg) * in_plane
+    cdef floating* y_blk
+    cdef const floating* w_blk = w + k0 * crs
+    cdef const floating* base
+    cdef const floating* b
+    cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, oh, ow0
+    cdef bint first
+    if nk > g.kbt:
+        nk = g.kbt
+    y_blk = y + (n * g.k + k0) * out_plane
+    cc = 0
+    while cc < g.cg:
+        ncb = g.cg - cc
+        if ncb > g.cb:
+            ncb = g.cb
+        if g.copy:
+            for c in range(ncb):
+                _copy_padded(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
+                             g.hp, g.wp, g.top, g.left)
+            base = ws
+        else:
+            base = x_img + cc * in_plane
+        ntaps = ncb * rs
+        first = cc == 0
+        if g.wide:
+            # One run per plane: output j = oh*wp + ow reads base[j + toff[t]].
+            length = (g.out_h - 1) * g.wp + g.out_w
+            j0 = 0
+            while j0 < length:
+                m = length - j0
+                if m > TILE:
+                    m = TILE
+                kk = 0
+                while kk + 4 <= nk:
+                    b = bias + k0 + kk if bias != NULL else NULL
+                    _tile4(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
+                           y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
+                    kk += 4
+                while kk < nk:
+                    b = bias + k0 + kk if bias != NULL else NULL
+                    _tile1(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
+                           y_blk + kk * out_plane, j0, m, g.wp, g.out_w)
+                    kk += 1
+                j0 += m
+        else:
+            # Strided: one run per output row (a tile of at most TILE columns).
+            for oh in range(g.out_h):
+                ow0 = 0
+                while ow0 < g.out_w:
+                    m = g.out_w - ow0
+                    if m > TILE:
+                        m = TILE
+                    j0 = oh * g.out_w + ow0
+                    kk = 0
+                    while kk + 4 <= nk:
+                        b = bias + k0 + kk if bias != NULL else NULL
+                        _tile4(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
+                               w_blk + kk * crs + cc * rs, crs, b, first,
+                               y_blk + kk * out_plane, out_plane, j0, m, g.out_w, g.out_w)
+                        kk += 4
+                    while kk < nk:
+                        b = bias + k0 + kk if bias != NULL else NULL
+                        _tile1(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
+                               w_blk + kk * crs + cc * rs, b, first,
+                               y_blk + kk * out_plane, j0, m, g.out_w, g.out_w)
+                        kk += 1
+                    ow0 += m
+        cc += ncb
+
+
+cdef void _forward_core(const Geometry* g, const floating* x, const floating* w,
+                        const floating* bias, floating* y, const Py_ssize_t* toff,
+                        floating* ws, Py_ssize_t ws_stride, int nthreads) noexcept nogil:
+    """y = correlation of x with w (+ bias), parallel over (image, group, output-channel block).
+
+    Each task writes its own output planes, so there are no races; ``ws`` holds one padded
+    plane buffer of ``ws_stride`` elements per thread.
+    """
+    cdef Py_ssize_t ntasks = g.n * g.groups * g.nkb
+    cdef Py_ssize_t task
+    for task in prange(ntasks, num_threads=nthreads, schedule="dynamic"):
+        _forward_task(g, task, x, w, bias, y, toff, ws + omp_get_thread_num() * ws_stride)
+
+
+# ---------------------------------------------------------------- strided grad_input (scatter)
+
+cdef void _grad_input_scatter_task(const Geometry* g, Py_ssize_t task, const floating* gy,
+                                   const floating* w, floating* gx, floating* ws) noexcept nogil:
+    """Image n, input channel c: add every tap's contribution into a private padded plane."""
+    cdef Py_ssize_t c = task % g.c
+    cdef Py_ssize_t n = task // g.c
+    cdef Py_ssize_t grp = c // g.cg, cl = c - grp * g.cg
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w
+    cdef Py_ssize_t kk, k, r, s, oh, ow, a
+    cdef floating wv
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* gy_k
+    memset(ws, 0, g.hp * g.wp * sizeof(floating))
+    for kk in range(g.kg):
+        k = grp * g.kg + kk
+        gy_k = gy + (n * g.k + k) * out_plane
+        for r in range(g.r):
+            for s in range(g.s):
+                wv = w[((k * g.cg + cl) * g.r + r) * g.s + s]
+                for oh in range(g.out_h):
+                    dst = ws + (oh * g.sh + r * g.dh) * g.wp + s * g.dw
+                    src = gy_k + oh * g.out_w
+                    if g.sw == 1:
+                        for ow in range(g.out_w):
+                            dst[ow] = dst[ow] + wv * src[ow]
+                    else:
+                        for ow in range(g.out_w):
+                            dst[ow * g.sw] = dst[ow * g.sw] + wv * src[ow]
+    dst = gx + (n * g.c + c) * g.h * g.w
+    for a in range(g.h):
+        memcpy(dst + a * g.w, ws + (a + g.top) * g.wp + g.left, g.w * sizeof(floating))
+
+
+cdef void _grad_input_scatter(const Geometry* g, const floating* gy, const floating* w,
+                              floating* gx, floating* ws, Py_ssize_t ws_stride,
+                              int nthreads) noexcept nogil:
+    cdef Py_ssize_t task
+    for task in prange(g.n * g.c, num_threads=nthreads, schedule="dynamic"):
+        _grad_input_scatter_task(g, task, gy, w, gx, ws + omp_get_thread_num() * ws_stride)
+
+
+# ---------------------------------------------------------------- grad_weight (dot products)
+
+cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_ssize_t step,
+                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
+                floating* out, Py_ssize_t ostride) noexcept nogil:
+    """out[q*ostride + t] += sum_i g_q[i] * src[i*step + toff[t]] for 4 channels q and every tap t.
+
+    Each dot product keeps LANES partial sums (vector registers; no -ffast-math needed) that
+    are added in a fixed order at the end: the result depends only on n, never on threads.
+    """
+    cdef floating p[12][LANES]
+    cdef const floating* g1 = g0 + gstride
+    cdef const floating* g2 = g0 + 2 * gstride
+    cdef const floating* g3 = g0 + 3 * gstride
+    cdef const floating* xa
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef floating ga, gb, gc, gd, va, vb, vc, total
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef Py_ssize_t i, l, q, t, u, width
+    t = 0
+    while t < ntaps:
+        width = ntaps - t
+        if width > 3:
+            width = 3
+        xa = src + toff[t]
+        # A group narrower than 3 taps repeats its last tap; the copies are not stored.
+        xb = src + toff[t + 1] if width > 1 else xa
+        xc = src + toff[t + 2] if width > 2 else xb
+        for q in range(12):
+            for l in range(LANES):
+                p[q][l] = 0
+        if step == 1:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    ga = g0[i + l]; gb = g1[i + l]; gc = g2[i + l]; gd = g3[i + l]
+                    va = xa[i + l]; vb = xb[i + l]; vc = xc[i + l]
+                    p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
+                    p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
+                    p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
+                    p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
+        else:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    ga = g0[i + l]; gb = g1[i + l]; gc = g2[i + l]; gd = g3[i + l]
+                    va = xa[(i + l) * step]; vb = xb[(i + l) * step]; vc = xc[(i + l) * step]
+                    p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
+                    p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
+                    p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
+                    p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
+        for i in range(nfull, n):
+            l = i - nfull
+            ga = g0[i]; gb = g1[i]; gc = g2[i]; gd = g3[i]
+            va = xa[i * step]; vb = xb[i * step]; vc = xc[i * step]
+            p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
+            p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
+            p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
+            p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
+        for q in range(4):
+            for u in range(width):
+                total = 0
+                for l in range(LANES):
+                    total = total + p[q * 3 + u][l]
+                out[q * ostride + t + u] += total
+        t += width
+
+
+cdef void _dot1(const floating* g0, const floating* src, Py_ssize_t step,
+                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
+                floating* out) noexcept nogil:
+    """One channel of ``_dot4`` (identical per-entry arithmetic); taps 3 at a time."""
+    cdef floating p[3][LANES]
+    cdef const floating* xa
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef floating ga, total
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef Py_ssize_t i, l, q, t, u, width
+    t = 0
+    while t < ntaps:
+        width = ntaps - t
+        if width > 3:
+            width = 3
+        xa = src + toff[t]
+        xb = src + toff[t + 1] if width > 1 else xa
+        xc = src + toff[t + 2] if width > 2 else xb
+        for q in range(3):
+            for l in range(LANES):
+                p[q][l] = 0
+        if step == 1:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    ga = g0[i + l]
+                    p[0][l] += ga * xa[i + l]
+                    p[1][l] += ga * xb[i + l]
+                    p[2][l] += ga * xc[i + l]
+        else:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    ga = g0[i + l]
+                    p[0][l] += ga * xa[(i + l) * step]
+                    p[1][l] += ga * xb[(i + l) * step]
+                    p[2][l] += ga * xc[(i + l) * step]
+        for i in range(nfull, n):
+            l = i - nfull
+            ga = g0[i]
+            p[0][l] += ga * xa[i * step]
+            p[1][l] += ga * xb[i * step]
+            p[2][l] += ga * xc[i * step]
+        for u in range(width):
+            total = 0
+            for l in range(LANES):
+                total = total + p[u][l]
+            out[t + u] += total
+        t += width
+
+
+cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* gy,
+                            const floating* x, floating* part, const Py_ssize_t* toff,
+                            floating* ws) noexcept nogil:
+    """Group, block of ``kbt`` filters, batch chunk: dot products over that chunk's images.
+
+    ``ws`` holds the wide copies of the block's grad_output planes (zero in the extra
+    columns, so those positions add nothing) followed by the padded input planes.
+    """
+    cdef Py_ssize_t nci = task % g.nc
+    cdef Py_ssize_t rest = task // g.nc
+    cdef Py_ssize_t kb = rest % g.nkb
+    cdef Py_ssize_t grp = rest // g.nkb
+    cdef Py_ssize_t n0 = nci * g.n // g.nc, n1 = (nci + 1) * g.n // g.nc
+    cdef Py_ssize_t k0 = grp * g.kg + kb * g.kbt
+    cdef Py_ssize_t nk = g.kg - kb * g.kbt
+    cdef Py_ssize_t rs = g.r * g.s, crs = g.cg * g.r * g.s
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w, in_plane = g.h * g.w
+    cdef Py_ssize_t gplane = g.out_h * g.wp
+    cdef floating* out = part + (nci * g.k + k0) * crs
+    cdef floating* gws = ws
+    cdef floating* xws = ws + g.kbt * gplane
+    cdef const floating* gy_blk
+    cdef const floating* gp
+    cdef const floating* x_img
+    cdef const floating* base
+    cdef Py_ssize_t gstride, n, kk, cc, ncb, c, ntaps, length, oh, a
+    if nk > g.kbt:
+        nk = g.kbt
+    for a in range(nk * crs):
+        out[a] = 0
+    for n in range(n0, n1):
+        gy_blk = gy + (n * g.k + k0) * out_plane
+        gp = gy_blk
+        gstride = out_plane
+        if g.wide and g.wp != g.out_w:
+            for kk in range(nk):
+                _copy_padded(gy_blk + kk * out_plane, g.out_h, g.out_w, gws + kk * gplane,
+                             g.out_h, g.wp, 0, 0)
+            gp = gws
+            gstride = gplane
+        x_img = x + (n * g.c + grp * g.cg) * in_plane
+        cc = 0
+        while cc < g.cg:
+            ncb = g.cg - cc
+            if ncb > g.cb:
+                ncb = g.cb
+            if g.copy:
+                for c in range(ncb):
+                    _copy_padded(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
+                                 g.hp, g.wp, g.top, g.left)
+                base = xws
+            else:
+                base = x_img + cc * in_plane
+            ntaps = ncb * rs
+            if g.wide:
+                length = (g.out_h - 1) * g.wp + g.out_w
+                kk = 0
+                while kk + 4 <= nk:
+                    _dot4(gp + kk * gstride, gstride, base, 1, toff, ntaps, length,
+                          out + kk * crs + cc * rs, crs)
+                    kk += 4
+                while kk < nk:
+                    _dot1(gp + kk * gstride, base, 1, toff, ntaps, length, out + kk * crs + cc * rs)
+                    kk += 1
+            else:
+                for oh in range(g.out_h):
+                    kk = 0
+                    while kk + 4 <= nk:
+                        _dot4(gp + kk * gstride + oh * g.out_w, gstride, base + oh * g.sh * g.wp,
+                              g.sw, toff, ntaps, g.out_w, out + kk * crs + cc * rs, crs)
+                        kk += 4
+                    while kk < nk:
+                        _dot1(gp + kk * gstride + oh * g.out_w, base + oh * g.sh * g.wp, g.sw,
+                              toff, ntaps, g.out_w, out + kk * crs + cc * rs)
+                        kk += 1
+            cc += ncb
+
+
+cdef void _grad_weight_core(const Geometry* g, const floating* gy, const floating* x,
+                            floating* part, const Py_ssize_t* toff, floating* ws,
+                            Py_ssize_t ws_stride, int nthreads) noexcept nogil:
+    """part[chunk] = grad_weight of each batch chunk, parallel over (group, filter block, chunk)."""
+    cdef Py_ssize_t task
+    for task in prange(g.groups * g.nkb * g.nc, num_threads=nthreads, schedule="dynamic"):
+        _grad_weight_task(g, task, gy, x, part, toff, ws + omp_get_thread_num() * ws_stride)
+
+
+# ---------------------------------------------------------------- grad_bias
+
+cdef floating _channel_sum(const floating* gy, Py_ssize_t kk, Py_ssize_t n, Py_ssize_t k,
+                           Py_ssize_t plane) noexcept nogil:
+    """Sum of grad_output[:, kk] with LANES partial sums, added in a fixed order."""
+    cdef Py_ssize_t img, i, l, nfull = plane - plane % LANES
+    cdef floating p[LANES]
+    cdef floating total = 0
+    cdef const floating* src
+    for l in range(LANES):
+        p[l] = 0
+    for img in range(n):
+        src = gy + (img * k + kk) * plane
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                p[l] += src[i + l]
+        for i in range(nfull, plane):
+            p[i - nfull] += src[i]
+    for l in range(LANES):
+        total = total + p[l]
+    return total
+
+
+cdef void _grad_bias_core(const floating* gy, floating* gb, Py_ssize_t n, Py_ssize_t k,
+                          Py_ssize_t plane, int nthreads) noexcept nogil:
+    """gb[k] = grad_output summed over images and pixels, parallel over channels."""
+    cdef Py_ssize_t kk
+    for kk in prange(k, num_threads=nthreads, schedule="static"):
+        gb[kk] = _channel_sum(gy, kk, n, k, plane)
+
+
+# ---------------------------------------------------------------- Python-level wrappers
+
+def _tap_offsets(channels, r, s, dh, dw, wp, plane):
+    """toff[(c*r + i)*s + j] = c*plane + i*dh*wp + j*dw: where each tap starts in the source."""
+    c = np.arange(channels, dtype=np.intp)[:, None, None] * plane
+    i = np.arange(r, dtype=np.intp)[None, :, None] * (dh * wp)
+    j = np.arange(s, dtype=np.intp)[None, None, :] * dw
+    return np.ascontiguousarray((c + i + j).ravel(), dtype=np.intp)
+
+
+def _channel_chunk(cg, plane_elems):
+    """Channels whose padded planes are copied together (a bounded workspace)."""
+    return max(1, min(cg, COPY_BUDGET // max(plane_elems, 1)))
+
+
+def _task_block(units, kg, nthreads):
+    """Output channels per task: all of a group's when there are enough (image, group) units
+    for the threads, otherwise fewer (a multiple of 4, the register block) so that every
+    thread gets work. The blocking does not change any result."""
+    want = TASKS_PER_THREAD * nthreads
+    if units >= want or kg <= 4:
+        return kg
+    blocks = -(-want // units)
+    kbt = -(-kg // blocks)
+    kbt = -(-kbt // 4) * 4
+    return max(4, min(kg, kbt))
+
+
+cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t k,
+                        Py_ssize_t groups, Py_ssize_t r, Py_ssize_t s, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t top, Py_ssize_t left,
+                        Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t out_h, Py_ssize_t out_w):
+    cdef Geometry g
+    g.n = n; g.c = c; g.h = h; g.w = w; g.k = k; g.groups = groups
+    g.cg = c // groups; g.kg = k // groups; g.r = r; g.s = s
+    g.sh = sh; g.sw = sw; g.dh = dh; g.dw = dw
+    g.top = top; g.left = left; g.hp = hp; g.wp = wp
+    g.out_h = out_h; g.out_w = out_w
+    g.copy = not (top == 0 and left == 0 and hp == h and wp == w)
+    if not g.copy:
+        g.hp = h
+        g.wp = w
+    g.ps = g.hp * g.wp
+    g.wide = sh == 1 and sw == 1
+    g.cb = _channel_chunk(g.cg, g.ps) if g.copy else g.cg
+    g.kbt = g.kg
+    g.nkb = 1
+    g.nc = 1
+    return g
+
+
+cdef void _run_forward(Geometry* g, floating[:, :, :, ::1] x, floating[:, :, :, ::1] w,
+                       floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y, int nthreads):
+    """The correlation core over checked arrays; workspace and tap offsets prepared here."""
+    g.kbt = _task_block(g.n * g.groups, g.kg, nthreads)
+    g.nkb = (g.kg + g.kbt - 1) // g.kbt
+    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.wp, g.ps)
+    cdef Py_ssize_t[::1] toff_v = toff
+    cdef Py_ssize_t ws_stride = g.cb * g.ps if g.copy else 0
+    dtype = np.float32 if floating is float else np.float64
+    workspace = np.empty(max(1, nthreads * ws_stride), dtype=dtype)
+    cdef floating[::1] ws_v = workspace
+    cdef const floating* b = &bias[0] if has_bias else NULL
+    with nogil:
+        _forward_core(g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], b, &y[0, 0, 0, 0], &toff_v[0],
+                      &ws_v[0], ws_stride, nthreads)
+
+
+cdef void _conv2d_forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] bias,
+                          bint has_bias, floating[:, :, :, ::1] y, p, int nthreads):
+    cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
+                                p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
+                                p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right,
+                                p.out_h, p.out_w)
+    _run_forward(&g, x, w, bias, has_bias, y, nthreads)
+
+
+cdef void _conv2d_grad_input(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] w,
+                             floating[:, :, :, ::1] gx, p, int nthreads):
+    cdef Geometry g
+    cdef Py_ssize_t hp, wp, ws_stride
+    cdef floating[::1] ws_v
+    cdef floating[:, :, :, ::1] wt
+    dtype = np.float32 if floating is float else np.float64
+    if p.stride_h == 1 and p.stride_w == 1:
+        # gx = gy (zero-padded by the kernel extent minus the forward padding) correlated with
+        # the flipped filters, transposed to (c, k/groups, r, s) within each group.
+        hp = p.h + p.dil_h * (p.r - 1)
+        wp = p.w + p.dil_w * (p.s - 1)
+        g = _geometry(p.n, p.k, p.out_h, p.out_w, p.c, p.groups, p.r, p.s, 1, 1,
+                      p.dil_h, p.dil_w, p.dil_h * (p.r - 1) - p.pad_top,
+                      p.dil_w * (p.s - 1) - p.pad_left, hp, wp, p.h, p.w)
+        flipped = np.asarray(w).reshape(p.groups, p.k_per_group, p.c_per_group, p.r, p.s)[..., ::-1, ::-1]
+        wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(
+            p.c, p.k_per_group, p.r, p.s)
+        _run_forward(&g, gy, wt, wt[0, 0, 0, :1], False, gx, nthreads)
+        return
+    g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s, p.stride_h, p.stride_w,
+                  p.dil_h, p.dil_w, p.pad_top, p.pad_left,
+                  p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right, p.out_h, p.out_w)
+    # The scatter needs the full padded plane even when the forward reads x in place.
+    g.hp = p.h + p.pad_top + p.pad_bottom
+    g.wp = p.w + p.pad_left + p.pad_right
+    ws_stride = g.hp * g.wp
+    ws_v = np.empty(nthreads * ws_stride, dtype=dtype)
+    with nogil:
+        _grad_input_scatter(&g, &gy[0, 0, 0, 0], &w[0, 0, 0, 0], &gx[0, 0, 0, 0], &ws_v[0],
+                            ws_stride, nthreads)
+
+
+def _batch_chunks(n, groups, kg, weight_elems):
+    """How many batch chunks grad_weight sums separately (then adds in order).
+
+    A function of the shape only, never of the thread count, so results are reproducible:
+    enough (group, filter block, chunk) tasks for a few threads, bounded partial buffers.
+    """
+    units = groups * (-(-kg // 4))
+    nc = max(1, min(n, -(-16 // units)))
+    while nc > 1 and nc * weight_elems > (1 << 22):
+        nc //= 2
+    return nc
+
+
+cdef void _conv2d_grad_weight(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] x,
+                              floating[:, :, :, ::1] gw, p, int nthreads):
+    cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
+                                p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
+                                p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right,
+                                p.out_h, p.out_w)
+    g.kbt = min(4, g.kg)
+    g.nkb = (g.kg + g.kbt - 1) // g.kbt
+    g.nc = _batch_chunks(g.n, g.groups, g.kg, gw.size)
+    dtype = np.float32 if floating is float else np.float64
+    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.wp, g.ps)
+    cdef Py_ssize_t[::1] toff_v = toff
+    cdef Py_ssize_t ws_stride = g.kbt * g.out_h * g.wp + (g.cb * g.ps if g.copy else 0)
+    cdef floating[::1] ws_v = np.empty(max(1, nthreads * ws_stride), dtype=dtype)
+    cdef floating[:, :, ::1] part_v
+    if g.nc == 1:
+        part_v = np.asarray(gw).reshape(1, p.k, -1)
+    else:
+        part_v = np.empty((g.nc, p.k, p.c_per_group * p.r * p.s), dtype=dtype)
+    with nogil:
+        _grad_weight_core(&g, &gy[0, 0, 0, 0], &x[0, 0, 0, 0], &part_v[0, 0, 0], &toff_v[0],
+                          &ws_v[0], ws_stride, nthreads)
+    if g.nc > 1:
+        total = np.asarray(part_v)
+        acc = total[0].copy()
+        for i in range(1, g.nc):   # a fixed order: reproducible
+            acc += total[i]
+        np.asarray(gw).reshape(p.k, -1)[...] = acc
+
+
+def conv2d_forward(x, weight, bias, y, p):
+    """y (n, k, out_h, out_w) = x (n, c, h, w) cross-correlated with weight (k, c/groups, r, s) + bias (k,).
+
+    float32 or float64, C-contiguous; ``bias`` may be None. Any stride, padding (per side),
+    dilation and groups. Parallel over (image, group, block of output channels).
+    """
+    cdef int nthreads = get_num_threads()
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    if x.dtype == np.float32:
+        _conv2d_forward[float](x, weight, b, has_bias, y, p, nthreads)
+    else:
+        _conv2d_forward[double](x, weight, b, has_bias, y, p, nthreads)
+
+
+def conv2d_grad_input(grad_output, weight, grad_input, p):
+    """grad_input (n, c, h, w) from grad_output (n, k, out_h, out_w) and weight (k, c/groups, r, s).
+
+    Stride 1: a gather (the forward core on padded grad_output with flipped filters), parallel
+    over (image, group, block of input channels). Larger strides: each (image, channel) task
+    scatters into its own padded plane. No races either way.
+    """
+    cdef int nthreads = get_num_threads()
+    if grad_output.dtype == np.float32:
+        _conv2d_grad_input[float](grad_output, weight, grad_input, p, nthreads)
+    else:
+        _conv2d_grad_input[double](grad_output, weight, grad_input, p, nthreads)
+
+
+def conv2d_grad_weight(grad_output, x, grad_weight, p):
+    """grad_weight (k, c/groups, r, s) = sum over images and pixels of grad_output x shifted input.
+
+    Parallel over (group, block of 4 filters, batch chunk); the number of batch chunks depends
+    on the shape only, so the result is identical for every thread count.
+    """
+    cdef int nthreads = get_num_threads()
+    if x.dtype == np.float32:
+        _conv2d_grad_weight[float](grad_output, x, grad_weight, p, nthreads)
+    else:
+        _conv2d_grad_weight[double](grad_output, x, grad_weight, p, nthreads)
+
+
+def conv2d_grad_bias(grad_output, grad_bias, p):
+    """grad_bias (k,) = grad_output (n, k, out_h, out_w) summed over images and pixels."""
+    cdef int nthreads = get_num_threads()
+    cdef float[:, :, :, ::1] gy32
+    cdef double[:, :, :, ::1] gy64
+    cdef float[::1] gb32
+    cdef double[::1] gb64
+    cdef Py_ssize_t plane = p.out_h * p.out_w
+    if grad_output.dtype == np.float32:
+        gy32 = grad_output
+        gb32 = grad_bias
+        with nogil:
+            _grad_bias_core(&gy32[0, 0, 0, 0], &gb32[0], gy32.shape[0], gy32.shape[1], plane, nthreads)
+    else:
+        gy64 = grad_output
+        gb64 = grad_bias
+        with nogil:
+            _grad_bias_core(&gy64[0, 0, 0, 0], &gb64[0], gy64.shape[0], gy64.shape[1], plane, nthreads)
