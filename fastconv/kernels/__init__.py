@@ -41,4 +41,8 @@ KERNEL_TABLE = [
     ("conv2d_grad_input",   "direct",    "cython", f"{_CY}.direct:conv2d_grad_input"),
     ("conv2d_grad_weight",  "direct",    "cython", f"{_CY}.direct:conv2d_grad_weight"),
     ("conv2d_grad_bias",    "direct",    "cython", f"{_CY}.direct:conv2d_grad_bias"),
+    ("max_pool2d_forward",  "direct",    "cython", f"{_CY}.pooling:max_pool2d_forward"),
+    ("max_pool2d_backward", "direct",    "cython", f"{_CY}.pooling:max_pool2d_backward"),
+    ("avg_pool2d_forward",  "direct",    "cython", f"{_CY}.pooling:avg_pool2d_forward"),
+    ("avg_pool2d_backward", "direct",    "cython", f"{_CY}.pooling:avg_pool2d_backward"),
 ]

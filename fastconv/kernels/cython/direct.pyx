@@ -64,29 +64,30 @@ cdef struct Geometry:
 
 # ---------------------------------------------------------------- helpers
 
-cdef inline void _copy_padded(const floating* src, Py_ssize_t hs, Py_ssize_t ws,
-                              floating* dst, Py_ssize_t hd, Py_ssize_t wd,
-                              Py_ssize_t top, Py_ssize_t left) noexcept nogil:
-    """dst (hd x wd) = src (hs x ws) placed at (top, left), zeros elsewhere.
+cdef inline void _copy_interior(const floating* src, Py_ssize_t hs, Py_ssize_t ws,
+                                floating* dst, Py_ssize_t hd, Py_ssize_t wd,
+                                Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """Copy src (hs x ws) into dst (hd x wd) at (top, left), clipped to dst.
 
+    Only the covered part of dst is written: the workspaces are zeroed once per call and
+    the zero border is never overwritten, so each plane costs one row copy per row.
     ``top``/``left`` may be negative (the source is cropped), as grad_input needs when the
     forward padding exceeds the kernel extent.
     """
-    cdef Py_ssize_t a, sa
+    cdef Py_ssize_t a, b
+    cdef Py_ssize_t a0 = top if top > 0 else 0
+    cdef Py_ssize_t a1 = top + hs if top + hs < hd else hd
     cdef Py_ssize_t b0 = left if left > 0 else 0
     cdef Py_ssize_t b1 = left + ws if left + ws < wd else wd
     cdef floating* row
-    for a in range(hd):
+    cdef const floating* s
+    if b1 <= b0:
+        return
+    for a in range(a0, a1):
         row = dst + a * wd
-        sa = a - top
-        if sa < 0 or sa >= hs or b1 <= b0:
-            memset(row, 0, wd * sizeof(floating))
-        else:
-            if b0 > 0:
-                memset(row, 0, b0 * sizeof(floating))
-            memcpy(row + b0, src + sa * ws + (b0 - left), (b1 - b0) * sizeof(floating))
-            if b1 < wd:
-                memset(row + b1, 0, (wd - b1) * sizeof(floating))
+        s = src + (a - top) * ws - left
+        for b in range(b0, b1):
+            row[b] = s[b]
 
 
 cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_ssize_t n,
@@ -131,7 +132,7 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
 
     ``first``: start from the bias (or 0), else from the values already in ``dst`` (an earlier
     channel chunk). Output channel q's weights are ``wr + q*wstride`` and its plane
-    ``dst + q*dstride``.
+    ``dst + q*dstride``. Taps are applied 3 at a time: a_q + w*x + w*x + w*x, in tap order.
     """
     cdef floating a0[TILE]
     cdef floating a1[TILE]
@@ -147,23 +148,25 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
     cdef floating b0, b1, b2, b3, va, vb, vc
     cdef floating wa0, wb0, wc0, wa1, wb1, wc1, wa2, wb2, wc2, wa3, wb3, wc3
     cdef Py_ssize_t i, t
-    if first:
-        b0 = b1 = b2 = b3 = 0
-        if bias != NULL:
-            b0 = bias[0]
-            b1 = bias[1]
-            b2 = bias[2]
-            b3 = bias[3]
+    cdef bint init = first
+    b0 = b1 = b2 = b3 = 0
+    if first and bias != NULL:
+        b0 = bias[0]
+        b1 = bias[1]
+        b2 = bias[2]
+        b3 = bias[3]
+    if not first:
+        _tile_load(a0, dst, j0, n, wq, out_w)
+        _tile_load(a1, dst + dstride, j0, n, wq, out_w)
+        _tile_load(a2, dst + 2 * dstride, j0, n, wq, out_w)
+        _tile_load(a3, dst + 3 * dstride, j0, n, wq, out_w)
+    elif ntaps < 3:
         for i in range(n):
             a0[i] = b0
             a1[i] = b1
             a2[i] = b2
             a3[i] = b3
-    else:
-        _tile_load(a0, dst, j0, n, wq, out_w)
-        _tile_load(a1, dst + dstride, j0, n, wq, out_w)
-        _tile_load(a2, dst + 2 * dstride, j0, n, wq, out_w)
-        _tile_load(a3, dst + 3 * dstride, j0, n, wq, out_w)
+        init = False
     t = 0
     while t + 3 <= ntaps:
         xa = src + toff[t]
@@ -173,7 +176,28 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
         wa1 = w1[t]; wb1 = w1[t + 1]; wc1 = w1[t + 2]
         wa2 = w2[t]; wb2 = w2[t + 1]; wc2 = w2[t + 2]
         wa3 = w3[t]; wb3 = w3[t + 1]; wc3 = w3[t + 2]
-        if step == 1:
+        if init:
+            # The first group starts from the bias instead of a stored zero/bias tile.
+            if step == 1:
+                for i in range(n):
+                    va = xa[i]
+                    vb = xb[i]
+                    vc = xc[i]
+                    a0[i] = b0 + wa0 * va + wb0 * vb + wc0 * vc
+                    a1[i] = b1 + wa1 * va + wb1 * vb + wc1 * vc
+                    a2[i] = b2 + wa2 * va + wb2 * vb + wc2 * vc
+                    a3[i] = b3 + wa3 * va + wb3 * vb + wc3 * vc
+            else:
+                for i in range(n):
+                    va = xa[i * step]
+                    vb = xb[i * step]
+                    vc = xc[i * step]
+                    a0[i] = b0 + wa0 * va + wb0 * vb + wc0 * vc
+                    a1[i] = b1 + wa1 * va + wb1 * vb + wc1 * vc
+                    a2[i] = b2 + wa2 * va + wb2 * vb + wc2 * vc
+                    a3[i] = b3 + wa3 * va + wb3 * vb + wc3 * vc
+            init = False
+        elif step == 1:
             for i in range(n):
                 va = xa[i]
                 vb = xb[i]
@@ -220,11 +244,12 @@ cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
                  const floating* w0, const floating* bias, bint first,
                  floating* dst, Py_ssize_t j0, Py_ssize_t n,
                  Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
-    """One output channel of ``_tile4`` (same arithmetic, so results do not depend on blocking).
+    """One output channel of ``_tile4``, with the same arithmetic (results do not depend on
+    the blocking).
 
-    Taps are taken 3 at a time, exactly like ``_tile4``, and a run of 9 taps (a 3x3 kernel of
-    a depthwise or one-channel layer) is applied in one pass over the tile: one accumulator
-    load/store per 9 FMAs instead of per 3, with the same rounding as three passes of 3.
+    With unit step, a run of 9 taps (a 3x3 kernel: depthwise and one-channel layers) is
+    applied in one pass: one accumulator load/store per 9 FMAs instead of per 3. The sum is
+    still formed 3 taps at a time in tap order, exactly as three passes would.
     """
     cdef floating a0[TILE]
     cdef const floating* xa
@@ -236,14 +261,17 @@ cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
     cdef const floating* xg
     cdef const floating* xh
     cdef const floating* xi
-    cdef floating va, vb, vc, wa, wb, wc, wd, we, wf, wg, wh, wi, acc
+    cdef floating wa, wb, wc, wd, we, wf, wg, wh, wi, acc, b0 = 0
     cdef Py_ssize_t i, t
-    if first:
-        wa = bias[0] if bias != NULL else 0
-        for i in range(n):
-            a0[i] = wa
-    else:
+    cdef bint init = first
+    if first and bias != NULL:
+        b0 = bias[0]
+    if not first:
         _tile_load(a0, dst, j0, n, wq, out_w)
+    elif ntaps < 3:
+        for i in range(n):
+            a0[i] = b0
+        init = False
     t = 0
     if step == 1:
         while t + 9 <= ntaps:
@@ -253,25 +281,33 @@ cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
             wa = w0[t]; wb = w0[t + 1]; wc = w0[t + 2]
             wd = w0[t + 3]; we = w0[t + 4]; wf = w0[t + 5]
             wg = w0[t + 6]; wh = w0[t + 7]; wi = w0[t + 8]
-            for i in range(n):
-                acc = a0[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
-                acc = acc + wd * xd[i] + we * xe[i] + wf * xf[i]
-                a0[i] = acc + wg * xg[i] + wh * xh[i] + wi * xi[i]
+            if init:
+                for i in range(n):
+                    acc = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
+                    acc = acc + wd * xd[i] + we * xe[i] + wf * xf[i]
+                    a0[i] = acc + wg * xg[i] + wh * xh[i] + wi * xi[i]
+                init = False
+            else:
+                for i in range(n):
+                    acc = a0[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+                    acc = acc + wd * xd[i] + we * xe[i] + wf * xf[i]
+                    a0[i] = acc + wg * xg[i] + wh * xh[i] + wi * xi[i]
             t += 9
     while t + 3 <= ntaps:
         xa = src + toff[t]
         xb = src + toff[t + 1]
         xc = src + toff[t + 2]
         wa = w0[t]; wb = w0[t + 1]; wc = w0[t + 2]
-        if step == 1:
+        if init:
+            for i in range(n):
+                a0[i] = b0 + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
+            init = False
+        elif step == 1:
             for i in range(n):
                 a0[i] = a0[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
         else:
             for i in range(n):
-                va = xa[i * step]
-                vb = xb[i * step]
-                vc = xc[i * step]
-                a0[i] = a0[i] + wa * va + wb * vb + wc * vc
+                a0[i] = a0[i] + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
         t += 3
     while t < ntaps:
         xa = src + toff[t]
@@ -317,7 +353,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             ncb = g.cb
         if g.copy:
             for c in range(ncb):
-                _copy_padded(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
+                _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
                              g.hp, g.wp, g.top, g.left)
             base = ws
         else:
@@ -435,7 +471,8 @@ cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_
     """out[q*ostride + t] += sum_i g_q[i] * src[i*step + toff[t]] for 4 channels q and every tap t.
 
     Each dot product keeps LANES partial sums (vector registers; no -ffast-math needed) that
-    are added in a fixed order at the end: the result depends only on n, never on threads.
+    are added in a fixed order at the end. An entry's arithmetic does not depend on which
+    other taps or channels share its pass, so ``_dot1`` gives bit-identical results.
     """
     cdef floating p[12][LANES]
     cdef const floating* g1 = g0 + gstride
@@ -446,16 +483,12 @@ cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_
     cdef const floating* xc
     cdef floating ga, gb, gc, gd, va, vb, vc, total
     cdef Py_ssize_t nfull = n - n % LANES
-    cdef Py_ssize_t i, l, q, t, u, width
+    cdef Py_ssize_t i, l, q, t
     t = 0
-    while t < ntaps:
-        width = ntaps - t
-        if width > 3:
-            width = 3
+    while t + 3 <= ntaps:
         xa = src + toff[t]
-        # A group narrower than 3 taps repeats its last tap; the copies are not stored.
-        xb = src + toff[t + 1] if width > 1 else xa
-        xc = src + toff[t + 2] if width > 2 else xb
+        xb = src + toff[t + 1]
+        xc = src + toff[t + 2]
         for q in range(12):
             for l in range(LANES):
                 p[q][l] = 0
@@ -485,63 +518,135 @@ cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_
             p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
             p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
             p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
-        for q in range(4):
-            for u in range(width):
-                total = 0
-                for l in range(LANES):
-                    total = total + p[q * 3 + u][l]
-                out[q * ostride + t + u] += total
-        t += width
-
-
-cdef void _dot1(const floating* g0, const floating* src, Py_ssize_t step,
-                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
-                floating* out) noexcept nogil:
-    """One channel of ``_dot4`` (identical per-entry arithmetic); taps 3 at a time."""
-    cdef floating p[3][LANES]
-    cdef const floating* xa
-    cdef const floating* xb
-    cdef const floating* xc
-    cdef floating ga, total
-    cdef Py_ssize_t nfull = n - n % LANES
-    cdef Py_ssize_t i, l, q, t, u, width
-    t = 0
+        for q in range(12):
+            total = 0
+            for l in range(LANES):
+                total = total + p[q][l]
+            out[(q // 3) * ostride + t + q % 3] += total
+        t += 3
     while t < ntaps:
-        width = ntaps - t
-        if width > 3:
-            width = 3
         xa = src + toff[t]
-        xb = src + toff[t + 1] if width > 1 else xa
-        xc = src + toff[t + 2] if width > 2 else xb
-        for q in range(3):
+        for q in range(4):
             for l in range(LANES):
                 p[q][l] = 0
         if step == 1:
             for i in range(0, nfull, 8):  # 8 == LANES
                 for l in range(LANES):
-                    ga = g0[i + l]
-                    p[0][l] += ga * xa[i + l]
-                    p[1][l] += ga * xb[i + l]
-                    p[2][l] += ga * xc[i + l]
+                    va = xa[i + l]
+                    p[0][l] += g0[i + l] * va; p[1][l] += g1[i + l] * va
+                    p[2][l] += g2[i + l] * va; p[3][l] += g3[i + l] * va
         else:
             for i in range(0, nfull, 8):  # 8 == LANES
                 for l in range(LANES):
+                    va = xa[(i + l) * step]
+                    p[0][l] += g0[i + l] * va; p[1][l] += g1[i + l] * va
+                    p[2][l] += g2[i + l] * va; p[3][l] += g3[i + l] * va
+        for i in range(nfull, n):
+            l = i - nfull
+            va = xa[i * step]
+            p[0][l] += g0[i] * va; p[1][l] += g1[i] * va
+            p[2][l] += g2[i] * va; p[3][l] += g3[i] * va
+        for q in range(4):
+            total = 0
+            for l in range(LANES):
+                total = total + p[q][l]
+            out[q * ostride + t] += total
+        t += 1
+
+
+cdef void _dot1(const floating* g0, const floating* src, Py_ssize_t step,
+                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
+                floating* out) noexcept nogil:
+    """One channel of ``_dot4`` (bit-identical per entry). With unit step, 9 taps per pass
+    (3x3 depthwise and one-channel layers): 9 independent accumulators per grad_output load."""
+    cdef floating p[9][LANES]
+    cdef const floating* xs[9]
+    cdef floating ga, total
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef Py_ssize_t i, l, q, t, width
+    t = 0
+    while t < ntaps:
+        width = ntaps - t
+        if width >= 9 and step == 1:
+            width = 9
+        elif width >= 3:
+            width = 3
+        else:
+            width = 1
+        for q in range(width):
+            xs[q] = src + toff[t + q]
+        for q in range(9):
+            for l in range(LANES):
+                p[q][l] = 0
+        if width == 9:
+            _dot1_9(g0, xs, nfull, p)
+        elif step == 1 and width == 3:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
                     ga = g0[i + l]
-                    p[0][l] += ga * xa[(i + l) * step]
-                    p[1][l] += ga * xb[(i + l) * step]
-                    p[2][l] += ga * xc[(i + l) * step]
+                    p[0][l] += ga * xs[0][i + l]
+                    p[1][l] += ga * xs[1][i + l]
+                    p[2][l] += ga * xs[2][i + l]
+        elif width == 3:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    ga = g0[i + l]
+                    p[0][l] += ga * xs[0][(i + l) * step]
+                    p[1][l] += ga * xs[1][(i + l) * step]
+                    p[2][l] += ga * xs[2][(i + l) * step]
+        else:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    p[0][l] += g0[i + l] * xs[0][(i + l) * step]
         for i in range(nfull, n):
             l = i - nfull
             ga = g0[i]
-            p[0][l] += ga * xa[i * step]
-            p[1][l] += ga * xb[i * step]
-            p[2][l] += ga * xc[i * step]
-        for u in range(width):
+            for q in range(width):
+                p[q][l] += ga * xs[q][i * step]
+        for q in range(width):
             total = 0
             for l in range(LANES):
-                total = total + p[u][l]
-            out[t + u] += total
+                total = total + p[q][l]
+            out[t + q] += total
         t += width
+
+
+cdef void _dot1_9(const floating* g0, const floating** xs, Py_ssize_t nfull,
+                  floating (*p)[LANES]) noexcept nogil:
+    """p[q][l] += sum over full lane blocks of g0 * xs[q] for 9 taps (unit step)."""
+    cdef floating q0[LANES]
+    cdef floating q1[LANES]
+    cdef floating q2[LANES]
+    cdef floating q3[LANES]
+    cdef floating q4[LANES]
+    cdef floating q5[LANES]
+    cdef floating q6[LANES]
+    cdef floating q7[LANES]
+    cdef floating q8[LANES]
+    cdef const floating* x0 = xs[0]
+    cdef const floating* x1 = xs[1]
+    cdef const floating* x2 = xs[2]
+    cdef const floating* x3 = xs[3]
+    cdef const floating* x4 = xs[4]
+    cdef const floating* x5 = xs[5]
+    cdef const floating* x6 = xs[6]
+    cdef const floating* x7 = xs[7]
+    cdef const floating* x8 = xs[8]
+    cdef floating ga
+    cdef Py_ssize_t i, l
+    for l in range(LANES):
+        q0[l] = 0; q1[l] = 0; q2[l] = 0; q3[l] = 0; q4[l] = 0
+        q5[l] = 0; q6[l] = 0; q7[l] = 0; q8[l] = 0
+    for i in range(0, nfull, 8):  # 8 == LANES
+        for l in range(LANES):
+            ga = g0[i + l]
+            q0[l] += ga * x0[i + l]; q1[l] += ga * x1[i + l]; q2[l] += ga * x2[i + l]
+            q3[l] += ga * x3[i + l]; q4[l] += ga * x4[i + l]; q5[l] += ga * x5[i + l]
+            q6[l] += ga * x6[i + l]; q7[l] += ga * x7[i + l]; q8[l] += ga * x8[i + l]
+    for l in range(LANES):
+        p[0][l] = q0[l]; p[1][l] = q1[l]; p[2][l] = q2[l]
+        p[3][l] = q3[l]; p[4][l] = q4[l]; p[5][l] = q5[l]
+        p[6][l] = q6[l]; p[7][l] = q7[l]; p[8][l] = q8[l]
 
 
 cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* gy,
@@ -580,7 +685,7 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
         gstride = out_plane
         if g.wide and g.wp != g.out_w:
             for kk in range(nk):
-                _copy_padded(gy_blk + kk * out_plane, g.out_h, g.out_w, gws + kk * gplane,
+                _copy_interior(gy_blk + kk * out_plane, g.out_h, g.out_w, gws + kk * gplane,
                              g.out_h, g.wp, 0, 0)
             gp = gws
             gstride = gplane
@@ -592,7 +697,7 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
                 ncb = g.cb
             if g.copy:
                 for c in range(ncb):
-                    _copy_padded(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
+                    _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
                                  g.hp, g.wp, g.top, g.left)
                 base = xws
             else:
@@ -722,7 +827,7 @@ cdef void _run_forward(Geometry* g, floating[:, :, :, ::1] x, floating[:, :, :, 
     cdef Py_ssize_t[::1] toff_v = toff
     cdef Py_ssize_t ws_stride = g.cb * g.ps if g.copy else 0
     dtype = np.float32 if floating is float else np.float64
-    workspace = np.empty(max(1, nthreads * ws_stride), dtype=dtype)
+    workspace = np.zeros(max(1, nthreads * ws_stride), dtype=dtype)  # zero borders
     cdef floating[::1] ws_v = workspace
     cdef const floating* b = &bias[0] if has_bias else NULL
     with nogil:
@@ -798,7 +903,7 @@ cdef void _conv2d_grad_weight(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] 
     toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
     cdef Py_ssize_t ws_stride = g.kbt * g.out_h * g.wp + (g.cb * g.ps if g.copy else 0)
-    cdef floating[::1] ws_v = np.empty(max(1, nthreads * ws_stride), dtype=dtype)
+    cdef floating[::1] ws_v = np.zeros(max(1, nthreads * ws_stride), dtype=dtype)  # zero borders
     cdef floating[:, :, ::1] part_v
     if g.nc == 1:
         part_v = np.asarray(gw).reshape(1, p.k, -1)
