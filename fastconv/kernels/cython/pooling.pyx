@@ -58,8 +58,15 @@ cdef inline Py_ssize_t _end_inside(Py_ssize_t size, Py_ssize_t out, Py_ssize_t k
 # ---------------------------------------------------------------- max forward
 
 cdef void _max2x2_plane(const floating* x, floating* y, int64_t* idx, const Pool* p) noexcept nogil:
-    """2x2 windows, stride 2, no padding: candidates a, b (top row), c, d (bottom row)."""
-    cdef Py_ssize_t oh, ow, w = p.w
+    """2x2 windows, stride 2, no padding: candidates a, b (top row), c, d (bottom row).
+
+    Rows are computed into local buffers (which cannot alias x, so the short row loops need
+    no runtime alias checks) and copied out in runs of up to TILE outputs.
+    """
+    cdef floating ob[TILE]
+    cdef int64_t oi[TILE]
+    cdef Py_ssize_t w = p.w, out_h = p.out_h, out_w = p.out_w
+    cdef Py_ssize_t oh, ow, oh0, nrows, o, n, rows_per_run = TILE // out_w if out_w <= TILE else 1
     cdef const floating* r0
     cdef const floating* r1
     cdef floating* yr
@@ -67,36 +74,84 @@ cdef void _max2x2_plane(const floating* x, floating* y, int64_t* idx, const Pool
     cdef floating a, b, c, d, best
     cdef int64_t k, base
     cdef bint m
-    for oh in range(p.out_h):
-        r0 = x + 2 * oh * w
-        r1 = r0 + w
-        yr = y + oh * p.out_w
-        if idx == NULL:
-            for ow in range(p.out_w):
-                a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
-                best = a
-                best = b if (b > best) | (b != b) else best
-                best = c if (c > best) | (c != c) else best
-                best = d if (d > best) | (d != d) else best
-                yr[ow] = best
-        else:
-            ir = idx + oh * p.out_w
-            base = 2 * oh * w
-            for ow in range(p.out_w):
-                a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
-                best = a
-                k = 0
-                m = (b > best) | (b != b)
-                best = b if m else best
-                k = 1 if m else k
-                m = (c > best) | (c != c)
-                best = c if m else best
-                k = w if m else k
-                m = (d > best) | (d != d)
-                best = d if m else best
-                k = w + 1 if m else k
-                yr[ow] = best
-                ir[ow] = base + 2 * ow + k
+    if out_w > TILE:
+        # Very wide rows: straight into the output.
+        for oh in range(out_h):
+            _max2x2_row(x + 2 * oh * w, w, out_w, y + oh * out_w,
+                        idx + oh * out_w if idx != NULL else NULL, 2 * oh * w)
+        return
+    oh0 = 0
+    while oh0 < out_h:
+        nrows = out_h - oh0
+        if nrows > rows_per_run:
+            nrows = rows_per_run
+        for oh in range(oh0, oh0 + nrows):
+            _max2x2_row(x + 2 * oh * w, w, out_w, ob + (oh - oh0) * out_w,
+                        oi + (oh - oh0) * out_w if idx != NULL else NULL, 2 * oh * w)
+        n = nrows * out_w
+        for o in range(n):
+            y[oh0 * out_w + o] = ob[o]
+        if idx != NULL:
+            for o in range(n):
+                idx[oh0 * out_w + o] = oi[o]
+        oh0 += nrows
+
+
+cdef inline void _max2x2_row(const floating* r0, Py_ssize_t w, Py_ssize_t out_w, floating* yr,
+                             int64_t* ir, int64_t base) noexcept nogil:
+    """One output row of 2x2/stride-2 windows over input rows r0 and r0 + w.
+
+    The common case has no NaN: the maximum is a plain max chain and its index the first
+    candidate equal to it, both branch-free (vector max/blend, scalar maxss/cmov). A row that
+    holds a NaN is redone with the exact rule (a NaN wins, the last NaN gives the index).
+    """
+    cdef const floating* r1 = r0 + w
+    cdef Py_ssize_t ow
+    cdef floating a, b, c, d, best
+    cdef int64_t k
+    cdef int nan = 0
+    cdef bint m
+    if ir == NULL:
+        for ow in range(out_w):
+            a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
+            best = a
+            best = b if b > best else best
+            best = c if c > best else best
+            best = d if d > best else best
+            nan |= (a != a) | (b != b) | (c != c) | (d != d)
+            yr[ow] = best
+    else:
+        for ow in range(out_w):
+            a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
+            best = a
+            best = b if b > best else best
+            best = c if c > best else best
+            best = d if d > best else best
+            nan |= (a != a) | (b != b) | (c != c) | (d != d)
+            yr[ow] = best
+            k = w + 1
+            k = w if c == best else k
+            k = 1 if b == best else k
+            k = 0 if a == best else k
+            ir[ow] = base + 2 * ow + k
+    if nan == 0:
+        return
+    for ow in range(out_w):
+        a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
+        best = a
+        k = 0
+        m = (b > best) | (b != b)
+        best = b if m else best
+        k = 1 if m else k
+        m = (c > best) | (c != c)
+        best = c if m else best
+        k = w if m else k
+        m = (d > best) | (d != d)
+        best = d if m else best
+        k = w + 1 if m else k
+        yr[ow] = best
+        if ir != NULL:
+            ir[ow] = base + 2 * ow + k
 
 
 cdef void _max_window(const floating* x, floating* y, int64_t* idx, const Pool* p,
@@ -127,61 +182,123 @@ cdef void _max_window(const floating* x, floating* y, int64_t* idx, const Pool* 
         idx[oh * p.out_w + ow] = at
 
 
+cdef inline void _max_row(const floating* xr, Py_ssize_t step, Py_ssize_t kw, Py_ssize_t n,
+                          floating* best, int64_t* at, int64_t pos, bint first,
+                          bint want) noexcept nogil:
+    """One window row (offsets 0..kw-1, in order) across n outputs: output c compares
+    xr[c*step + j] (flat position pos + c*step + j) with its running maximum.
+
+    The running maximum stays in a register across the row's offsets. Called with literal
+    ``step`` and ``kw`` (1, 2, 3), so once inlined the offset loop unrolls and the output loop
+    vectorises with contiguous or de-interleaved loads instead of gathers.
+    """
+    cdef Py_ssize_t c, j
+    cdef floating v, b
+    cdef int64_t a
+    cdef bint m
+    if first and not want:
+        for c in range(n):
+            b = xr[c * step]
+            for j in range(1, kw):
+                v = xr[c * step + j]
+                b = v if (v > b) | (v != v) else b
+            best[c] = b
+    elif not want:
+        for c in range(n):
+            b = best[c]
+            for j in range(kw):
+                v = xr[c * step + j]
+                b = v if (v > b) | (v != v) else b
+            best[c] = b
+    elif first:
+        for c in range(n):
+            b = xr[c * step]
+            a = pos + c * step
+            for j in range(1, kw):
+                v = xr[c * step + j]
+                m = (v > b) | (v != v)
+                b = v if m else b
+                a = pos + c * step + j if m else a
+            best[c] = b
+            at[c] = a
+    else:
+        for c in range(n):
+            b = best[c]
+            a = at[c]
+            for j in range(kw):
+                v = xr[c * step + j]
+                m = (v > b) | (v != v)
+                b = v if m else b
+                a = pos + c * step + j if m else a
+            best[c] = b
+            at[c] = a
+
+
+cdef inline void _max_row_any(const floating* xr, Py_ssize_t step, Py_ssize_t kw, Py_ssize_t n,
+                              floating* best, int64_t* at, int64_t pos, bint first,
+                              bint want) noexcept nogil:
+    """``_max_row`` with the stride and row width as literals where they are common."""
+    cdef Py_ssize_t j
+    if kw == 2:
+        if step == 1:
+            _max_row(xr, 1, 2, n, best, at, pos, first, want)
+        elif step == 2:
+            _max_row(xr, 2, 2, n, best, at, pos, first, want)
+        else:
+            _max_row(xr, step, 2, n, best, at, pos, first, want)
+    elif kw == 3:
+        if step == 1:
+            _max_row(xr, 1, 3, n, best, at, pos, first, want)
+        elif step == 2:
+            _max_row(xr, 2, 3, n, best, at, pos, first, want)
+        else:
+            _max_row(xr, step, 3, n, best, at, pos, first, want)
+    else:
+        # Other widths: one offset at a time (the running maximum goes through memory).
+        for j in range(kw):
+            if step == 1:
+                _max_row(xr + j, 1, 1, n, best, at, pos + j, first and j == 0, want)
+            else:
+                _max_row(xr + j, step, 1, n, best, at, pos + j, first and j == 0, want)
+
+
 cdef void _max_plane(const floating* x, floating* y, int64_t* idx, const Pool* p) noexcept nogil:
-    """Any window/stride/padding. Interior outputs of a row: window offsets in row-major order,
-    each compared across up to TILE outputs at once (the same order as one window at a time)."""
+    """Any window/stride/padding. Interior outputs of a row are processed together, window row
+    by window row in order (the same comparison order as one window at a time)."""
     cdef floating best[TILE]
     cdef int64_t at[TILE]
-    cdef Py_ssize_t oh, ow, ow0, n, i, j, r0, r1, c, row_start, col
-    cdef Py_ssize_t ow_lo = _first_inside(p.pw, p.sw)
-    cdef Py_ssize_t ow_hi = _end_inside(p.w, p.out_w, p.kw, p.sw, p.pw)
-    cdef const floating* xr
-    cdef floating v
-    cdef bint m, first
+    cdef Py_ssize_t h = p.h, w = p.w, out_h = p.out_h, out_w = p.out_w
+    cdef Py_ssize_t kh = p.kh, kw = p.kw, sh = p.sh, sw = p.sw, ph = p.ph, pw = p.pw
+    cdef Py_ssize_t oh, ow, ow0, n, i, r0, r1, c, pos
+    cdef Py_ssize_t ow_lo = _first_inside(pw, sw)
+    cdef Py_ssize_t ow_hi = _end_inside(w, out_w, kw, sw, pw)
+    cdef bint want = idx != NULL
     if ow_hi < ow_lo:
         ow_hi = ow_lo
-    for oh in range(p.out_h):
-        for ow in range(0, ow_lo if ow_lo < p.out_w else p.out_w):
+    for oh in range(out_h):
+        for ow in range(0, ow_lo if ow_lo < out_w else out_w):
             _max_window(x, y, idx, p, oh, ow)
-        for ow in range(ow_hi if ow_hi > ow_lo else ow_lo, p.out_w):
+        for ow in range(ow_hi if ow_hi > ow_lo else ow_lo, out_w):
             _max_window(x, y, idx, p, oh, ow)
-        r0 = oh * p.sh - p.ph
-        r1 = r0 + p.kh
+        r0 = oh * sh - ph
+        r1 = r0 + kh
         if r0 < 0:
             r0 = 0
-        if r1 > p.h:
-            r1 = p.h
+        if r1 > h:
+            r1 = h
         ow0 = ow_lo
         while ow0 < ow_hi:
             n = ow_hi - ow0
             if n > TILE:
                 n = TILE
-            first = True
             for i in range(r0, r1):
-                row_start = i * p.w
-                for j in range(p.kw):
-                    col = ow0 * p.sw - p.pw + j       # input column of output ow0
-                    xr = x + row_start + col
-                    if first:
-                        for c in range(n):
-                            best[c] = xr[c * p.sw]
-                            at[c] = row_start + col + c * p.sw
-                        first = False
-                    elif idx == NULL:
-                        for c in range(n):
-                            v = xr[c * p.sw]
-                            best[c] = v if (v > best[c]) | (v != v) else best[c]
-                    else:
-                        for c in range(n):
-                            v = xr[c * p.sw]
-                            m = (v > best[c]) | (v != v)
-                            best[c] = v if m else best[c]
-                            at[c] = row_start + col + c * p.sw if m else at[c]
+                pos = i * w + ow0 * sw - pw        # input under output ow0, window column 0
+                _max_row_any(x + pos, sw, kw, n, best, at, pos, i == r0, want)
             for c in range(n):
-                y[oh * p.out_w + ow0 + c] = best[c]
-            if idx != NULL:
+                y[oh * out_w + ow0 + c] = best[c]
+            if want:
                 for c in range(n):
-                    idx[oh * p.out_w + ow0 + c] = at[c]
+                    idx[oh * out_w + ow0 + c] = at[c]
             ow0 += n
 
 
@@ -201,21 +318,25 @@ cdef void _max_forward(const floating* x, floating* y, int64_t* idx, const Pool*
 
 # ---------------------------------------------------------------- max backward
 
+cdef void _max_scatter_plane(const floating* gy, const int64_t* at, floating* gx,
+                             const Pool* p) noexcept nogil:
+    """gx = 0, then gx[at[o]] += gy[o] for every output o of the plane."""
+    cdef Py_ssize_t o, out_plane = p.out_h * p.out_w
+    memset(gx, 0, p.h * p.w * sizeof(floating))
+    for o in range(out_plane):
+        gx[at[o]] += gy[o]
+
+
 cdef void _max_backward(const floating* gy, const int64_t* idx, floating* gx, const Pool* p,
                         int nthreads) noexcept nogil:
-    """gx plane = 0, then gx[idx] += gy for every output of the plane (one thread per plane,
-    so windows that share an input element accumulate without races)."""
-    cdef Py_ssize_t q, o, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w
-    cdef floating* g
-    cdef const floating* s
-    cdef const int64_t* at
+    """One thread per plane, so windows that share an input element accumulate without races.
+
+    The plane is zeroed right before its scatter, so it is still in cache for the adds (one
+    pass over memory instead of a global zeroing pass and a scatter pass).
+    """
+    cdef Py_ssize_t q, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w
     for q in prange(p.planes, num_threads=nthreads, schedule="static"):
-        g = gx + q * in_plane
-        s = gy + q * out_plane
-        at = idx + q * out_plane
-        memset(g, 0, in_plane * sizeof(floating))
-        for o in range(out_plane):
-            g[at[o]] += s[o]
+        _max_scatter_plane(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
 
 
 # ---------------------------------------------------------------- average forward
@@ -259,29 +380,43 @@ cdef void _avg_window(const floating* x, floating* y, const Pool* p,
     y[oh * p.out_w + ow] = total / <floating>_divisor(p, oh, ow)
 
 
+cdef inline void _add_row(const floating* xr, Py_ssize_t step, Py_ssize_t kw, Py_ssize_t n,
+                          floating* acc) noexcept nogil:
+    """acc[c] += xr[c*step + j] for j = 0..kw-1 in order (literal step/kw, like ``_max_row``)."""
+    cdef Py_ssize_t c, j
+    cdef floating t
+    for c in range(n):
+        t = acc[c]
+        for j in range(kw):
+            t = t + xr[c * step + j]
+        acc[c] = t
+
+
 cdef void _avg_plane(const floating* x, floating* y, const Pool* p) noexcept nogil:
-    """Window sums in row-major order; interior outputs a row at a time (vectorised)."""
+    """Window sums in row-major order; interior outputs of a row together (vectorised)."""
     cdef floating acc[TILE]
+    cdef Py_ssize_t h = p.h, w = p.w, out_h = p.out_h, out_w = p.out_w
+    cdef Py_ssize_t kh = p.kh, kw = p.kw, sh = p.sh, sw = p.sw, ph = p.ph, pw = p.pw
     cdef Py_ssize_t oh, ow, ow0, n, i, j, r0, r1, c
-    cdef Py_ssize_t ow_lo = _first_inside(p.pw, p.sw)
-    cdef Py_ssize_t ow_hi = _end_inside(p.w, p.out_w, p.kw, p.sw, p.pw)
+    cdef Py_ssize_t ow_lo = _first_inside(pw, sw)
+    cdef Py_ssize_t ow_hi = _end_inside(w, out_w, kw, sw, pw)
     cdef const floating* xr
     cdef floating d
     if ow_hi < ow_lo:
         ow_hi = ow_lo
-    for oh in range(p.out_h):
-        for ow in range(0, ow_lo if ow_lo < p.out_w else p.out_w):
+    for oh in range(out_h):
+        for ow in range(0, ow_lo if ow_lo < out_w else out_w):
             _avg_window(x, y, p, oh, ow)
-        for ow in range(ow_hi if ow_hi > ow_lo else ow_lo, p.out_w):
+        for ow in range(ow_hi if ow_hi > ow_lo else ow_lo, out_w):
             _avg_window(x, y, p, oh, ow)
-        r0 = oh * p.sh - p.ph
-        r1 = r0 + p.kh
+        r0 = oh * sh - ph
+        r1 = r0 + kh
         if r0 < 0:
             r0 = 0
-        if r1 > p.h:
-            r1 = p.h
+        if r1 > h:
+            r1 = h
         # Interior columns share one divisor per row (the rows may still be clipped).
-        d = p.kh * p.kw if p.include_pad else (r1 - r0) * p.kw
+        d = kh * kw if p.include_pad else (r1 - r0) * kw
         ow0 = ow_lo
         while ow0 < ow_hi:
             n = ow_hi - ow0
@@ -290,12 +425,23 @@ cdef void _avg_plane(const floating* x, floating* y, const Pool* p) noexcept nog
             for c in range(n):
                 acc[c] = 0
             for i in range(r0, r1):
-                for j in range(p.kw):
-                    xr = x + i * p.w + ow0 * p.sw - p.pw + j
-                    for c in range(n):
-                        acc[c] = acc[c] + xr[c * p.sw]
+                xr = x + i * w + ow0 * sw - pw
+                if kw == 2 and sw == 1:
+                    _add_row(xr, 1, 2, n, acc)
+                elif kw == 2 and sw == 2:
+                    _add_row(xr, 2, 2, n, acc)
+                elif kw == 3 and sw == 1:
+                    _add_row(xr, 1, 3, n, acc)
+                elif kw == 3 and sw == 2:
+                    _add_row(xr, 2, 3, n, acc)
+                else:
+                    for j in range(kw):
+                        if sw == 1:
+                            _add_row(xr + j, 1, 1, n, acc)
+                        else:
+                            _add_row(xr + j, sw, 1, n, acc)
             for c in range(n):
-                y[oh * p.out_w + ow0 + c] = acc[c] / d
+                y[oh * out_w + ow0 + c] = acc[c] / d
             ow0 += n
 
 
