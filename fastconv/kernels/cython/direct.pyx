@@ -47,6 +47,12 @@ cdef enum:
     COPY_BUDGET = 65536   # elements of padded planes a task copies at once
 
 
+# Short row copies are written as "dst = src * unit" with this runtime 1.0: exact for every
+# value (NaN, Inf and -0.0 included), but it keeps gcc from turning the copy loops into
+# memcpy calls, whose call overhead exceeds the copy itself for rows of a few dozen elements.
+cdef double _UNIT = float(np.ones(1)[0])
+
+
 cdef struct Geometry:
     # A stride-s correlation: src (n, c, h, w) -> dst (n, k, out_h, out_w) in groups.
     Py_ssize_t n, c, h, w, k, groups, cg, kg, r, s
@@ -81,19 +87,21 @@ cdef inline void _copy_interior(const floating* src, Py_ssize_t hs, Py_ssize_t w
     cdef Py_ssize_t b1 = left + ws if left + ws < wd else wd
     cdef floating* row
     cdef const floating* s
+    cdef floating unit = <floating>_UNIT
     if b1 <= b0:
         return
     for a in range(a0, a1):
         row = dst + a * wd
         s = src + (a - top) * ws - left
         for b in range(b0, b1):
-            row[b] = s[b]
+            row[b] = s[b] * unit
 
 
 cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_ssize_t n,
                             Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
     """a[i] = output j0 + i of a plane stored (out_h, out_w) but indexed by wide rows of wq."""
     cdef Py_ssize_t j = j0, end = j0 + n, oh, ow, row_end, valid_end, i
+    cdef floating unit = <floating>_UNIT
     while j < end:
         oh = j // wq
         ow = j - oh * wq
@@ -104,40 +112,62 @@ cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_
         if valid_end > row_end:
             valid_end = row_end
         for i in range(j, valid_end):
-            a[i - j0] = dst[oh * out_w + (i - oh * wq)]
+            a[i - j0] = dst[oh * out_w + (i - oh * wq)] * unit
         for i in range(valid_end if valid_end > j else j, row_end):
             a[i - j0] = 0
         j = row_end
 
 
 cdef inline void _tile_store(const floating* a, floating* dst, Py_ssize_t j0, Py_ssize_t n,
-                             Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
-    """Store the valid (column < out_w) entries of a wide-row tile into an (out_h, out_w) plane."""
-    cdef Py_ssize_t j = j0, end = j0 + n, oh, valid_end, i
-    while j < end:
-        oh = j // wq
-        valid_end = oh * wq + out_w
-        if valid_end > end:
-            valid_end = end
-        for i in range(j, valid_end):
-            dst[oh * out_w + (i - oh * wq)] = a[i - j0]
-        j = (oh + 1) * wq
+                             Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane,
+                             bint spill) noexcept nogil:
+    """Store the valid (column < out_w) entries of a wide-row tile into an (out_h, out_w) plane.
+
+    With ``spill``, each row is written in whole blocks of LANES (no scalar tail): the few
+    extra values land on the following positions of the same plane, which this task writes
+    again later (next rows of the tile, or the next tile). The caller allows it only when the
+    plane is not read back (a single channel chunk); the plane's end is never crossed, and
+    ``a`` must have LANES spare entries after ``n``.
+    """
+    cdef Py_ssize_t oh = j0 // wq
+    cdef Py_ssize_t ow = j0 - oh * wq
+    cdef Py_ssize_t i = 0, count, blocks, b, l, start
+    cdef floating* d
+    cdef floating unit = <floating>_UNIT
+    while i < n:
+        count = out_w - ow
+        if count > n - i:
+            count = n - i
+        if count > 0:
+            start = oh * out_w + ow
+            d = dst + start
+            blocks = (count + LANES - 1) // LANES
+            if spill and start + blocks * LANES <= plane:
+                for b in range(blocks):
+                    for l in range(LANES):
+                        d[b * LANES + l] = a[i + b * LANES + l] * unit
+            else:
+                for b in range(count):
+                    d[b] = a[i + b] * unit
+        i += wq - ow
+        ow = 0
+        oh += 1
 
 
 cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
                  floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
-                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+                 Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane, bint spill) noexcept nogil:
     """Four output channels x ``n`` (<= TILE) outputs: a_q[i] (+)= sum_t w_q[t] * src[i*step + toff[t]].
 
     ``first``: start from the bias (or 0), else from the values already in ``dst`` (an earlier
     channel chunk). Output channel q's weights are ``wr + q*wstride`` and its plane
     ``dst + q*dstride``. Taps are applied 3 at a time: a_q + w*x + w*x + w*x, in tap order.
     """
-    cdef floating a0[TILE]
-    cdef floating a1[TILE]
-    cdef floating a2[TILE]
-    cdef floating a3[TILE]
+    cdef floating a0[TILE + LANES]
+    cdef floating a1[TILE + LANES]
+    cdef floating a2[TILE + LANES]
+    cdef floating a3[TILE + LANES]
     cdef const floating* w0 = wr
     cdef const floating* w1 = wr + wstride
     cdef const floating* w2 = wr + 2 * wstride
@@ -234,16 +264,16 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
                 a2[i] = a2[i] + wa2 * va
                 a3[i] = a3[i] + wa3 * va
         t += 1
-    _tile_store(a0, dst, j0, n, wq, out_w)
-    _tile_store(a1, dst + dstride, j0, n, wq, out_w)
-    _tile_store(a2, dst + 2 * dstride, j0, n, wq, out_w)
-    _tile_store(a3, dst + 3 * dstride, j0, n, wq, out_w)
+    _tile_store(a0, dst, j0, n, wq, out_w, plane, spill)
+    _tile_store(a1, dst + dstride, j0, n, wq, out_w, plane, spill)
+    _tile_store(a2, dst + 2 * dstride, j0, n, wq, out_w, plane, spill)
+    _tile_store(a3, dst + 3 * dstride, j0, n, wq, out_w, plane, spill)
 
 
 cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* w0, const floating* bias, bint first,
                  floating* dst, Py_ssize_t j0, Py_ssize_t n,
-                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+                 Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane, bint spill) noexcept nogil:
     """One output channel of ``_tile4``, with the same arithmetic (results do not depend on
     the blocking).
 
@@ -251,7 +281,7 @@ cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
     applied in one pass: one accumulator load/store per 9 FMAs instead of per 3. The sum is
     still formed 3 taps at a time in tap order, exactly as three passes would.
     """
-    cdef floating a0[TILE]
+    cdef floating a0[TILE + LANES]
     cdef const floating* xa
     cdef const floating* xb
     cdef const floating* xc
@@ -319,7 +349,7 @@ cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
             for i in range(n):
                 a0[i] = a0[i] + wa * xa[i * step]
         t += 1
-    _tile_store(a0, dst, j0, n, wq, out_w)
+    _tile_store(a0, dst, j0, n, wq, out_w, plane, spill)
 
 
 # ---------------------------------------------------------------- correlation core
@@ -342,7 +372,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
     cdef const floating* base
     cdef const floating* b
     cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, oh, ow0
-    cdef bint first
+    cdef bint first, spill
     if nk > g.kbt:
         nk = g.kbt
     y_blk = y + (n * g.k + k0) * out_plane
@@ -360,6 +390,8 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             base = x_img + cc * in_plane
         ntaps = ncb * rs
         first = cc == 0
+        # Whole-block stores may spill past a row only if no later chunk reads the plane back.
+        spill = g.cb >= g.cg
         if g.wide:
             # One run per plane: output j = oh*wp + ow reads base[j + toff[t]].
             length = (g.out_h - 1) * g.wp + g.out_w
@@ -372,12 +404,12 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                 while kk + 4 <= nk:
                     b = bias + k0 + kk if bias != NULL else NULL
                     _tile4(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
-                           y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
+                           y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w, out_plane, spill)
                     kk += 4
                 while kk < nk:
                     b = bias + k0 + kk if bias != NULL else NULL
                     _tile1(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
-                           y_blk + kk * out_plane, j0, m, g.wp, g.out_w)
+                           y_blk + kk * out_plane, j0, m, g.wp, g.out_w, out_plane, spill)
                     kk += 1
                 j0 += m
         else:
@@ -394,13 +426,14 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                         b = bias + k0 + kk if bias != NULL else NULL
                         _tile4(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
                                w_blk + kk * crs + cc * rs, crs, b, first,
-                               y_blk + kk * out_plane, out_plane, j0, m, g.out_w, g.out_w)
+                               y_blk + kk * out_plane, out_plane, j0, m, g.out_w, g.out_w, out_plane,
+                               spill)
                         kk += 4
                     while kk < nk:
                         b = bias + k0 + kk if bias != NULL else NULL
                         _tile1(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
                                w_blk + kk * crs + cc * rs, b, first,
-                               y_blk + kk * out_plane, j0, m, g.out_w, g.out_w)
+                               y_blk + kk * out_plane, j0, m, g.out_w, g.out_w, out_plane, spill)
                         kk += 1
                     ow0 += m
         cc += ncb
