@@ -118,56 +118,170 @@ cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_
         j = row_end
 
 
-cdef inline void _tile_store(const floating* a, floating* dst, Py_ssize_t j0, Py_ssize_t n,
-                             Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane,
-                             bint spill) noexcept nogil:
-    """Store the valid (column < out_w) entries of a wide-row tile into an (out_h, out_w) plane.
+cdef void _group_out(floating* out, const floating* acc, floating b0, bint init,
+                     const floating* src, Py_ssize_t step, const Py_ssize_t* toff,
+                     const floating* w, Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """out[i] = (b0 if init else acc[i]) + sum of ``width`` (9, 3 or 1) taps at src[i*step + toff[t]].
 
-    With ``spill``, each row is written in whole blocks of LANES (no scalar tail): the few
-    extra values land on the following positions of the same plane, which this task writes
-    again later (next rows of the tile, or the next tile). The caller allows it only when the
-    plane is not read back (a single channel chunk); the plane's end is never crossed, and
-    ``a`` must have LANES spare entries after ``n``.
+    The last tap group of a tile: it writes the finished outputs straight into their row of
+    the output plane (no second pass over a tile buffer). The sum is formed 3 taps at a time,
+    in tap order, exactly as the in-tile groups do.
     """
-    cdef Py_ssize_t oh = j0 // wq
-    cdef Py_ssize_t ow = j0 - oh * wq
-    cdef Py_ssize_t i = 0, count, blocks, b, l, start
-    cdef floating* d
-    cdef floating unit = <floating>_UNIT
-    while i < n:
-        count = out_w - ow
-        if count > n - i:
-            count = n - i
-        if count > 0:
-            start = oh * out_w + ow
-            d = dst + start
-            blocks = (count + LANES - 1) // LANES
-            if spill and start + blocks * LANES <= plane:
-                for b in range(blocks):
-                    for l in range(LANES):
-                        d[b * LANES + l] = a[i + b * LANES + l] * unit
-            else:
-                for b in range(count):
-                    d[b] = a[i + b] * unit
-        i += wq - ow
-        ow = 0
-        oh += 1
+    cdef const floating* xa = src + toff[0]
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef const floating* xd
+    cdef const floating* xe
+    cdef const floating* xf
+    cdef const floating* xg
+    cdef const floating* xh
+    cdef const floating* xi
+    cdef floating wa = w[0], wb, wc, wd, we, wf, wg, wh, wi, v
+    cdef Py_ssize_t i
+    if width == 1:
+        if init:
+            for i in range(n):
+                out[i] = b0 + wa * xa[i * step]
+        else:
+            for i in range(n):
+                out[i] = acc[i] + wa * xa[i * step]
+        return
+    xb = src + toff[1]; xc = src + toff[2]
+    wb = w[1]; wc = w[2]
+    if width == 3:
+        if step == 1 and init:
+            for i in range(n):
+                out[i] = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
+        elif step == 1:
+            for i in range(n):
+                out[i] = acc[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+        elif init:
+            for i in range(n):
+                out[i] = b0 + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
+        else:
+            for i in range(n):
+                out[i] = acc[i] + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
+        return
+    # width 9 (unit step only)
+    xd = src + toff[3]; xe = src + toff[4]; xf = src + toff[5]
+    xg = src + toff[6]; xh = src + toff[7]; xi = src + toff[8]
+    wd = w[3]; we = w[4]; wf = w[5]; wg = w[6]; wh = w[7]; wi = w[8]
+    if init:
+        for i in range(n):
+            v = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
+            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
+            out[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
+    else:
+        for i in range(n):
+            v = acc[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
+            out[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
+
+
+cdef inline void _group_tile(floating* a, floating b0, bint init, const floating* src,
+                             Py_ssize_t step, const Py_ssize_t* toff, const floating* w,
+                             Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """``_group_out`` in place on a tile (a[i] (+)= ...); inlined into ``_tile1`` so gcc sees
+    that the tile is a local array."""
+    cdef const floating* xa = src + toff[0]
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef const floating* xd
+    cdef const floating* xe
+    cdef const floating* xf
+    cdef const floating* xg
+    cdef const floating* xh
+    cdef const floating* xi
+    cdef floating wa = w[0], wb, wc, wd, we, wf, wg, wh, wi, v
+    cdef Py_ssize_t i
+    if width == 1:
+        if init:
+            for i in range(n):
+                a[i] = b0 + wa * xa[i * step]
+        elif step == 1:
+            for i in range(n):
+                a[i] = a[i] + wa * xa[i]
+        else:
+            for i in range(n):
+                a[i] = a[i] + wa * xa[i * step]
+        return
+    xb = src + toff[1]; xc = src + toff[2]
+    wb = w[1]; wc = w[2]
+    if width == 3:
+        if step == 1 and init:
+            for i in range(n):
+                a[i] = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
+        elif step == 1:
+            for i in range(n):
+                a[i] = a[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+        elif init:
+            for i in range(n):
+                a[i] = b0 + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
+        else:
+            for i in range(n):
+                a[i] = a[i] + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
+        return
+    xd = src + toff[3]; xe = src + toff[4]; xf = src + toff[5]
+    xg = src + toff[6]; xh = src + toff[7]; xi = src + toff[8]
+    wd = w[3]; we = w[4]; wf = w[5]; wg = w[6]; wh = w[7]; wi = w[8]
+    if init:
+        for i in range(n):
+            v = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
+            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
+            a[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
+    else:
+        for i in range(n):
+            v = a[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
+            a[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
+
+
+cdef inline Py_ssize_t _next_segment(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow, Py_ssize_t n,
+                                     Py_ssize_t wq, Py_ssize_t out_w,
+                                     Py_ssize_t* count) noexcept nogil:
+    """Walk a tile of wide-row outputs row by row: the next run of valid (column < out_w)
+    outputs starts at tile index i[0] and plane index (returned); its length goes to count[0].
+    Returns -1 when the tile is done."""
+    cdef Py_ssize_t c, start
+    while i[0] < n:
+        c = out_w - ow[0]
+        if c > n - i[0]:
+            c = n - i[0]
+        if c > 0:
+            start = oh[0] * out_w + ow[0]
+            count[0] = c
+            return start
+        i[0] += wq - ow[0]
+        ow[0] = 0
+        oh[0] += 1
+    return -1
+
+
+cdef inline void _advance_row(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow,
+                              Py_ssize_t wq) noexcept nogil:
+    i[0] += wq - ow[0]
+    ow[0] = 0
+    oh[0] += 1
 
 
 cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
                  floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
-                 Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane, bint spill) noexcept nogil:
-    """Four output channels x ``n`` (<= TILE) outputs: a_q[i] (+)= sum_t w_q[t] * src[i*step + toff[t]].
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """Four output channels x ``n`` (<= TILE) outputs: y_q[j] (+)= sum_t w_q[t] * src[i*step + toff[t]].
 
-    ``first``: start from the bias (or 0), else from the values already in ``dst`` (an earlier
-    channel chunk). Output channel q's weights are ``wr + q*wstride`` and its plane
-    ``dst + q*dstride``. Taps are applied 3 at a time: a_q + w*x + w*x + w*x, in tap order.
+    Output i of the tile is output ``j0 + i`` of planes indexed by wide rows of ``wq``
+    columns, of which the first ``out_w`` are real. ``first``: start from the bias (or 0),
+    else from the values already in ``dst`` (an earlier channel chunk). Channel q's weights
+    are ``wr + q*wstride`` and its plane ``dst + q*dstride``. Taps are applied 3 at a time,
+    ``acc + w*x + w*x + w*x`` in tap order; all but the last group accumulate in local tiles
+    (which cannot alias the input, so the loops vectorise without runtime checks) and the
+    last group writes the results into the output rows.
     """
-    cdef floating a0[TILE + LANES]
-    cdef floating a1[TILE + LANES]
-    cdef floating a2[TILE + LANES]
-    cdef floating a3[TILE + LANES]
+    cdef floating a0[TILE]
+    cdef floating a1[TILE]
+    cdef floating a2[TILE]
+    cdef floating a3[TILE]
     cdef const floating* w0 = wr
     cdef const floating* w1 = wr + wstride
     cdef const floating* w2 = wr + 2 * wstride
@@ -177,7 +291,8 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
     cdef const floating* xc
     cdef floating b0, b1, b2, b3, va, vb, vc
     cdef floating wa0, wb0, wc0, wa1, wb1, wc1, wa2, wb2, wc2, wa3, wb3, wc3
-    cdef Py_ssize_t i, t
+    cdef Py_ssize_t i, t, width, start, count
+    cdef Py_ssize_t si, soh, sow
     cdef bint init = first
     b0 = b1 = b2 = b3 = 0
     if first and bias != NULL:
@@ -190,25 +305,37 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
         _tile_load(a1, dst + dstride, j0, n, wq, out_w)
         _tile_load(a2, dst + 2 * dstride, j0, n, wq, out_w)
         _tile_load(a3, dst + 3 * dstride, j0, n, wq, out_w)
-    elif ntaps < 3:
-        for i in range(n):
-            a0[i] = b0
-            a1[i] = b1
-            a2[i] = b2
-            a3[i] = b3
-        init = False
     t = 0
-    while t + 3 <= ntaps:
-        xa = src + toff[t]
-        xb = src + toff[t + 1]
-        xc = src + toff[t + 2]
-        wa0 = w0[t]; wb0 = w0[t + 1]; wc0 = w0[t + 2]
-        wa1 = w1[t]; wb1 = w1[t + 1]; wc1 = w1[t + 2]
-        wa2 = w2[t]; wb2 = w2[t + 1]; wc2 = w2[t + 2]
-        wa3 = w3[t]; wb3 = w3[t + 1]; wc3 = w3[t + 2]
-        if init:
-            # The first group starts from the bias instead of a stored zero/bias tile.
-            if step == 1:
+    while t < ntaps:
+        width = 3 if t + 3 <= ntaps else 1
+        if t + width == ntaps:
+            # Last group: finish each row run of the tile straight into the four planes.
+            si = 0
+            soh = j0 // wq
+            sow = j0 - soh * wq
+            while True:
+                start = _next_segment(&si, &soh, &sow, n, wq, out_w, &count)
+                if start < 0:
+                    break
+                _group_out(dst + start, a0 + si, b0, init, src + si * step, step,
+                           toff + t, w0 + t, width, count)
+                _group_out(dst + dstride + start, a1 + si, b1, init, src + si * step, step,
+                           toff + t, w1 + t, width, count)
+                _group_out(dst + 2 * dstride + start, a2 + si, b2, init, src + si * step, step,
+                           toff + t, w2 + t, width, count)
+                _group_out(dst + 3 * dstride + start, a3 + si, b3, init, src + si * step, step,
+                           toff + t, w3 + t, width, count)
+                _advance_row(&si, &soh, &sow, wq)
+            return
+        if width == 3:
+            xa = src + toff[t]
+            xb = src + toff[t + 1]
+            xc = src + toff[t + 2]
+            wa0 = w0[t]; wb0 = w0[t + 1]; wc0 = w0[t + 2]
+            wa1 = w1[t]; wb1 = w1[t + 1]; wc1 = w1[t + 2]
+            wa2 = w2[t]; wb2 = w2[t + 1]; wc2 = w2[t + 2]
+            wa3 = w3[t]; wb3 = w3[t + 1]; wc3 = w3[t + 2]
+            if init and step == 1:
                 for i in range(n):
                     va = xa[i]
                     vb = xb[i]
@@ -217,7 +344,7 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
                     a1[i] = b1 + wa1 * va + wb1 * vb + wc1 * vc
                     a2[i] = b2 + wa2 * va + wb2 * vb + wc2 * vc
                     a3[i] = b3 + wa3 * va + wb3 * vb + wc3 * vc
-            else:
+            elif init:
                 for i in range(n):
                     va = xa[i * step]
                     vb = xb[i * step]
@@ -226,130 +353,97 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
                     a1[i] = b1 + wa1 * va + wb1 * vb + wc1 * vc
                     a2[i] = b2 + wa2 * va + wb2 * vb + wc2 * vc
                     a3[i] = b3 + wa3 * va + wb3 * vb + wc3 * vc
-            init = False
-        elif step == 1:
-            for i in range(n):
-                va = xa[i]
-                vb = xb[i]
-                vc = xc[i]
-                a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
-                a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
-                a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
-                a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
+            elif step == 1:
+                for i in range(n):
+                    va = xa[i]
+                    vb = xb[i]
+                    vc = xc[i]
+                    a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
+                    a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
+                    a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
+                    a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
+            else:
+                for i in range(n):
+                    va = xa[i * step]
+                    vb = xb[i * step]
+                    vc = xc[i * step]
+                    a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
+                    a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
+                    a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
+                    a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
         else:
-            for i in range(n):
-                va = xa[i * step]
-                vb = xb[i * step]
-                vc = xc[i * step]
-                a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
-                a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
-                a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
-                a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
-        t += 3
-    while t < ntaps:
-        xa = src + toff[t]
-        wa0 = w0[t]; wa1 = w1[t]; wa2 = w2[t]; wa3 = w3[t]
-        if step == 1:
-            for i in range(n):
-                va = xa[i]
-                a0[i] = a0[i] + wa0 * va
-                a1[i] = a1[i] + wa1 * va
-                a2[i] = a2[i] + wa2 * va
-                a3[i] = a3[i] + wa3 * va
-        else:
-            for i in range(n):
-                va = xa[i * step]
-                a0[i] = a0[i] + wa0 * va
-                a1[i] = a1[i] + wa1 * va
-                a2[i] = a2[i] + wa2 * va
-                a3[i] = a3[i] + wa3 * va
-        t += 1
-    _tile_store(a0, dst, j0, n, wq, out_w, plane, spill)
-    _tile_store(a1, dst + dstride, j0, n, wq, out_w, plane, spill)
-    _tile_store(a2, dst + 2 * dstride, j0, n, wq, out_w, plane, spill)
-    _tile_store(a3, dst + 3 * dstride, j0, n, wq, out_w, plane, spill)
+            xa = src + toff[t]
+            wa0 = w0[t]; wa1 = w1[t]; wa2 = w2[t]; wa3 = w3[t]
+            if init:
+                for i in range(n):
+                    va = xa[i * step]
+                    a0[i] = b0 + wa0 * va
+                    a1[i] = b1 + wa1 * va
+                    a2[i] = b2 + wa2 * va
+                    a3[i] = b3 + wa3 * va
+            elif step == 1:
+                for i in range(n):
+                    va = xa[i]
+                    a0[i] = a0[i] + wa0 * va
+                    a1[i] = a1[i] + wa1 * va
+                    a2[i] = a2[i] + wa2 * va
+                    a3[i] = a3[i] + wa3 * va
+            else:
+                for i in range(n):
+                    va = xa[i * step]
+                    a0[i] = a0[i] + wa0 * va
+                    a1[i] = a1[i] + wa1 * va
+                    a2[i] = a2[i] + wa2 * va
+                    a3[i] = a3[i] + wa3 * va
+        init = False
+        t += width
 
 
 cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* w0, const floating* bias, bint first,
                  floating* dst, Py_ssize_t j0, Py_ssize_t n,
-                 Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane, bint spill) noexcept nogil:
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
     """One output channel of ``_tile4``, with the same arithmetic (results do not depend on
     the blocking).
 
-    With unit step, a run of 9 taps (a 3x3 kernel: depthwise and one-channel layers) is
-    applied in one pass: one accumulator load/store per 9 FMAs instead of per 3. The sum is
-    still formed 3 taps at a time in tap order, exactly as three passes would.
+    With unit step, a run of 9 taps (a 3x3 kernel: depthwise and one-channel layers) is one
+    pass: one accumulator load/store per 9 FMAs instead of per 3, with the sum still formed
+    3 taps at a time in tap order. A 3x3 depthwise tile is thus a single pass that writes
+    its output rows directly.
     """
-    cdef floating a0[TILE + LANES]
-    cdef const floating* xa
-    cdef const floating* xb
-    cdef const floating* xc
-    cdef const floating* xd
-    cdef const floating* xe
-    cdef const floating* xf
-    cdef const floating* xg
-    cdef const floating* xh
-    cdef const floating* xi
-    cdef floating wa, wb, wc, wd, we, wf, wg, wh, wi, acc, b0 = 0
-    cdef Py_ssize_t i, t
+    cdef floating a0[TILE]
+    cdef floating b0 = 0
+    cdef Py_ssize_t t, width, start, count
+    cdef Py_ssize_t si, soh, sow
     cdef bint init = first
     if first and bias != NULL:
         b0 = bias[0]
     if not first:
         _tile_load(a0, dst, j0, n, wq, out_w)
-    elif ntaps < 3:
-        for i in range(n):
-            a0[i] = b0
-        init = False
     t = 0
-    if step == 1:
-        while t + 9 <= ntaps:
-            xa = src + toff[t]; xb = src + toff[t + 1]; xc = src + toff[t + 2]
-            xd = src + toff[t + 3]; xe = src + toff[t + 4]; xf = src + toff[t + 5]
-            xg = src + toff[t + 6]; xh = src + toff[t + 7]; xi = src + toff[t + 8]
-            wa = w0[t]; wb = w0[t + 1]; wc = w0[t + 2]
-            wd = w0[t + 3]; we = w0[t + 4]; wf = w0[t + 5]
-            wg = w0[t + 6]; wh = w0[t + 7]; wi = w0[t + 8]
-            if init:
-                for i in range(n):
-                    acc = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
-                    acc = acc + wd * xd[i] + we * xe[i] + wf * xf[i]
-                    a0[i] = acc + wg * xg[i] + wh * xh[i] + wi * xi[i]
-                init = False
-            else:
-                for i in range(n):
-                    acc = a0[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
-                    acc = acc + wd * xd[i] + we * xe[i] + wf * xf[i]
-                    a0[i] = acc + wg * xg[i] + wh * xh[i] + wi * xi[i]
-            t += 9
-    while t + 3 <= ntaps:
-        xa = src + toff[t]
-        xb = src + toff[t + 1]
-        xc = src + toff[t + 2]
-        wa = w0[t]; wb = w0[t + 1]; wc = w0[t + 2]
-        if init:
-            for i in range(n):
-                a0[i] = b0 + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
-            init = False
-        elif step == 1:
-            for i in range(n):
-                a0[i] = a0[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
-        else:
-            for i in range(n):
-                a0[i] = a0[i] + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
-        t += 3
     while t < ntaps:
-        xa = src + toff[t]
-        wa = w0[t]
-        if step == 1:
-            for i in range(n):
-                a0[i] = a0[i] + wa * xa[i]
+        if step == 1 and t + 9 <= ntaps:
+            width = 9
+        elif t + 3 <= ntaps:
+            width = 3
         else:
-            for i in range(n):
-                a0[i] = a0[i] + wa * xa[i * step]
-        t += 1
-    _tile_store(a0, dst, j0, n, wq, out_w, plane, spill)
+            width = 1
+        if t + width == ntaps:
+            si = 0
+            soh = j0 // wq
+            sow = j0 - soh * wq
+            while True:
+                start = _next_segment(&si, &soh, &sow, n, wq, out_w, &count)
+                if start < 0:
+                    break
+                _group_out(dst + start, a0 + si, b0, init, src + si * step, step,
+                           toff + t, w0 + t, width, count)
+                _advance_row(&si, &soh, &sow, wq)
+            return
+        # Earlier groups accumulate in the local tile (no alias with the input).
+        _group_tile(a0, b0, init, src, step, toff + t, w0 + t, width, n)
+        init = False
+        t += width
 
 
 # ---------------------------------------------------------------- correlation core
@@ -372,7 +466,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
     cdef const floating* base
     cdef const floating* b
     cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, oh, ow0
-    cdef bint first, spill
+    cdef bint first
     if nk > g.kbt:
         nk = g.kbt
     y_blk = y + (n * g.k + k0) * out_plane
@@ -390,8 +484,6 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             base = x_img + cc * in_plane
         ntaps = ncb * rs
         first = cc == 0
-        # Whole-block stores may spill past a row only if no later chunk reads the plane back.
-        spill = g.cb >= g.cg
         if g.wide:
             # One run per plane: output j = oh*wp + ow reads base[j + toff[t]].
             length = (g.out_h - 1) * g.wp + g.out_w
@@ -404,12 +496,12 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                 while kk + 4 <= nk:
                     b = bias + k0 + kk if bias != NULL else NULL
                     _tile4(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
-                           y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w, out_plane, spill)
+                           y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
                     kk += 4
                 while kk < nk:
                     b = bias + k0 + kk if bias != NULL else NULL
                     _tile1(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
-                           y_blk + kk * out_plane, j0, m, g.wp, g.out_w, out_plane, spill)
+                           y_blk + kk * out_plane, j0, m, g.wp, g.out_w)
                     kk += 1
                 j0 += m
         else:
@@ -426,14 +518,13 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                         b = bias + k0 + kk if bias != NULL else NULL
                         _tile4(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
                                w_blk + kk * crs + cc * rs, crs, b, first,
-                               y_blk + kk * out_plane, out_plane, j0, m, g.out_w, g.out_w, out_plane,
-                               spill)
+                               y_blk + kk * out_plane, out_plane, j0, m, g.out_w, g.out_w)
                         kk += 4
                     while kk < nk:
                         b = bias + k0 + kk if bias != NULL else NULL
                         _tile1(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
                                w_blk + kk * crs + cc * rs, b, first,
-                               y_blk + kk * out_plane, j0, m, g.out_w, g.out_w, out_plane, spill)
+                               y_blk + kk * out_plane, j0, m, g.out_w, g.out_w)
                         kk += 1
                     ow0 += m
         cc += ncb
