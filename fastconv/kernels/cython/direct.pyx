@@ -831,6 +831,99 @@ cdef void _dot1_9(const floating* g0, const floating** xs, Py_ssize_t nfull,
         p[6][l] = q6[l]; p[7][l] = q7[l]; p[8][l] = q8[l]
 
 
+cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
+                       const floating* src, Py_ssize_t wp, floating* p) noexcept nogil:
+    """p[t*LANES + l] += lane l of sum over the plane of grad_output x input shifted by tap t.
+
+    The one-input-channel grad_weight path (depthwise and C = 1 layers, 3x3, stride and
+    dilation 1): ``src`` is the (padded) input plane with row stride ``wp``, ``gyp`` the
+    (out_h x out_w) grad_output plane, read in place. The nine dot products keep LANES
+    partial sums each in registers across the whole plane (the caller carries them over
+    images and adds the lanes once at the end), and two grad_output rows are taken per pass
+    so that they share their input rows.
+    """
+    cdef floating q[9][LANES]
+    cdef const floating* g0
+    cdef const floating* g1
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* r3
+    cdef floating ga, gb
+    cdef Py_ssize_t nfull = out_w - out_w % LANES
+    cdef Py_ssize_t t, l, i, oh
+    for t in range(9):
+        for l in range(LANES):
+            q[t][l] = p[t * LANES + l]
+    oh = 0
+    while oh + 2 <= out_h:
+        g0 = gyp + oh * out_w
+        g1 = g0 + out_w
+        r0 = src + oh * wp
+        r1 = r0 + wp
+        r2 = r1 + wp
+        r3 = r2 + wp
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                ga = g0[i + l]
+                gb = g1[i + l]
+                q[0][l] += ga * r0[i + l]; q[0][l] += gb * r1[i + l]
+                q[1][l] += ga * r0[i + l + 1]; q[1][l] += gb * r1[i + l + 1]
+                q[2][l] += ga * r0[i + l + 2]; q[2][l] += gb * r1[i + l + 2]
+                q[3][l] += ga * r1[i + l]; q[3][l] += gb * r2[i + l]
+                q[4][l] += ga * r1[i + l + 1]; q[4][l] += gb * r2[i + l + 1]
+                q[5][l] += ga * r1[i + l + 2]; q[5][l] += gb * r2[i + l + 2]
+                q[6][l] += ga * r2[i + l]; q[6][l] += gb * r3[i + l]
+                q[7][l] += ga * r2[i + l + 1]; q[7][l] += gb * r3[i + l + 1]
+                q[8][l] += ga * r2[i + l + 2]; q[8][l] += gb * r3[i + l + 2]
+        for i in range(nfull, out_w):
+            l = i - nfull
+            ga = g0[i]
+            gb = g1[i]
+            q[0][l] += ga * r0[i]; q[0][l] += gb * r1[i]
+            q[1][l] += ga * r0[i + 1]; q[1][l] += gb * r1[i + 1]
+            q[2][l] += ga * r0[i + 2]; q[2][l] += gb * r1[i + 2]
+            q[3][l] += ga * r1[i]; q[3][l] += gb * r2[i]
+            q[4][l] += ga * r1[i + 1]; q[4][l] += gb * r2[i + 1]
+            q[5][l] += ga * r1[i + 2]; q[5][l] += gb * r2[i + 2]
+            q[6][l] += ga * r2[i]; q[6][l] += gb * r3[i]
+            q[7][l] += ga * r2[i + 1]; q[7][l] += gb * r3[i + 1]
+            q[8][l] += ga * r2[i + 2]; q[8][l] += gb * r3[i + 2]
+        oh += 2
+    if oh < out_h:
+        g0 = gyp + oh * out_w
+        r0 = src + oh * wp
+        r1 = r0 + wp
+        r2 = r1 + wp
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                ga = g0[i + l]
+                q[0][l] += ga * r0[i + l]
+                q[1][l] += ga * r0[i + l + 1]
+                q[2][l] += ga * r0[i + l + 2]
+                q[3][l] += ga * r1[i + l]
+                q[4][l] += ga * r1[i + l + 1]
+                q[5][l] += ga * r1[i + l + 2]
+                q[6][l] += ga * r2[i + l]
+                q[7][l] += ga * r2[i + l + 1]
+                q[8][l] += ga * r2[i + l + 2]
+        for i in range(nfull, out_w):
+            l = i - nfull
+            ga = g0[i]
+            q[0][l] += ga * r0[i]
+            q[1][l] += ga * r0[i + 1]
+            q[2][l] += ga * r0[i + 2]
+            q[3][l] += ga * r1[i]
+            q[4][l] += ga * r1[i + 1]
+            q[5][l] += ga * r1[i + 2]
+            q[6][l] += ga * r2[i]
+            q[7][l] += ga * r2[i + 1]
+            q[8][l] += ga * r2[i + 2]
+    for t in range(9):
+        for l in range(LANES):
+            p[t * LANES + l] = q[t][l]
+
+
 cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* gy,
                             const floating* x, floating* part, const Py_ssize_t* toff,
                             floating* ws) noexcept nogil:
@@ -857,10 +950,35 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
     cdef const floating* x_img
     cdef const floating* base
     cdef Py_ssize_t gstride, n, kk, cc, ncb, c, ntaps, length, oh, a
+    cdef floating lanes[4][9 * LANES]
+    cdef floating total
+    cdef Py_ssize_t t, l
     if nk > g.kbt:
         nk = g.kbt
     for a in range(nk * crs):
         out[a] = 0
+    if g.plane3x3:
+        # One input channel, 3x3: lane partial sums carried over the chunk's images.
+        for kk in range(nk):
+            for a in range(9 * LANES):
+                lanes[kk][a] = 0
+        for n in range(n0, n1):
+            x_img = x + (n * g.c + grp * g.cg) * in_plane
+            if g.copy:
+                _copy_interior(x_img, g.h, g.w, xws, g.hp, g.wp, g.top, g.left)
+                base = xws
+            else:
+                base = x_img
+            gy_blk = gy + (n * g.k + k0) * out_plane
+            for kk in range(nk):
+                _plane3x3_gw(gy_blk + kk * out_plane, g.out_h, g.out_w, base, g.wp, lanes[kk])
+        for kk in range(nk):
+            for t in range(9):
+                total = 0
+                for l in range(LANES):
+                    total = total + lanes[kk][t * LANES + l]
+                out[kk * 9 + t] = total
+        return
     for n in range(n0, n1):
         gy_blk = gy + (n * g.k + k0) * out_plane
         gp = gy_blk
