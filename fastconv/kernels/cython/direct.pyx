@@ -98,6 +98,21 @@ cdef inline void _copy_interior(const floating* src, Py_ssize_t hs, Py_ssize_t w
             row[b] = s[b] * unit
 
 
+cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
+                           Py_ssize_t left, floating* dst, Py_ssize_t wp, Py_ssize_t a) noexcept nogil:
+    """Row ``a`` of the padded plane ``dst`` (zero border already in place) from ``raw``."""
+    cdef Py_ssize_t sa = a - top, b
+    cdef Py_ssize_t b0 = left if left > 0 else 0
+    cdef Py_ssize_t b1 = left + w if left + w < wp else wp
+    cdef floating* row = dst + a * wp
+    cdef const floating* s = raw + sa * w - left
+    cdef floating unit = <floating>_UNIT
+    if sa < 0 or sa >= h:
+        return
+    for b in range(b0, b1):
+        row[b] = s[b] * unit
+
+
 cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_ssize_t n,
                             Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
     """a[i] = output j0 + i of a plane stored (out_h, out_w) but indexed by wide rows of wq."""
@@ -450,7 +465,8 @@ cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
 # ---------------------------------------------------------------- correlation core
 
 cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t out_h,
-                    Py_ssize_t out_w, const floating* w, floating b) noexcept nogil:
+                    Py_ssize_t out_w, const floating* w, floating b, const floating* raw,
+                    Py_ssize_t h, Py_ssize_t wr, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
     """y (out_h x out_w) = b + 3x3 correlation (stride 1, dilation 1) of a plane with row
     stride ``wp`` (already padded, or unpadded when there is no padding).
 
@@ -459,6 +475,10 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
     straight into the output (gcc checks at run time that the two output rows and the four
     input rows do not overlap; they never do). The sum is formed 3 taps at a time in tap
     order, exactly as ``_tile1``/``_tile4`` do.
+
+    With ``raw`` set, ``src`` is a zero-bordered workspace whose rows are copied from the
+    unpadded plane ``raw`` (h x wr, placed at top/left) just before they are first needed,
+    so the memory reads of the copy overlap the arithmetic on the rows already there.
     """
     cdef floating w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4]
     cdef floating w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8]
@@ -469,9 +489,13 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
     cdef const floating* r3
     cdef floating* y0
     cdef floating* y1
-    cdef Py_ssize_t oh, i
+    cdef Py_ssize_t oh, i, filled = 0
     oh = 0
     while oh + 2 <= out_h:
+        if raw != NULL:
+            while filled < oh + 4:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
         r0 = src + oh * wp
         r1 = r0 + wp
         r2 = r1 + wp
@@ -491,6 +515,10 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
             y1[i] = u + w6 * d0 + w7 * d1 + w8 * d2
         oh += 2
     if oh < out_h:
+        if raw != NULL:
+            while filled < oh + 3:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
         r0 = src + oh * wp
         r1 = r0 + wp
         r2 = r1 + wp
@@ -528,6 +556,14 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
         ncb = g.cg - cc
         if ncb > g.cb:
             ncb = g.cb
+        if g.plane3x3:
+            # One input channel: each output plane in one pass over the (padded) plane,
+            # whose rows the first pass copies as it goes.
+            for kk in range(nk):
+                _plane3x3(ws if g.copy else x_img, g.wp, y_blk + kk * out_plane, g.out_h,
+                          g.out_w, w_blk + kk * crs, bias[k0 + kk] if bias != NULL else 0,
+                          x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
+            break
         if g.copy:
             for c in range(ncb):
                 _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
@@ -537,12 +573,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             base = x_img + cc * in_plane
         ntaps = ncb * rs
         first = cc == 0
-        if g.plane3x3:
-            # One input channel: each output plane in one pass over the (padded) plane.
-            for kk in range(nk):
-                _plane3x3(base, g.wp, y_blk + kk * out_plane, g.out_h, g.out_w,
-                          w_blk + kk * crs, bias[k0 + kk] if bias != NULL else 0)
-        elif g.wide:
+        if g.wide:
             # One run per plane: output j = oh*wp + ow reads base[j + toff[t]].
             length = (g.out_h - 1) * g.wp + g.out_w
             j0 = 0
@@ -832,7 +863,8 @@ cdef void _dot1_9(const floating* g0, const floating** xs, Py_ssize_t nfull,
 
 
 cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
-                       const floating* src, Py_ssize_t wp, floating* p) noexcept nogil:
+                       const floating* src, Py_ssize_t wp, floating* p, const floating* raw,
+                       Py_ssize_t h, Py_ssize_t wr, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
     """p[t*LANES + l] += lane l of sum over the plane of grad_output x input shifted by tap t.
 
     The one-input-channel grad_weight path (depthwise and C = 1 layers, 3x3, stride and
@@ -840,7 +872,8 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
     (out_h x out_w) grad_output plane, read in place. The nine dot products keep LANES
     partial sums each in registers across the whole plane (the caller carries them over
     images and adds the lanes once at the end), and two grad_output rows are taken per pass
-    so that they share their input rows.
+    so that they share their input rows. ``raw``: as for ``_plane3x3`` (rows of the padded
+    input copied just before first use).
     """
     cdef floating q[9][LANES]
     cdef const floating* g0
@@ -851,12 +884,16 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
     cdef const floating* r3
     cdef floating ga, gb
     cdef Py_ssize_t nfull = out_w - out_w % LANES
-    cdef Py_ssize_t t, l, i, oh
+    cdef Py_ssize_t t, l, i, oh, filled = 0
     for t in range(9):
         for l in range(LANES):
             q[t][l] = p[t * LANES + l]
     oh = 0
     while oh + 2 <= out_h:
+        if raw != NULL:
+            while filled < oh + 4:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
         g0 = gyp + oh * out_w
         g1 = g0 + out_w
         r0 = src + oh * wp
@@ -891,6 +928,10 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
             q[8][l] += ga * r2[i + 2]; q[8][l] += gb * r3[i + 2]
         oh += 2
     if oh < out_h:
+        if raw != NULL:
+            while filled < oh + 3:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
         g0 = gyp + oh * out_w
         r0 = src + oh * wp
         r1 = r0 + wp
@@ -964,14 +1005,11 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
                 lanes[kk][a] = 0
         for n in range(n0, n1):
             x_img = x + (n * g.c + grp * g.cg) * in_plane
-            if g.copy:
-                _copy_interior(x_img, g.h, g.w, xws, g.hp, g.wp, g.top, g.left)
-                base = xws
-            else:
-                base = x_img
             gy_blk = gy + (n * g.k + k0) * out_plane
             for kk in range(nk):
-                _plane3x3_gw(gy_blk + kk * out_plane, g.out_h, g.out_w, base, g.wp, lanes[kk])
+                _plane3x3_gw(gy_blk + kk * out_plane, g.out_h, g.out_w,
+                             xws if g.copy else x_img, g.wp, lanes[kk],
+                             x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
         for kk in range(nk):
             for t in range(9):
                 total = 0
