@@ -19,13 +19,20 @@ How the loops are laid out (why it is fast):
   inner loops have no bounds checks at all (unpadded convolutions read ``x`` in place).
 * **Register blocking.** A tile of ``TILE`` outputs for 4 output channels lives in local
   arrays (they cannot alias the input, so gcc vectorises without runtime alias checks);
-  taps are applied 3 at a time, so each input vector load feeds 12 FMAs.
+  taps are applied 3 at a time, so each input vector load feeds 12 FMAs. The last tap
+  group of a tile writes the finished outputs straight into their rows of ``y``.
+* **One input channel, 3x3 (depthwise layers, C = 1 first layers).** ``_plane3x3`` keeps
+  the nine weights in registers for a whole plane and computes two output rows per pass
+  straight into ``y``; the padded rows are copied just before first use, so the reads of
+  the input overlap the arithmetic. ``_plane3x3_gw`` is its grad_weight twin (nine dot
+  products in vector lanes carried over the whole batch).
 * **Gradients.** grad_input with stride 1 is the same correlation applied to the padded
-  grad_output with flipped, transposed filters (a gather: every task owns its outputs);
-  strided grad_input scatters into a private padded plane per (image, channel). grad_weight
-  is a set of dot products per filter entry, accumulated in 8 vector lanes; each task owns
-  its filter entries, and the batch is split into a number of chunks fixed by the shape
-  alone, so the result is bit-identical for any thread count.
+  grad_output with flipped, transposed filters (a gather: every task owns its outputs), so
+  it gets every fast path of the forward; strided grad_input scatters into a private padded
+  plane per (image, channel). grad_weight is a set of dot products per filter entry,
+  accumulated in 8 vector lanes; each task owns its filter entries, and the batch is split
+  into a number of chunks fixed by the shape alone, so the result is bit-identical for any
+  thread count.
 
 No ``-ffast-math``: NaN and Inf propagate as IEEE arithmetic says. Every output element's
 sum is formed in the same order whatever the thread count or blocking.

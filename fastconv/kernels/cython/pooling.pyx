@@ -12,13 +12,19 @@ with ``count_include_pad=False``, by the number of real elements in the window.
 
 Fast paths:
 
-* 2x2 windows, stride 2, no padding (the LeNet/MNIST pool): four loads per output, no
-  clipping, vectorised with compare-and-blend (no branches).
-* Other windows: interior outputs (whole window inside the input) are computed one window
-  offset at a time across a row of outputs, which vectorises; only the border outputs
-  clip their windows one by one.
+* 2x2 windows, stride 2, no padding (the LeNet/MNIST pool): the maximum is a plain max
+  chain of the four candidates and its index the first candidate equal to it, branch-free
+  and vectorised; a row that holds a NaN is redone with the exact NaN rule. Rows are
+  computed into local buffers (no runtime alias checks on short rows).
+* Other windows: interior outputs (whole window inside the input) of a row are computed
+  together, one window row at a time with the running maximum (or sum) in registers and
+  literal strides 1 and 2 (de-interleaved loads, not gathers); only border outputs clip
+  their windows one by one.
 * Global average pooling (the window is the whole plane): a plane sum with vector partial
   sums, and a plane fill for the backward.
+* Backward of max pooling: each plane is zeroed and scattered into while it is in cache
+  (one pass over memory); average pooling with disjoint 2x2 windows writes every gradient
+  element once instead.
 """
 import numpy as np
 
