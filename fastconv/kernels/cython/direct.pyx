@@ -141,7 +141,7 @@ cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_
         j = row_end
 
 
-cdef void _group_out(floating* out, const floating* acc, floating b0, bint init,
+cdef inline void _group_out_s(floating* out, const floating* acc, floating b0, bint init,
                      const floating* src, Py_ssize_t step, const Py_ssize_t* toff,
                      const floating* w, Py_ssize_t width, Py_ssize_t n) noexcept nogil:
     """out[i] = (b0 if init else acc[i]) + sum of ``width`` (9, 3 or 1) taps at src[i*step + toff[t]].
@@ -201,7 +201,20 @@ cdef void _group_out(floating* out, const floating* acc, floating b0, bint init,
             out[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
 
 
-cdef inline void _group_tile(floating* a, floating b0, bint init, const floating* src,
+cdef void _group_out(floating* out, const floating* acc, floating b0, bint init,
+                     const floating* src, Py_ssize_t step, const Py_ssize_t* toff,
+                     const floating* w, Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """``_group_out_s`` with the input step as a literal where it is 1 or 2 (contiguous or
+    de-interleaved vector loads instead of gathers)."""
+    if step == 1:
+        _group_out_s(out, acc, b0, init, src, 1, toff, w, width, n)
+    elif step == 2:
+        _group_out_s(out, acc, b0, init, src, 2, toff, w, width, n)
+    else:
+        _group_out_s(out, acc, b0, init, src, step, toff, w, width, n)
+
+
+cdef inline void _group_tile_s(floating* a, floating b0, bint init, const floating* src,
                              Py_ssize_t step, const Py_ssize_t* toff, const floating* w,
                              Py_ssize_t width, Py_ssize_t n) noexcept nogil:
     """``_group_out`` in place on a tile (a[i] (+)= ...); inlined into ``_tile1`` so gcc sees
@@ -259,6 +272,19 @@ cdef inline void _group_tile(floating* a, floating b0, bint init, const floating
             a[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
 
 
+cdef inline void _group_tile(floating* a, floating b0, bint init, const floating* src,
+                             Py_ssize_t step, const Py_ssize_t* toff, const floating* w,
+                             Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """``_group_tile_s`` with the input step as a literal where it is 1 or 2 (contiguous or
+    de-interleaved vector loads instead of gathers)."""
+    if step == 1:
+        _group_tile_s(a, b0, init, src, 1, toff, w, width, n)
+    elif step == 2:
+        _group_tile_s(a, b0, init, src, 2, toff, w, width, n)
+    else:
+        _group_tile_s(a, b0, init, src, step, toff, w, width, n)
+
+
 cdef inline Py_ssize_t _next_segment(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow, Py_ssize_t n,
                                      Py_ssize_t wq, Py_ssize_t out_w,
                                      Py_ssize_t* count) noexcept nogil:
@@ -287,7 +313,7 @@ cdef inline void _advance_row(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow,
     oh[0] += 1
 
 
-cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+cdef inline void _tile4_s(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
                  floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
                  Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
@@ -422,7 +448,21 @@ cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
         t += width
 
 
-cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                 const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
+                 floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """``_tile4_s`` with the input step as a literal where it is 1 or 2 (contiguous or
+    de-interleaved vector loads instead of gathers)."""
+    if step == 1:
+        _tile4_s(src, 1, toff, ntaps, wr, wstride, bias, first, dst, dstride, j0, n, wq, out_w)
+    elif step == 2:
+        _tile4_s(src, 2, toff, ntaps, wr, wstride, bias, first, dst, dstride, j0, n, wq, out_w)
+    else:
+        _tile4_s(src, step, toff, ntaps, wr, wstride, bias, first, dst, dstride, j0, n, wq, out_w)
+
+
+cdef inline void _tile1_s(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* w0, const floating* bias, bint first,
                  floating* dst, Py_ssize_t j0, Py_ssize_t n,
                  Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
@@ -467,6 +507,20 @@ cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, P
         _group_tile(a0, b0, init, src, step, toff + t, w0 + t, width, n)
         init = False
         t += width
+
+
+cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                 const floating* w0, const floating* bias, bint first,
+                 floating* dst, Py_ssize_t j0, Py_ssize_t n,
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """``_tile1_s`` with the input step as a literal where it is 1 or 2 (contiguous or
+    de-interleaved vector loads instead of gathers)."""
+    if step == 1:
+        _tile1_s(src, 1, toff, ntaps, w0, bias, first, dst, j0, n, wq, out_w)
+    elif step == 2:
+        _tile1_s(src, 2, toff, ntaps, w0, bias, first, dst, j0, n, wq, out_w)
+    else:
+        _tile1_s(src, step, toff, ntaps, w0, bias, first, dst, j0, n, wq, out_w)
 
 
 # ---------------------------------------------------------------- correlation core
@@ -685,7 +739,7 @@ cdef void _grad_input_scatter(const Geometry* g, const floating* gy, const float
 
 # ---------------------------------------------------------------- grad_weight (dot products)
 
-cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_ssize_t step,
+cdef inline void _dot4_s(const floating* g0, Py_ssize_t gstride, const floating* src, Py_ssize_t step,
                 const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
                 floating* out, Py_ssize_t ostride) noexcept nogil:
     """out[q*ostride + t] += sum_i g_q[i] * src[i*step + toff[t]] for 4 channels q and every tap t.
@@ -774,7 +828,20 @@ cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_
         t += 1
 
 
-cdef void _dot1(const floating* g0, const floating* src, Py_ssize_t step,
+cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_ssize_t step,
+                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
+                floating* out, Py_ssize_t ostride) noexcept nogil:
+    """``_dot4_s`` with the input step as a literal where it is 1 or 2 (contiguous or
+    de-interleaved vector loads instead of gathers)."""
+    if step == 1:
+        _dot4_s(g0, gstride, src, 1, toff, ntaps, n, out, ostride)
+    elif step == 2:
+        _dot4_s(g0, gstride, src, 2, toff, ntaps, n, out, ostride)
+    else:
+        _dot4_s(g0, gstride, src, step, toff, ntaps, n, out, ostride)
+
+
+cdef inline void _dot1_s(const floating* g0, const floating* src, Py_ssize_t step,
                 const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
                 floating* out) noexcept nogil:
     """One channel of ``_dot4`` (bit-identical per entry). With unit step, 9 taps per pass
@@ -829,6 +896,19 @@ cdef void _dot1(const floating* g0, const floating* src, Py_ssize_t step,
                 total = total + p[q][l]
             out[t + q] += total
         t += width
+
+
+cdef void _dot1(const floating* g0, const floating* src, Py_ssize_t step,
+                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
+                floating* out) noexcept nogil:
+    """``_dot1_s`` with the input step as a literal where it is 1 or 2 (contiguous or
+    de-interleaved vector loads instead of gathers)."""
+    if step == 1:
+        _dot1_s(g0, src, 1, toff, ntaps, n, out)
+    elif step == 2:
+        _dot1_s(g0, src, 2, toff, ntaps, n, out)
+    else:
+        _dot1_s(g0, src, step, toff, ntaps, n, out)
 
 
 cdef void _dot1_9(const floating* g0, const floating** xs, Py_ssize_t nfull,
