@@ -74,6 +74,7 @@ cdef struct Geometry:
     bint copy                         # padded copies needed (else the source is read in place)
     bint wide                         # unit strides: one contiguous run per plane
     bint plane3x3                     # one input channel per group, 3x3, stride/dilation 1
+    bint phased                       # stride > 1: the source is split into phase planes
 
 
 # ---------------------------------------------------------------- helpers
@@ -103,6 +104,37 @@ cdef inline void _copy_interior(const floating* src, Py_ssize_t hs, Py_ssize_t w
         s = src + (a - top) * ws - left
         for b in range(b0, b1):
             row[b] = s[b] * unit
+
+
+cdef void _copy_phases(const floating* src, Py_ssize_t h, Py_ssize_t w, floating* dst,
+                       Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """Split the padded plane (src placed at top/left) into sh*sw phase planes of hq x wq:
+    phase (a, b) holds padded pixels (i*sh + a, j*sw + b) at (i, j).
+
+    A stride-(sh, sw) correlation of the padded plane is then a stride-1 correlation of the
+    phase planes (tap (r, s) reads phase ((r*dh) % sh, (s*dw) % sw) shifted by
+    ((r*dh) // sh, (s*dw) // sw)), so strided layers get the contiguous wide-row kernels.
+    Only real pixels are written; the zero padding positions are never touched.
+    """
+    cdef Py_ssize_t i, pi, a, qi, b, j0, qj0, cnt, m
+    cdef floating* row
+    cdef const floating* s
+    cdef floating unit = <floating>_UNIT
+    for i in range(h):
+        pi = i + top
+        a = pi % sh
+        qi = pi // sh
+        for b in range(sw):
+            j0 = ((b - left) % sw + sw) % sw         # first column j with (j + left) % sw == b
+            if j0 >= w:
+                continue
+            cnt = (w - j0 + sw - 1) // sw
+            qj0 = (j0 + left) // sw
+            row = dst + ((a * sw + b) * hq + qi) * wq + qj0
+            s = src + i * w + j0
+            for m in range(cnt):
+                row[m] = s[m * sw] * unit
 
 
 cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
@@ -627,56 +659,37 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             break
         if g.copy:
             for c in range(ncb):
-                _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
-                             g.hp, g.wp, g.top, g.left)
+                if g.phased:
+                    _copy_phases(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
+                                 g.hp, g.wp, g.sh, g.sw, g.top, g.left)
+                else:
+                    _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
+                                   g.hp, g.wp, g.top, g.left)
             base = ws
         else:
             base = x_img + cc * in_plane
         ntaps = ncb * rs
         first = cc == 0
-        if g.wide:
-            # One run per plane: output j = oh*wp + ow reads base[j + toff[t]].
-            length = (g.out_h - 1) * g.wp + g.out_w
-            j0 = 0
-            while j0 < length:
-                m = length - j0
-                if m > TILE:
-                    m = TILE
-                kk = 0
-                while kk + 4 <= nk:
-                    b = bias + k0 + kk if bias != NULL else NULL
-                    _tile4(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
-                           y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
-                    kk += 4
-                while kk < nk:
-                    b = bias + k0 + kk if bias != NULL else NULL
-                    _tile1(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
-                           y_blk + kk * out_plane, j0, m, g.wp, g.out_w)
-                    kk += 1
-                j0 += m
-        else:
-            # Strided: one run per output row (a tile of at most TILE columns).
-            for oh in range(g.out_h):
-                ow0 = 0
-                while ow0 < g.out_w:
-                    m = g.out_w - ow0
-                    if m > TILE:
-                        m = TILE
-                    j0 = oh * g.out_w + ow0
-                    kk = 0
-                    while kk + 4 <= nk:
-                        b = bias + k0 + kk if bias != NULL else NULL
-                        _tile4(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
-                               w_blk + kk * crs + cc * rs, crs, b, first,
-                               y_blk + kk * out_plane, out_plane, j0, m, g.out_w, g.out_w)
-                        kk += 4
-                    while kk < nk:
-                        b = bias + k0 + kk if bias != NULL else NULL
-                        _tile1(base + oh * g.sh * g.wp + ow0 * g.sw, g.sw, toff, ntaps,
-                               w_blk + kk * crs + cc * rs, b, first,
-                               y_blk + kk * out_plane, j0, m, g.out_w, g.out_w)
-                        kk += 1
-                    ow0 += m
+        # One run per plane: output j = oh*wp + ow reads base[j + toff[t]] (unit steps; a
+        # strided layer reads its phase planes).
+        length = (g.out_h - 1) * g.wp + g.out_w
+        j0 = 0
+        while j0 < length:
+            m = length - j0
+            if m > TILE:
+                m = TILE
+            kk = 0
+            while kk + 4 <= nk:
+                b = bias + k0 + kk if bias != NULL else NULL
+                _tile4(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
+                       y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
+                kk += 4
+            while kk < nk:
+                b = bias + k0 + kk if bias != NULL else NULL
+                _tile1(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
+                       y_blk + kk * out_plane, j0, m, g.wp, g.out_w)
+                kk += 1
+            j0 += m
         cc += ncb
 
 
@@ -1108,7 +1121,7 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
         gy_blk = gy + (n * g.k + k0) * out_plane
         gp = gy_blk
         gstride = out_plane
-        if g.wide and g.wp != g.out_w:
+        if g.wp != g.out_w:
             for kk in range(nk):
                 _copy_interior(gy_blk + kk * out_plane, g.out_h, g.out_w, gws + kk * gplane,
                              g.out_h, g.wp, 0, 0)
@@ -1122,33 +1135,25 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
                 ncb = g.cb
             if g.copy:
                 for c in range(ncb):
-                    _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
-                                 g.hp, g.wp, g.top, g.left)
+                    if g.phased:
+                        _copy_phases(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
+                                     g.hp, g.wp, g.sh, g.sw, g.top, g.left)
+                    else:
+                        _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
+                                       g.hp, g.wp, g.top, g.left)
                 base = xws
             else:
                 base = x_img + cc * in_plane
             ntaps = ncb * rs
-            if g.wide:
-                length = (g.out_h - 1) * g.wp + g.out_w
-                kk = 0
-                while kk + 4 <= nk:
-                    _dot4(gp + kk * gstride, gstride, base, 1, toff, ntaps, length,
-                          out + kk * crs + cc * rs, crs)
-                    kk += 4
-                while kk < nk:
-                    _dot1(gp + kk * gstride, base, 1, toff, ntaps, length, out + kk * crs + cc * rs)
-                    kk += 1
-            else:
-                for oh in range(g.out_h):
-                    kk = 0
-                    while kk + 4 <= nk:
-                        _dot4(gp + kk * gstride + oh * g.out_w, gstride, base + oh * g.sh * g.wp,
-                              g.sw, toff, ntaps, g.out_w, out + kk * crs + cc * rs, crs)
-                        kk += 4
-                    while kk < nk:
-                        _dot1(gp + kk * gstride + oh * g.out_w, base + oh * g.sh * g.wp, g.sw,
-                              toff, ntaps, g.out_w, out + kk * crs + cc * rs)
-                        kk += 1
+            length = (g.out_h - 1) * g.wp + g.out_w
+            kk = 0
+            while kk + 4 <= nk:
+                _dot4(gp + kk * gstride, gstride, base, 1, toff, ntaps, length,
+                      out + kk * crs + cc * rs, crs)
+                kk += 4
+            while kk < nk:
+                _dot1(gp + kk * gstride, base, 1, toff, ntaps, length, out + kk * crs + cc * rs)
+                kk += 1
             cc += ncb
 
 
@@ -1194,12 +1199,19 @@ cdef void _grad_bias_core(const floating* gy, floating* gb, Py_ssize_t n, Py_ssi
 
 # ---------------------------------------------------------------- Python-level wrappers
 
-def _tap_offsets(channels, r, s, dh, dw, wp, plane):
-    """toff[(c*r + i)*s + j] = c*plane + i*dh*wp + j*dw: where each tap starts in the source."""
+def _tap_offsets(channels, r, s, dh, dw, sh, sw, hq, wq, plane):
+    """Where each tap (c, i, j), in that order, starts in the source buffer.
+
+    Stride 1: ``c*plane + i*dh*wq + j*dw`` in (padded) planes with rows of ``wq``. Larger
+    strides read phase planes (see ``_copy_phases``): phase ``((i*dh) % sh, (j*dw) % sw)``,
+    shifted by ``((i*dh) // sh, (j*dw) // sw)``.
+    """
     c = np.arange(channels, dtype=np.intp)[:, None, None] * plane
-    i = np.arange(r, dtype=np.intp)[None, :, None] * (dh * wp)
-    j = np.arange(s, dtype=np.intp)[None, None, :] * dw
-    return np.ascontiguousarray((c + i + j).ravel(), dtype=np.intp)
+    ri = np.arange(r, dtype=np.intp)[None, :, None] * dh
+    sj = np.arange(s, dtype=np.intp)[None, None, :] * dw
+    phase = (ri % sh) * sw + sj % sw
+    off = c + phase * (hq * wq) + (ri // sh) * wq + sj // sw
+    return np.ascontiguousarray(off.ravel(), dtype=np.intp)
 
 
 def _channel_chunk(cg, plane_elems):
@@ -1230,13 +1242,19 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
     g.sh = sh; g.sw = sw; g.dh = dh; g.dw = dw
     g.top = top; g.left = left; g.hp = hp; g.wp = wp
     g.out_h = out_h; g.out_w = out_w
-    g.copy = not (top == 0 and left == 0 and hp == h and wp == w)
+    g.phased = sh > 1 or sw > 1
+    g.copy = g.phased or not (top == 0 and left == 0 and hp == h and wp == w)
     if not g.copy:
         g.hp = h
         g.wp = w
     g.ps = g.hp * g.wp
-    g.wide = sh == 1 and sw == 1
-    g.plane3x3 = g.wide and g.cg == 1 and r == 3 and s == 3 and dh == 1 and dw == 1
+    if g.phased:
+        # Phase planes of the padded plane: hp, wp become their size, ps covers all of them.
+        g.hp = (hp + sh - 1) // sh
+        g.wp = (wp + sw - 1) // sw
+        g.ps = sh * sw * g.hp * g.wp
+    g.wide = True
+    g.plane3x3 = not g.phased and g.cg == 1 and r == 3 and s == 3 and dh == 1 and dw == 1
     g.cb = _channel_chunk(g.cg, g.ps) if g.copy else g.cg
     g.kbt = g.kg
     g.nkb = 1
@@ -1249,7 +1267,7 @@ cdef void _run_forward(Geometry* g, floating[:, :, :, ::1] x, floating[:, :, :, 
     """The correlation core over checked arrays; workspace and tap offsets prepared here."""
     g.kbt = _task_block(g.n * g.groups, g.kg, nthreads)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
-    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.wp, g.ps)
+    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
     cdef Py_ssize_t ws_stride = g.cb * g.ps if g.copy else 0
     dtype = np.float32 if floating is float else np.float64
@@ -1326,7 +1344,7 @@ cdef void _conv2d_grad_weight(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] 
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
     g.nc = _batch_chunks(g.n, g.groups, g.kg, gw.size)
     dtype = np.float32 if floating is float else np.float64
-    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.wp, g.ps)
+    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
     cdef Py_ssize_t ws_stride = g.kbt * g.out_h * g.wp + (g.cb * g.ps if g.copy else 0)
     cdef floating[::1] ws_v = np.zeros(max(1, nthreads * ws_stride), dtype=dtype)  # zero borders
