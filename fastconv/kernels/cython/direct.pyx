@@ -173,14 +173,14 @@ cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_
         j = row_end
 
 
-cdef inline void _group_out_s(floating* out, const floating* acc, floating b0, bint init,
-                     const floating* src, Py_ssize_t step, const Py_ssize_t* toff,
-                     const floating* w, Py_ssize_t width, Py_ssize_t n) noexcept nogil:
-    """out[i] = (b0 if init else acc[i]) + sum of ``width`` (9, 3 or 1) taps at src[i*step + toff[t]].
+cdef inline void _group(floating* out, const floating* acc, floating b0, bint init,
+                        const floating* src, const Py_ssize_t* toff, const floating* w,
+                        Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """out[i] = (b0 if init else acc[i]) + sum of ``width`` (9, 3 or 1) taps w[t] * src[i + toff[t]].
 
-    The last tap group of a tile: it writes the finished outputs straight into their row of
-    the output plane (no second pass over a tile buffer). The sum is formed 3 taps at a time,
-    in tap order, exactly as the in-tile groups do.
+    The sum is formed 3 taps at a time in tap order: ``acc + w*x + w*x + w*x``, then the next
+    three; every kernel here uses exactly this order, so results never depend on blocking.
+    ``out`` may be ``acc`` (in place on a local tile) or a run of an output row.
     """
     cdef const floating* xa = src + toff[0]
     cdef const floating* xb
@@ -196,28 +196,21 @@ cdef inline void _group_out_s(floating* out, const floating* acc, floating b0, b
     if width == 1:
         if init:
             for i in range(n):
-                out[i] = b0 + wa * xa[i * step]
+                out[i] = b0 + wa * xa[i]
         else:
             for i in range(n):
-                out[i] = acc[i] + wa * xa[i * step]
+                out[i] = acc[i] + wa * xa[i]
         return
     xb = src + toff[1]; xc = src + toff[2]
     wb = w[1]; wc = w[2]
     if width == 3:
-        if step == 1 and init:
+        if init:
             for i in range(n):
                 out[i] = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
-        elif step == 1:
-            for i in range(n):
-                out[i] = acc[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
-        elif init:
-            for i in range(n):
-                out[i] = b0 + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
         else:
             for i in range(n):
-                out[i] = acc[i] + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
+                out[i] = acc[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
         return
-    # width 9 (unit step only)
     xd = src + toff[3]; xe = src + toff[4]; xf = src + toff[5]
     xg = src + toff[6]; xh = src + toff[7]; xi = src + toff[8]
     wd = w[3]; we = w[4]; wf = w[5]; wg = w[6]; wh = w[7]; wi = w[8]
@@ -234,87 +227,10 @@ cdef inline void _group_out_s(floating* out, const floating* acc, floating b0, b
 
 
 cdef void _group_out(floating* out, const floating* acc, floating b0, bint init,
-                     const floating* src, Py_ssize_t step, const Py_ssize_t* toff,
-                     const floating* w, Py_ssize_t width, Py_ssize_t n) noexcept nogil:
-    """``_group_out_s`` with the input step as a literal where it is 1 or 2 (contiguous or
-    de-interleaved vector loads instead of gathers)."""
-    if step == 1:
-        _group_out_s(out, acc, b0, init, src, 1, toff, w, width, n)
-    elif step == 2:
-        _group_out_s(out, acc, b0, init, src, 2, toff, w, width, n)
-    else:
-        _group_out_s(out, acc, b0, init, src, step, toff, w, width, n)
-
-
-cdef inline void _group_tile_s(floating* a, floating b0, bint init, const floating* src,
-                             Py_ssize_t step, const Py_ssize_t* toff, const floating* w,
-                             Py_ssize_t width, Py_ssize_t n) noexcept nogil:
-    """``_group_out`` in place on a tile (a[i] (+)= ...); inlined into ``_tile1`` so gcc sees
-    that the tile is a local array."""
-    cdef const floating* xa = src + toff[0]
-    cdef const floating* xb
-    cdef const floating* xc
-    cdef const floating* xd
-    cdef const floating* xe
-    cdef const floating* xf
-    cdef const floating* xg
-    cdef const floating* xh
-    cdef const floating* xi
-    cdef floating wa = w[0], wb, wc, wd, we, wf, wg, wh, wi, v
-    cdef Py_ssize_t i
-    if width == 1:
-        if init:
-            for i in range(n):
-                a[i] = b0 + wa * xa[i * step]
-        elif step == 1:
-            for i in range(n):
-                a[i] = a[i] + wa * xa[i]
-        else:
-            for i in range(n):
-                a[i] = a[i] + wa * xa[i * step]
-        return
-    xb = src + toff[1]; xc = src + toff[2]
-    wb = w[1]; wc = w[2]
-    if width == 3:
-        if step == 1 and init:
-            for i in range(n):
-                a[i] = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
-        elif step == 1:
-            for i in range(n):
-                a[i] = a[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
-        elif init:
-            for i in range(n):
-                a[i] = b0 + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
-        else:
-            for i in range(n):
-                a[i] = a[i] + wa * xa[i * step] + wb * xb[i * step] + wc * xc[i * step]
-        return
-    xd = src + toff[3]; xe = src + toff[4]; xf = src + toff[5]
-    xg = src + toff[6]; xh = src + toff[7]; xi = src + toff[8]
-    wd = w[3]; we = w[4]; wf = w[5]; wg = w[6]; wh = w[7]; wi = w[8]
-    if init:
-        for i in range(n):
-            v = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
-            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
-            a[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
-    else:
-        for i in range(n):
-            v = a[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
-            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
-            a[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
-
-
-cdef inline void _group_tile(floating* a, floating b0, bint init, const floating* src,
-                             Py_ssize_t step, const Py_ssize_t* toff, const floating* w,
-                             Py_ssize_t width, Py_ssize_t n) noexcept nogil:
-    """``_group_tile_s`` with the input step as a literal where it is 1 or 2 (contiguous or
-    de-interleaved vector loads instead of gathers)."""
-    if step == 1:
-        _group_tile_s(a, b0, init, src, 1, toff, w, width, n)
-    elif step == 2:
-        _group_tile_s(a, b0, init, src, 2, toff, w, width, n)
-    else:
-        _group_tile_s(a, b0, init, src, step, toff, w, width, n)
+                     const floating* src, const Py_ssize_t* toff, const floating* w,
+                     Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """``_group`` writing a run of an output row (the last tap group of a tile)."""
+    _group(out, acc, b0, init, src, toff, w, width, n)
 
 
 cdef inline Py_ssize_t _next_segment(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow, Py_ssize_t n,
@@ -345,19 +261,19 @@ cdef inline void _advance_row(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow,
     oh[0] += 1
 
 
-cdef inline void _tile4_s(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+cdef void _tile4(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
                  floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
                  Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
-    """Four output channels x ``n`` (<= TILE) outputs: y_q[j] (+)= sum_t w_q[t] * src[i*step + toff[t]].
+    """Four output channels x ``n`` (<= TILE) outputs: y_q[j] (+)= sum_t w_q[t] * src[i + toff[t]].
 
     Output i of the tile is output ``j0 + i`` of planes indexed by wide rows of ``wq``
     columns, of which the first ``out_w`` are real. ``first``: start from the bias (or 0),
     else from the values already in ``dst`` (an earlier channel chunk). Channel q's weights
-    are ``wr + q*wstride`` and its plane ``dst + q*dstride``. Taps are applied 3 at a time,
-    ``acc + w*x + w*x + w*x`` in tap order; all but the last group accumulate in local tiles
-    (which cannot alias the input, so the loops vectorise without runtime checks) and the
-    last group writes the results into the output rows.
+    are ``wr + q*wstride`` and its plane ``dst + q*dstride``. Taps are applied 3 at a time
+    (the order of ``_group``): one input vector load feeds 12 FMAs. All but the last group
+    accumulate in local tiles (which cannot alias the input, so the loops vectorise without
+    runtime checks); the last group writes the results into the output rows.
     """
     cdef floating a0[TILE]
     cdef floating a1[TILE]
@@ -398,14 +314,13 @@ cdef inline void _tile4_s(const floating* src, Py_ssize_t step, const Py_ssize_t
                 start = _next_segment(&si, &soh, &sow, n, wq, out_w, &count)
                 if start < 0:
                     break
-                _group_out(dst + start, a0 + si, b0, init, src + si * step, step,
-                           toff + t, w0 + t, width, count)
-                _group_out(dst + dstride + start, a1 + si, b1, init, src + si * step, step,
-                           toff + t, w1 + t, width, count)
-                _group_out(dst + 2 * dstride + start, a2 + si, b2, init, src + si * step, step,
-                           toff + t, w2 + t, width, count)
-                _group_out(dst + 3 * dstride + start, a3 + si, b3, init, src + si * step, step,
-                           toff + t, w3 + t, width, count)
+                _group_out(dst + start, a0 + si, b0, init, src + si, toff + t, w0 + t, width, count)
+                _group_out(dst + dstride + start, a1 + si, b1, init, src + si, toff + t, w1 + t,
+                           width, count)
+                _group_out(dst + 2 * dstride + start, a2 + si, b2, init, src + si, toff + t,
+                           w2 + t, width, count)
+                _group_out(dst + 3 * dstride + start, a3 + si, b3, init, src + si, toff + t,
+                           w3 + t, width, count)
                 _advance_row(&si, &soh, &sow, wq)
             return
         if width == 3:
@@ -416,7 +331,7 @@ cdef inline void _tile4_s(const floating* src, Py_ssize_t step, const Py_ssize_t
             wa1 = w1[t]; wb1 = w1[t + 1]; wc1 = w1[t + 2]
             wa2 = w2[t]; wb2 = w2[t + 1]; wc2 = w2[t + 2]
             wa3 = w3[t]; wb3 = w3[t + 1]; wc3 = w3[t + 2]
-            if init and step == 1:
+            if init:
                 for i in range(n):
                     va = xa[i]
                     vb = xb[i]
@@ -425,29 +340,11 @@ cdef inline void _tile4_s(const floating* src, Py_ssize_t step, const Py_ssize_t
                     a1[i] = b1 + wa1 * va + wb1 * vb + wc1 * vc
                     a2[i] = b2 + wa2 * va + wb2 * vb + wc2 * vc
                     a3[i] = b3 + wa3 * va + wb3 * vb + wc3 * vc
-            elif init:
-                for i in range(n):
-                    va = xa[i * step]
-                    vb = xb[i * step]
-                    vc = xc[i * step]
-                    a0[i] = b0 + wa0 * va + wb0 * vb + wc0 * vc
-                    a1[i] = b1 + wa1 * va + wb1 * vb + wc1 * vc
-                    a2[i] = b2 + wa2 * va + wb2 * vb + wc2 * vc
-                    a3[i] = b3 + wa3 * va + wb3 * vb + wc3 * vc
-            elif step == 1:
-                for i in range(n):
-                    va = xa[i]
-                    vb = xb[i]
-                    vc = xc[i]
-                    a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
-                    a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
-                    a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
-                    a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
             else:
                 for i in range(n):
-                    va = xa[i * step]
-                    vb = xb[i * step]
-                    vc = xc[i * step]
+                    va = xa[i]
+                    vb = xb[i]
+                    vc = xc[i]
                     a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
                     a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
                     a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
@@ -457,21 +354,14 @@ cdef inline void _tile4_s(const floating* src, Py_ssize_t step, const Py_ssize_t
             wa0 = w0[t]; wa1 = w1[t]; wa2 = w2[t]; wa3 = w3[t]
             if init:
                 for i in range(n):
-                    va = xa[i * step]
+                    va = xa[i]
                     a0[i] = b0 + wa0 * va
                     a1[i] = b1 + wa1 * va
                     a2[i] = b2 + wa2 * va
                     a3[i] = b3 + wa3 * va
-            elif step == 1:
-                for i in range(n):
-                    va = xa[i]
-                    a0[i] = a0[i] + wa0 * va
-                    a1[i] = a1[i] + wa1 * va
-                    a2[i] = a2[i] + wa2 * va
-                    a3[i] = a3[i] + wa3 * va
             else:
                 for i in range(n):
-                    va = xa[i * step]
+                    va = xa[i]
                     a0[i] = a0[i] + wa0 * va
                     a1[i] = a1[i] + wa1 * va
                     a2[i] = a2[i] + wa2 * va
@@ -480,32 +370,13 @@ cdef inline void _tile4_s(const floating* src, Py_ssize_t step, const Py_ssize_t
         t += width
 
 
-cdef void _tile4(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
-                 const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
-                 floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
-                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
-    """``_tile4_s`` with the input step as a literal where it is 1 or 2 (contiguous or
-    de-interleaved vector loads instead of gathers)."""
-    if step == 1:
-        _tile4_s(src, 1, toff, ntaps, wr, wstride, bias, first, dst, dstride, j0, n, wq, out_w)
-    elif step == 2:
-        _tile4_s(src, 2, toff, ntaps, wr, wstride, bias, first, dst, dstride, j0, n, wq, out_w)
-    else:
-        _tile4_s(src, step, toff, ntaps, wr, wstride, bias, first, dst, dstride, j0, n, wq, out_w)
-
-
-cdef inline void _tile1_s(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
+cdef void _tile1(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                  const floating* w0, const floating* bias, bint first,
                  floating* dst, Py_ssize_t j0, Py_ssize_t n,
                  Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
     """One output channel of ``_tile4``, with the same arithmetic (results do not depend on
-    the blocking).
-
-    With unit step, a run of 9 taps (a 3x3 kernel: depthwise and one-channel layers) is one
-    pass: one accumulator load/store per 9 FMAs instead of per 3, with the sum still formed
-    3 taps at a time in tap order. A 3x3 depthwise tile is thus a single pass that writes
-    its output rows directly.
-    """
+    the blocking). Runs of 9 taps (3x3 kernels) are applied in one pass: one accumulator
+    load/store per 9 FMAs instead of per 3, the sum still formed 3 taps at a time."""
     cdef floating a0[TILE]
     cdef floating b0 = 0
     cdef Py_ssize_t t, width, start, count
@@ -517,7 +388,7 @@ cdef inline void _tile1_s(const floating* src, Py_ssize_t step, const Py_ssize_t
         _tile_load(a0, dst, j0, n, wq, out_w)
     t = 0
     while t < ntaps:
-        if step == 1 and t + 9 <= ntaps:
+        if t + 9 <= ntaps:
             width = 9
         elif t + 3 <= ntaps:
             width = 3
@@ -531,28 +402,13 @@ cdef inline void _tile1_s(const floating* src, Py_ssize_t step, const Py_ssize_t
                 start = _next_segment(&si, &soh, &sow, n, wq, out_w, &count)
                 if start < 0:
                     break
-                _group_out(dst + start, a0 + si, b0, init, src + si * step, step,
-                           toff + t, w0 + t, width, count)
+                _group_out(dst + start, a0 + si, b0, init, src + si, toff + t, w0 + t, width, count)
                 _advance_row(&si, &soh, &sow, wq)
             return
-        # Earlier groups accumulate in the local tile (no alias with the input).
-        _group_tile(a0, b0, init, src, step, toff + t, w0 + t, width, n)
+        # Earlier groups accumulate in the local tile (inlined: gcc sees a0 is local).
+        _group(a0, a0, b0, init, src, toff + t, w0 + t, width, n)
         init = False
         t += width
-
-
-cdef void _tile1(const floating* src, Py_ssize_t step, const Py_ssize_t* toff, Py_ssize_t ntaps,
-                 const floating* w0, const floating* bias, bint first,
-                 floating* dst, Py_ssize_t j0, Py_ssize_t n,
-                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
-    """``_tile1_s`` with the input step as a literal where it is 1 or 2 (contiguous or
-    de-interleaved vector loads instead of gathers)."""
-    if step == 1:
-        _tile1_s(src, 1, toff, ntaps, w0, bias, first, dst, j0, n, wq, out_w)
-    elif step == 2:
-        _tile1_s(src, 2, toff, ntaps, w0, bias, first, dst, j0, n, wq, out_w)
-    else:
-        _tile1_s(src, step, toff, ntaps, w0, bias, first, dst, j0, n, wq, out_w)
 
 
 # ---------------------------------------------------------------- correlation core
@@ -681,12 +537,12 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             kk = 0
             while kk + 4 <= nk:
                 b = bias + k0 + kk if bias != NULL else NULL
-                _tile4(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
+                _tile4(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
                        y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
                 kk += 4
             while kk < nk:
                 b = bias + k0 + kk if bias != NULL else NULL
-                _tile1(base + j0, 1, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
+                _tile1(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
                        y_blk + kk * out_plane, j0, m, g.wp, g.out_w)
                 kk += 1
             j0 += m
@@ -752,10 +608,10 @@ cdef void _grad_input_scatter(const Geometry* g, const floating* gy, const float
 
 # ---------------------------------------------------------------- grad_weight (dot products)
 
-cdef inline void _dot4_s(const floating* g0, Py_ssize_t gstride, const floating* src, Py_ssize_t step,
+cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src,
                 const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
                 floating* out, Py_ssize_t ostride) noexcept nogil:
-    """out[q*ostride + t] += sum_i g_q[i] * src[i*step + toff[t]] for 4 channels q and every tap t.
+    """out[q*ostride + t] += sum_i g_q[i] * src[i + toff[t]] for 4 channels q and every tap t.
 
     Each dot product keeps LANES partial sums (vector registers; no -ffast-math needed) that
     are added in a fixed order at the end. An entry's arithmetic does not depend on which
@@ -779,28 +635,18 @@ cdef inline void _dot4_s(const floating* g0, Py_ssize_t gstride, const floating*
         for q in range(12):
             for l in range(LANES):
                 p[q][l] = 0
-        if step == 1:
-            for i in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    ga = g0[i + l]; gb = g1[i + l]; gc = g2[i + l]; gd = g3[i + l]
-                    va = xa[i + l]; vb = xb[i + l]; vc = xc[i + l]
-                    p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
-                    p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
-                    p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
-                    p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
-        else:
-            for i in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    ga = g0[i + l]; gb = g1[i + l]; gc = g2[i + l]; gd = g3[i + l]
-                    va = xa[(i + l) * step]; vb = xb[(i + l) * step]; vc = xc[(i + l) * step]
-                    p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
-                    p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
-                    p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
-                    p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                ga = g0[i + l]; gb = g1[i + l]; gc = g2[i + l]; gd = g3[i + l]
+                va = xa[i + l]; vb = xb[i + l]; vc = xc[i + l]
+                p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
+                p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
+                p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
+                p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
         for i in range(nfull, n):
             l = i - nfull
             ga = g0[i]; gb = g1[i]; gc = g2[i]; gd = g3[i]
-            va = xa[i * step]; vb = xb[i * step]; vc = xc[i * step]
+            va = xa[i]; vb = xb[i]; vc = xc[i]
             p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
             p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
             p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
@@ -816,21 +662,14 @@ cdef inline void _dot4_s(const floating* g0, Py_ssize_t gstride, const floating*
         for q in range(4):
             for l in range(LANES):
                 p[q][l] = 0
-        if step == 1:
-            for i in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    va = xa[i + l]
-                    p[0][l] += g0[i + l] * va; p[1][l] += g1[i + l] * va
-                    p[2][l] += g2[i + l] * va; p[3][l] += g3[i + l] * va
-        else:
-            for i in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    va = xa[(i + l) * step]
-                    p[0][l] += g0[i + l] * va; p[1][l] += g1[i + l] * va
-                    p[2][l] += g2[i + l] * va; p[3][l] += g3[i + l] * va
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                va = xa[i + l]
+                p[0][l] += g0[i + l] * va; p[1][l] += g1[i + l] * va
+                p[2][l] += g2[i + l] * va; p[3][l] += g3[i + l] * va
         for i in range(nfull, n):
             l = i - nfull
-            va = xa[i * step]
+            va = xa[i]
             p[0][l] += g0[i] * va; p[1][l] += g1[i] * va
             p[2][l] += g2[i] * va; p[3][l] += g3[i] * va
         for q in range(4):
@@ -841,24 +680,10 @@ cdef inline void _dot4_s(const floating* g0, Py_ssize_t gstride, const floating*
         t += 1
 
 
-cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src, Py_ssize_t step,
-                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
-                floating* out, Py_ssize_t ostride) noexcept nogil:
-    """``_dot4_s`` with the input step as a literal where it is 1 or 2 (contiguous or
-    de-interleaved vector loads instead of gathers)."""
-    if step == 1:
-        _dot4_s(g0, gstride, src, 1, toff, ntaps, n, out, ostride)
-    elif step == 2:
-        _dot4_s(g0, gstride, src, 2, toff, ntaps, n, out, ostride)
-    else:
-        _dot4_s(g0, gstride, src, step, toff, ntaps, n, out, ostride)
-
-
-cdef inline void _dot1_s(const floating* g0, const floating* src, Py_ssize_t step,
-                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
-                floating* out) noexcept nogil:
-    """One channel of ``_dot4`` (bit-identical per entry). With unit step, 9 taps per pass
-    (3x3 depthwise and one-channel layers): 9 independent accumulators per grad_output load."""
+cdef void _dot1(const floating* g0, const floating* src, const Py_ssize_t* toff,
+                Py_ssize_t ntaps, Py_ssize_t n, floating* out) noexcept nogil:
+    """One channel of ``_dot4`` (bit-identical per entry); 9 taps per pass where it can
+    (one grad_output load per 9 FMAs), then 3, then 1."""
     cdef floating p[9][LANES]
     cdef const floating* xs[9]
     cdef floating ga, total
@@ -867,7 +692,7 @@ cdef inline void _dot1_s(const floating* g0, const floating* src, Py_ssize_t ste
     t = 0
     while t < ntaps:
         width = ntaps - t
-        if width >= 9 and step == 1:
+        if width >= 9:
             width = 9
         elif width >= 3:
             width = 3
@@ -880,48 +705,28 @@ cdef inline void _dot1_s(const floating* g0, const floating* src, Py_ssize_t ste
                 p[q][l] = 0
         if width == 9:
             _dot1_9(g0, xs, nfull, p)
-        elif step == 1 and width == 3:
+        elif width == 3:
             for i in range(0, nfull, 8):  # 8 == LANES
                 for l in range(LANES):
                     ga = g0[i + l]
                     p[0][l] += ga * xs[0][i + l]
                     p[1][l] += ga * xs[1][i + l]
                     p[2][l] += ga * xs[2][i + l]
-        elif width == 3:
-            for i in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    ga = g0[i + l]
-                    p[0][l] += ga * xs[0][(i + l) * step]
-                    p[1][l] += ga * xs[1][(i + l) * step]
-                    p[2][l] += ga * xs[2][(i + l) * step]
         else:
             for i in range(0, nfull, 8):  # 8 == LANES
                 for l in range(LANES):
-                    p[0][l] += g0[i + l] * xs[0][(i + l) * step]
+                    p[0][l] += g0[i + l] * xs[0][i + l]
         for i in range(nfull, n):
             l = i - nfull
             ga = g0[i]
             for q in range(width):
-                p[q][l] += ga * xs[q][i * step]
+                p[q][l] += ga * xs[q][i]
         for q in range(width):
             total = 0
             for l in range(LANES):
                 total = total + p[q][l]
             out[t + q] += total
         t += width
-
-
-cdef void _dot1(const floating* g0, const floating* src, Py_ssize_t step,
-                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
-                floating* out) noexcept nogil:
-    """``_dot1_s`` with the input step as a literal where it is 1 or 2 (contiguous or
-    de-interleaved vector loads instead of gathers)."""
-    if step == 1:
-        _dot1_s(g0, src, 1, toff, ntaps, n, out)
-    elif step == 2:
-        _dot1_s(g0, src, 2, toff, ntaps, n, out)
-    else:
-        _dot1_s(g0, src, step, toff, ntaps, n, out)
 
 
 cdef void _dot1_9(const floating* g0, const floating** xs, Py_ssize_t nfull,
@@ -1148,11 +953,11 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
             length = (g.out_h - 1) * g.wp + g.out_w
             kk = 0
             while kk + 4 <= nk:
-                _dot4(gp + kk * gstride, gstride, base, 1, toff, ntaps, length,
+                _dot4(gp + kk * gstride, gstride, base, toff, ntaps, length,
                       out + kk * crs + cc * rs, crs)
                 kk += 4
             while kk < nk:
-                _dot1(gp + kk * gstride, base, 1, toff, ntaps, length, out + kk * crs + cc * rs)
+                _dot1(gp + kk * gstride, base, toff, ntaps, length, out + kk * crs + cc * rs)
                 kk += 1
             cc += ncb
 
