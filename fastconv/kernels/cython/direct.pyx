@@ -133,8 +133,12 @@ cdef void _copy_phases(const floating* src, Py_ssize_t h, Py_ssize_t w, floating
             qj0 = (j0 + left) // sw
             row = dst + ((a * sw + b) * hq + qi) * wq + qj0
             s = src + i * w + j0
-            for m in range(cnt):
-                row[m] = s[m * sw] * unit
+            if sw == 2:     # literal stride: de-interleaving vector loads instead of gathers
+                for m in range(cnt):
+                    row[m] = s[2 * m] * unit
+            else:
+                for m in range(cnt):
+                    row[m] = s[m * sw] * unit
 
 
 cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
@@ -567,35 +571,50 @@ cdef void _forward_core(const Geometry* g, const floating* x, const floating* w,
 
 cdef void _grad_input_scatter_task(const Geometry* g, Py_ssize_t task, const floating* gy,
                                    const floating* w, floating* gx, floating* ws) noexcept nogil:
-    """Image n, input channel c: add every tap's contribution into a private padded plane."""
+    """Image n, input channel c: add every tap's contribution into private phase planes.
+
+    The padded gradient plane is held as sh*sw phase planes (as ``_copy_phases`` lays out
+    an input), where tap (r, s) of output row oh lands on one contiguous run: every update
+    is a unit-stride axpy. The planes are interleaved back into grad_input at the end.
+    """
     cdef Py_ssize_t c = task % g.c
     cdef Py_ssize_t n = task // g.c
     cdef Py_ssize_t grp = c // g.cg, cl = c - grp * g.cg
-    cdef Py_ssize_t out_plane = g.out_h * g.out_w
-    cdef Py_ssize_t kk, k, r, s, oh, ow, a
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w, qplane = g.hp * g.wp
+    cdef Py_ssize_t kk, k, r, s, oh, ow, i, pi, b, j0, cnt, m
     cdef floating wv
     cdef floating* dst
+    cdef floating* base
     cdef const floating* src
     cdef const floating* gy_k
-    memset(ws, 0, g.hp * g.wp * sizeof(floating))
+    cdef const floating* row
+    memset(ws, 0, g.ps * sizeof(floating))
     for kk in range(g.kg):
         k = grp * g.kg + kk
         gy_k = gy + (n * g.k + k) * out_plane
         for r in range(g.r):
             for s in range(g.s):
                 wv = w[((k * g.cg + cl) * g.r + r) * g.s + s]
+                base = (ws + (((r * g.dh) % g.sh) * g.sw + (s * g.dw) % g.sw) * qplane
+                        + ((r * g.dh) // g.sh) * g.wp + (s * g.dw) // g.sw)
                 for oh in range(g.out_h):
-                    dst = ws + (oh * g.sh + r * g.dh) * g.wp + s * g.dw
+                    dst = base + oh * g.wp
                     src = gy_k + oh * g.out_w
-                    if g.sw == 1:
-                        for ow in range(g.out_w):
-                            dst[ow] = dst[ow] + wv * src[ow]
-                    else:
-                        for ow in range(g.out_w):
-                            dst[ow * g.sw] = dst[ow * g.sw] + wv * src[ow]
+                    for ow in range(g.out_w):
+                        dst[ow] = dst[ow] + wv * src[ow]
+    # grad_input pixel (i, j) is padded pixel (i + top, j + left).
     dst = gx + (n * g.c + c) * g.h * g.w
-    for a in range(g.h):
-        memcpy(dst + a * g.w, ws + (a + g.top) * g.wp + g.left, g.w * sizeof(floating))
+    for i in range(g.h):
+        pi = i + g.top
+        for b in range(g.sw):
+            j0 = ((b - g.left) % g.sw + g.sw) % g.sw
+            if j0 >= g.w:
+                continue
+            cnt = (g.w - j0 + g.sw - 1) // g.sw
+            row = (ws + ((pi % g.sh) * g.sw + b) * qplane + (pi // g.sh) * g.wp
+                   + (j0 + g.left) // g.sw)
+            for m in range(cnt):
+                dst[i * g.w + j0 + m * g.sw] = row[m]
 
 
 cdef void _grad_input_scatter(const Geometry* g, const floating* gy, const floating* w,
@@ -1116,10 +1135,7 @@ cdef void _conv2d_grad_input(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] w
     g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s, p.stride_h, p.stride_w,
                   p.dil_h, p.dil_w, p.pad_top, p.pad_left,
                   p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right, p.out_h, p.out_w)
-    # The scatter needs the full padded plane even when the forward reads x in place.
-    g.hp = p.h + p.pad_top + p.pad_bottom
-    g.wp = p.w + p.pad_left + p.pad_right
-    ws_stride = g.hp * g.wp
+    ws_stride = g.ps       # the phase planes of one padded plane (strides > 1 are phased)
     ws_v = np.empty(nthreads * ws_stride, dtype=dtype)
     with nogil:
         _grad_input_scatter(&g, &gy[0, 0, 0, 0], &w[0, 0, 0, 0], &gx[0, 0, 0, 0], &ws_v[0],
