@@ -10,13 +10,18 @@ How the loops are laid out (why it is fast):
   where ``src_t`` is the input plane ``c`` shifted by ``(r*dil_h, s*dil_w)``. Each tap is one
   pointer offset ``toff[t]`` into a (padded) plane buffer, so a tap is the same thing whether
   it walks channels (1x1 convolutions), kernel positions (one input channel, depthwise) or both.
-* **Wide rows (stride 1).** With unit strides, output pixel ``(oh, ow)`` reads the padded
-  plane at ``oh*Wp + ow + toff[t]``. Indexing the output by ``j = oh*Wp + ow`` ("wide" rows
-  of ``Wp >= out_w`` columns) makes every tap ONE contiguous run over the whole plane; the
+* **Wide rows.** With unit strides, output pixel ``(oh, ow)`` reads the padded plane at
+  ``oh*Wp + ow + toff[t]``. Indexing the output by ``j = oh*Wp + ow`` ("wide" rows of
+  ``Wp >= out_w`` columns) makes every tap ONE contiguous run over the whole plane; the
   ``Wp - out_w`` extra columns per row compute values that are never stored. Small planes
   such as MNIST's 26x26 then give long vector loops instead of 26-element rows.
-* **Padding** is handled once per plane by copying it into a zero-bordered buffer, so the
-  inner loops have no bounds checks at all (unpadded convolutions read ``x`` in place).
+* **Strides.** A stride-(sh, sw) correlation is a stride-1 correlation of the sh*sw
+  "phase planes" of the padded input (phase (a, b) holds pixels (i*sh + a, j*sw + b)): tap
+  (r, s) reads one phase plane at a fixed shift. Copying the input into phase planes gives
+  strided layers the same unit-stride wide-row kernels, with the same tap order.
+* **Padding** is handled once per plane by copying it into a zero-bordered buffer (zeroed
+  once per call; only the interior is rewritten), so the inner loops have no bounds checks
+  at all; unpadded stride-1 convolutions read ``x`` in place.
 * **Register blocking.** A tile of ``TILE`` outputs for 4 output channels lives in local
   arrays (they cannot alias the input, so gcc vectorises without runtime alias checks);
   taps are applied 3 at a time, so each input vector load feeds 12 FMAs. The last tap
@@ -28,11 +33,11 @@ How the loops are laid out (why it is fast):
   products in vector lanes carried over the whole batch).
 * **Gradients.** grad_input with stride 1 is the same correlation applied to the padded
   grad_output with flipped, transposed filters (a gather: every task owns its outputs), so
-  it gets every fast path of the forward; strided grad_input scatters into a private padded
-  plane per (image, channel). grad_weight is a set of dot products per filter entry,
-  accumulated in 8 vector lanes; each task owns its filter entries, and the batch is split
-  into a number of chunks fixed by the shape alone, so the result is bit-identical for any
-  thread count.
+  it gets every fast path of the forward; strided grad_input scatters into private phase
+  planes per (image, channel) with unit-stride updates, then interleaves them. grad_weight
+  is a set of dot products per filter entry, accumulated in 8 vector lanes; each task owns
+  its filter entries, and the batch is split into a number of chunks fixed by the shape
+  alone, so the result is bit-identical for any thread count.
 
 No ``-ffast-math``: NaN and Inf propagate as IEEE arithmetic says. Every output element's
 sum is formed in the same order whatever the thread count or blocking.
@@ -40,7 +45,7 @@ sum is formed in the same order whatever the thread count or blocking.
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
