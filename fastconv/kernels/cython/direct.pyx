@@ -518,7 +518,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             # One input channel: each output plane in one pass over the (padded) plane,
             # whose rows the first pass copies as it goes.
             for kk in range(nk):
-                _plane3x3(ws if g.copy else x_img, g.wp, y_blk + kk * out_plane, g.out_h,
+                _plane3x3(<const floating*>ws if g.copy else x_img, g.wp, y_blk + kk * out_plane, g.out_h,
                           g.out_w, w_blk + kk * crs, bias[k0 + kk] if bias != NULL else 0,
                           x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
             break
@@ -937,7 +937,7 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
             gy_blk = gy + (n * g.k + k0) * out_plane
             for kk in range(nk):
                 _plane3x3_gw(gy_blk + kk * out_plane, g.out_h, g.out_w,
-                             xws if g.copy else x_img, g.wp, lanes[kk],
+                             <const floating*>xws if g.copy else x_img, g.wp, lanes[kk],
                              x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
         for kk in range(nk):
             for t in range(9):
