@@ -476,8 +476,8 @@ cdef floating _plane_mean(const floating* x, Py_ssize_t n) noexcept nogil:
             part[l] += x[i + l]
     for i in range(nfull, n):
         part[i - nfull] += x[i]
-    for l in range(LANES):
-        total = total + part[l]
+    # A fixed pairwise order: short dependency chains, since planes are often tiny (7x7).
+    total = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]))
     return total / n
 
 
