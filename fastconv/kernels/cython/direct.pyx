@@ -77,7 +77,6 @@ cdef struct Geometry:
     Py_ssize_t nc                     # batch chunks (grad_weight only)
     Py_ssize_t ps                     # elements between consecutive planes of the tap source
     bint copy                         # padded copies needed (else the source is read in place)
-    bint wide                         # unit strides: one contiguous run per plane
     bint plane3x3                     # one input channel per group, 3x3, stride/dilation 1
     bint phased                       # stride > 1: the source is split into phase planes
 
@@ -1082,7 +1081,6 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
         g.hp = (hp + sh - 1) // sh
         g.wp = (wp + sw - 1) // sw
         g.ps = sh * sw * g.hp * g.wp
-    g.wide = True
     g.plane3x3 = not g.phased and g.cg == 1 and r == 3 and s == 3 and dh == 1 and dw == 1
     g.cb = _channel_chunk(g.cg, g.ps) if g.copy else g.cg
     g.kbt = g.kg
