@@ -1,0 +1,1250 @@
+"""Direct convolution kernels (Cython + OpenMP), forward and the three gradients.
+
+The Numba twin is ``fastconv/kernels/numba/direct.py``: same public functions, same split
+into a shared correlation core, a scatter kernel for strided grad_input, a grad_weight core
+and a grad_bias reduction.
+
+How the loops are laid out (why it is fast):
+
+* **Taps.** A convolution output is ``bias + sum over taps t = (c, r, s) of w[k, t] * src_t``
+  where ``src_t`` is the input plane ``c`` shifted by ``(r*dil_h, s*dil_w)``. Each tap is one
+  pointer offset ``toff[t]`` into a (padded) plane buffer, so a tap is the same thing whether
+  it walks channels (1x1 convolutions), kernel positions (one input channel, depthwise) or both.
+* **Wide rows.** With unit strides, output pixel ``(oh, ow)`` reads the padded plane at
+  ``oh*Wp + ow + toff[t]``. Indexing the output by ``j = oh*Wp + ow`` ("wide" rows of
+  ``Wp >= out_w`` columns) makes every tap ONE contiguous run over the whole plane; the
+  ``Wp - out_w`` extra columns per row compute values that are never stored. Small planes
+  such as MNIST's 26x26 then give long vector loops instead of 26-element rows.
+* **Strides.** A stride-(sh, sw) correlation is a stride-1 correlation of the sh*sw
+  "phase planes" of the padded input (phase (a, b) holds pixels (i*sh + a, j*sw + b)): tap
+  (r, s) reads one phase plane at a fixed shift. Copying the input into phase planes gives
+  strided layers the same unit-stride wide-row kernels, with the same tap order.
+* **Padding** is handled once per plane by copying it into a zero-bordered buffer (zeroed
+  once per call; only the interior is rewritten), so the inner loops have no bounds checks
+  at all; unpadded stride-1 convolutions read ``x`` in place.
+* **Register blocking.** A tile of ``TILE`` outputs for 4 output channels lives in local
+  arrays (they cannot alias the input, so gcc vectorises without runtime alias checks);
+  taps are applied 3 at a time, so each input vector load feeds 12 FMAs. The last tap
+  group of a tile writes the finished outputs straight into their rows of ``y``.
+* **One input channel, 3x3 (depthwise layers, C = 1 first layers).** ``_plane3x3`` keeps
+  the nine weights in registers for a whole plane and computes two output rows per pass
+  straight into ``y``; the padded rows are copied just before first use, so the reads of
+  the input overlap the arithmetic. ``_plane3x3_gw`` is its grad_weight twin (nine dot
+  products in vector lanes carried over the whole batch).
+* **Gradients.** grad_input with stride 1 is the same correlation applied to the padded
+  grad_output with flipped, transposed filters (a gather: every task owns its outputs), so
+  it gets every fast path of the forward; strided grad_input scatters into private phase
+  planes per (image, channel) with unit-stride updates, then interleaves them. grad_weight
+  is a set of dot products per filter entry, accumulated in 8 vector lanes; each task owns
+  its filter entries, and the batch is split into a number of chunks fixed by the shape
+  alone, so the result is bit-identical for any thread count.
+
+No ``-ffast-math``: NaN and Inf propagate as IEEE arithmetic says. Every output element's
+sum is formed in the same order whatever the thread count or blocking.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+from fastconv.kernels.cython.blas cimport floating
+from fastconv.kernels.cython.openmp cimport omp_get_thread_num
+
+from fastconv.threads import get_num_threads
+
+cdef enum:
+    TILE = 256        # outputs per register-blocked tile (per output channel)
+    LANES = 8         # independent partial sums of a dot product (one AVX vector of float)
+    TASKS_PER_THREAD = 4
+    COPY_BUDGET = 65536   # elements of padded planes a task copies at once
+
+
+# Short row copies are written as "dst = src * unit" with this runtime 1.0: exact for every
+# value (NaN, Inf and -0.0 included), but it keeps gcc from turning the copy loops into
+# memcpy calls, whose call overhead exceeds the copy itself for rows of a few dozen elements.
+cdef double _UNIT = float(np.ones(1)[0])
+
+
+cdef struct Geometry:
+    # A stride-s correlation: src (n, c, h, w) -> dst (n, k, out_h, out_w) in groups.
+    Py_ssize_t n, c, h, w, k, groups, cg, kg, r, s
+    Py_ssize_t sh, sw, dh, dw
+    Py_ssize_t top, left, hp, wp      # where the source sits in its padded plane (hp x wp)
+    Py_ssize_t out_h, out_w
+    Py_ssize_t cb                     # channels per chunk (padded planes copied together)
+    Py_ssize_t kbt                    # output channels per task
+    Py_ssize_t nkb                    # ceil(kg / kbt)
+    Py_ssize_t nc                     # batch chunks (grad_weight only)
+    Py_ssize_t ps                     # elements between consecutive planes of the tap source
+    bint copy                         # padded copies needed (else the source is read in place)
+    bint plane3x3                     # one input channel per group, 3x3, stride/dilation 1
+    bint phased                       # stride > 1: the source is split into phase planes
+
+
+# ---------------------------------------------------------------- helpers
+
+cdef inline void _copy_interior(const floating* src, Py_ssize_t hs, Py_ssize_t ws,
+                                floating* dst, Py_ssize_t hd, Py_ssize_t wd,
+                                Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """Copy src (hs x ws) into dst (hd x wd) at (top, left), clipped to dst.
+
+    Only the covered part of dst is written: the workspaces are zeroed once per call and
+    the zero border is never overwritten, so each plane costs one row copy per row.
+    ``top``/``left`` may be negative (the source is cropped), as grad_input needs when the
+    forward padding exceeds the kernel extent.
+    """
+    cdef Py_ssize_t a, b
+    cdef Py_ssize_t a0 = top if top > 0 else 0
+    cdef Py_ssize_t a1 = top + hs if top + hs < hd else hd
+    cdef Py_ssize_t b0 = left if left > 0 else 0
+    cdef Py_ssize_t b1 = left + ws if left + ws < wd else wd
+    cdef floating* row
+    cdef const floating* s
+    cdef floating unit = <floating>_UNIT
+    if b1 <= b0:
+        return
+    for a in range(a0, a1):
+        row = dst + a * wd
+        s = src + (a - top) * ws - left
+        for b in range(b0, b1):
+            row[b] = s[b] * unit
+
+
+cdef void _copy_phases(const floating* src, Py_ssize_t h, Py_ssize_t w, floating* dst,
+                       Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """Split the padded plane (src placed at top/left) into sh*sw phase planes of hq x wq:
+    phase (a, b) holds padded pixels (i*sh + a, j*sw + b) at (i, j).
+
+    A stride-(sh, sw) correlation of the padded plane is then a stride-1 correlation of the
+    phase planes (tap (r, s) reads phase ((r*dh) % sh, (s*dw) % sw) shifted by
+    ((r*dh) // sh, (s*dw) // sw)), so strided layers get the contiguous wide-row kernels.
+    Only real pixels are written; the zero padding positions are never touched.
+    """
+    cdef Py_ssize_t i, pi, a, qi, b, j0, qj0, cnt, m
+    cdef floating* row
+    cdef const floating* s
+    cdef floating unit = <floating>_UNIT
+    for i in range(h):
+        pi = i + top
+        a = pi % sh
+        qi = pi // sh
+        for b in range(sw):
+            j0 = ((b - left) % sw + sw) % sw         # first column j with (j + left) % sw == b
+            if j0 >= w:
+                continue
+            cnt = (w - j0 + sw - 1) // sw
+            qj0 = (j0 + left) // sw
+            row = dst + ((a * sw + b) * hq + qi) * wq + qj0
+            s = src + i * w + j0
+            if sw == 2:     # literal stride: de-interleaving vector loads instead of gathers
+                for m in range(cnt):
+                    row[m] = s[2 * m] * unit
+            else:
+                for m in range(cnt):
+                    row[m] = s[m * sw] * unit
+
+
+cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
+                           Py_ssize_t left, floating* dst, Py_ssize_t wp, Py_ssize_t a) noexcept nogil:
+    """Row ``a`` of the padded plane ``dst`` (zero border already in place) from ``raw``."""
+    cdef Py_ssize_t sa = a - top, b
+    cdef Py_ssize_t b0 = left if left > 0 else 0
+    cdef Py_ssize_t b1 = left + w if left + w < wp else wp
+    cdef floating* row = dst + a * wp
+    cdef const floating* s = raw + sa * w - left
+    cdef floating unit = <floating>_UNIT
+    if sa < 0 or sa >= h:
+        return
+    for b in range(b0, b1):
+        row[b] = s[b] * unit
+
+
+cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_ssize_t n,
+                            Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """a[i] = output j0 + i of a plane stored (out_h, out_w) but indexed by wide rows of wq."""
+    cdef Py_ssize_t j = j0, end = j0 + n, oh, ow, row_end, valid_end, i
+    cdef floating unit = <floating>_UNIT
+    while j < end:
+        oh = j // wq
+        ow = j - oh * wq
+        row_end = (oh + 1) * wq
+        if row_end > end:
+            row_end = end
+        valid_end = oh * wq + out_w
+        if valid_end > row_end:
+            valid_end = row_end
+        for i in range(j, valid_end):
+            a[i - j0] = dst[oh * out_w + (i - oh * wq)] * unit
+        for i in range(valid_end if valid_end > j else j, row_end):
+            a[i - j0] = 0
+        j = row_end
+
+
+cdef inline void _group(floating* out, const floating* acc, floating b0, bint init,
+                        const floating* src, const Py_ssize_t* toff, const floating* w,
+                        Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """out[i] = (b0 if init else acc[i]) + sum of ``width`` (9, 3 or 1) taps w[t] * src[i + toff[t]].
+
+    The sum is formed 3 taps at a time in tap order: ``acc + w*x + w*x + w*x``, then the next
+    three; every kernel here uses exactly this order, so results never depend on blocking.
+    ``out`` may be ``acc`` (in place on a local tile) or a run of an output row.
+    """
+    cdef const floating* xa = src + toff[0]
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef const floating* xd
+    cdef const floating* xe
+    cdef const floating* xf
+    cdef const floating* xg
+    cdef const floating* xh
+    cdef const floating* xi
+    cdef floating wa = w[0], wb, wc, wd, we, wf, wg, wh, wi, v
+    cdef Py_ssize_t i
+    if width == 1:
+        if init:
+            for i in range(n):
+                out[i] = b0 + wa * xa[i]
+        else:
+            for i in range(n):
+                out[i] = acc[i] + wa * xa[i]
+        return
+    xb = src + toff[1]; xc = src + toff[2]
+    wb = w[1]; wc = w[2]
+    if width == 3:
+        if init:
+            for i in range(n):
+                out[i] = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
+        else:
+            for i in range(n):
+                out[i] = acc[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+        return
+    xd = src + toff[3]; xe = src + toff[4]; xf = src + toff[5]
+    xg = src + toff[6]; xh = src + toff[7]; xi = src + toff[8]
+    wd = w[3]; we = w[4]; wf = w[5]; wg = w[6]; wh = w[7]; wi = w[8]
+    if init:
+        for i in range(n):
+            v = b0 + wa * xa[i] + wb * xb[i] + wc * xc[i]
+            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
+            out[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
+    else:
+        for i in range(n):
+            v = acc[i] + wa * xa[i] + wb * xb[i] + wc * xc[i]
+            v = v + wd * xd[i] + we * xe[i] + wf * xf[i]
+            out[i] = v + wg * xg[i] + wh * xh[i] + wi * xi[i]
+
+
+cdef void _group_out(floating* out, const floating* acc, floating b0, bint init,
+                     const floating* src, const Py_ssize_t* toff, const floating* w,
+                     Py_ssize_t width, Py_ssize_t n) noexcept nogil:
+    """``_group`` writing a run of an output row (the last tap group of a tile)."""
+    _group(out, acc, b0, init, src, toff, w, width, n)
+
+
+cdef inline Py_ssize_t _next_segment(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow, Py_ssize_t n,
+                                     Py_ssize_t wq, Py_ssize_t out_w,
+                                     Py_ssize_t* count) noexcept nogil:
+    """Walk a tile of wide-row outputs row by row: the next run of valid (column < out_w)
+    outputs starts at tile index i[0] and plane index (returned); its length goes to count[0].
+    Returns -1 when the tile is done."""
+    cdef Py_ssize_t c, start
+    while i[0] < n:
+        c = out_w - ow[0]
+        if c > n - i[0]:
+            c = n - i[0]
+        if c > 0:
+            start = oh[0] * out_w + ow[0]
+            count[0] = c
+            return start
+        i[0] += wq - ow[0]
+        ow[0] = 0
+        oh[0] += 1
+    return -1
+
+
+cdef inline void _advance_row(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow,
+                              Py_ssize_t wq) noexcept nogil:
+    i[0] += wq - ow[0]
+    ow[0] = 0
+    oh[0] += 1
+
+
+cdef void _tile4(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                 const floating* wr, Py_ssize_t wstride, const floating* bias, bint first,
+                 floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """Four output channels x ``n`` (<= TILE) outputs: y_q[j] (+)= sum_t w_q[t] * src[i + toff[t]].
+
+    Output i of the tile is output ``j0 + i`` of planes indexed by wide rows of ``wq``
+    columns, of which the first ``out_w`` are real. ``first``: start from the bias (or 0),
+    else from the values already in ``dst`` (an earlier channel chunk). Channel q's weights
+    are ``wr + q*wstride`` and its plane ``dst + q*dstride``. Taps are applied 3 at a time
+    (the order of ``_group``): one input vector load feeds 12 FMAs. All but the last group
+    accumulate in local tiles (which cannot alias the input, so the loops vectorise without
+    runtime checks); the last group writes the results into the output rows.
+    """
+    cdef floating a0[TILE]
+    cdef floating a1[TILE]
+    cdef floating a2[TILE]
+    cdef floating a3[TILE]
+    cdef const floating* w0 = wr
+    cdef const floating* w1 = wr + wstride
+    cdef const floating* w2 = wr + 2 * wstride
+    cdef const floating* w3 = wr + 3 * wstride
+    cdef const floating* xa
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef floating b0, b1, b2, b3, va, vb, vc
+    cdef floating wa0, wb0, wc0, wa1, wb1, wc1, wa2, wb2, wc2, wa3, wb3, wc3
+    cdef Py_ssize_t i, t, width, start, count
+    cdef Py_ssize_t si, soh, sow
+    cdef bint init = first
+    b0 = b1 = b2 = b3 = 0
+    if first and bias != NULL:
+        b0 = bias[0]
+        b1 = bias[1]
+        b2 = bias[2]
+        b3 = bias[3]
+    if not first:
+        _tile_load(a0, dst, j0, n, wq, out_w)
+        _tile_load(a1, dst + dstride, j0, n, wq, out_w)
+        _tile_load(a2, dst + 2 * dstride, j0, n, wq, out_w)
+        _tile_load(a3, dst + 3 * dstride, j0, n, wq, out_w)
+    t = 0
+    while t < ntaps:
+        width = 3 if t + 3 <= ntaps else 1
+        if t + width == ntaps:
+            # Last group: finish each row run of the tile straight into the four planes.
+            si = 0
+            soh = j0 // wq
+            sow = j0 - soh * wq
+            while True:
+                start = _next_segment(&si, &soh, &sow, n, wq, out_w, &count)
+                if start < 0:
+                    break
+                _group_out(dst + start, a0 + si, b0, init, src + si, toff + t, w0 + t, width, count)
+                _group_out(dst + dstride + start, a1 + si, b1, init, src + si, toff + t, w1 + t,
+                           width, count)
+                _group_out(dst + 2 * dstride + start, a2 + si, b2, init, src + si, toff + t,
+                           w2 + t, width, count)
+                _group_out(dst + 3 * dstride + start, a3 + si, b3, init, src + si, toff + t,
+                           w3 + t, width, count)
+                _advance_row(&si, &soh, &sow, wq)
+            return
+        if width == 3:
+            xa = src + toff[t]
+            xb = src + toff[t + 1]
+            xc = src + toff[t + 2]
+            wa0 = w0[t]; wb0 = w0[t + 1]; wc0 = w0[t + 2]
+            wa1 = w1[t]; wb1 = w1[t + 1]; wc1 = w1[t + 2]
+            wa2 = w2[t]; wb2 = w2[t + 1]; wc2 = w2[t + 2]
+            wa3 = w3[t]; wb3 = w3[t + 1]; wc3 = w3[t + 2]
+            if init:
+                for i in range(n):
+                    va = xa[i]
+                    vb = xb[i]
+                    vc = xc[i]
+                    a0[i] = b0 + wa0 * va + wb0 * vb + wc0 * vc
+                    a1[i] = b1 + wa1 * va + wb1 * vb + wc1 * vc
+                    a2[i] = b2 + wa2 * va + wb2 * vb + wc2 * vc
+                    a3[i] = b3 + wa3 * va + wb3 * vb + wc3 * vc
+            else:
+                for i in range(n):
+                    va = xa[i]
+                    vb = xb[i]
+                    vc = xc[i]
+                    a0[i] = a0[i] + wa0 * va + wb0 * vb + wc0 * vc
+                    a1[i] = a1[i] + wa1 * va + wb1 * vb + wc1 * vc
+                    a2[i] = a2[i] + wa2 * va + wb2 * vb + wc2 * vc
+                    a3[i] = a3[i] + wa3 * va + wb3 * vb + wc3 * vc
+        else:
+            xa = src + toff[t]
+            wa0 = w0[t]; wa1 = w1[t]; wa2 = w2[t]; wa3 = w3[t]
+            if init:
+                for i in range(n):
+                    va = xa[i]
+                    a0[i] = b0 + wa0 * va
+                    a1[i] = b1 + wa1 * va
+                    a2[i] = b2 + wa2 * va
+                    a3[i] = b3 + wa3 * va
+            else:
+                for i in range(n):
+                    va = xa[i]
+                    a0[i] = a0[i] + wa0 * va
+                    a1[i] = a1[i] + wa1 * va
+                    a2[i] = a2[i] + wa2 * va
+                    a3[i] = a3[i] + wa3 * va
+        init = False
+        t += width
+
+
+cdef void _tile1(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                 const floating* w0, const floating* bias, bint first,
+                 floating* dst, Py_ssize_t j0, Py_ssize_t n,
+                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+    """One output channel of ``_tile4``, with the same arithmetic (results do not depend on
+    the blocking). Runs of 9 taps (3x3 kernels) are applied in one pass: one accumulator
+    load/store per 9 FMAs instead of per 3, the sum still formed 3 taps at a time."""
+    cdef floating a0[TILE]
+    cdef floating b0 = 0
+    cdef Py_ssize_t t, width, start, count
+    cdef Py_ssize_t si, soh, sow
+    cdef bint init = first
+    if first and bias != NULL:
+        b0 = bias[0]
+    if not first:
+        _tile_load(a0, dst, j0, n, wq, out_w)
+    t = 0
+    while t < ntaps:
+        if t + 9 <= ntaps:
+            width = 9
+        elif t + 3 <= ntaps:
+            width = 3
+        else:
+            width = 1
+        if t + width == ntaps:
+            si = 0
+            soh = j0 // wq
+            sow = j0 - soh * wq
+            while True:
+                start = _next_segment(&si, &soh, &sow, n, wq, out_w, &count)
+                if start < 0:
+                    break
+                _group_out(dst + start, a0 + si, b0, init, src + si, toff + t, w0 + t, width, count)
+                _advance_row(&si, &soh, &sow, wq)
+            return
+        # Earlier groups accumulate in the local tile (inlined: gcc sees a0 is local).
+        _group(a0, a0, b0, init, src, toff + t, w0 + t, width, n)
+        init = False
+        t += width
+
+
+# ---------------------------------------------------------------- correlation core
+
+cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t out_h,
+                    Py_ssize_t out_w, const floating* w, floating b, const floating* raw,
+                    Py_ssize_t h, Py_ssize_t wr, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """y (out_h x out_w) = b + 3x3 correlation (stride 1, dilation 1) of a plane with row
+    stride ``wp`` (already padded, or unpadded when there is no padding).
+
+    The one-input-channel fast path (depthwise layers, and first layers with C = 1): the nine
+    weights stay in registers for the whole plane and two output rows are computed per pass
+    straight into the output (gcc checks at run time that the two output rows and the four
+    input rows do not overlap; they never do). The sum is formed 3 taps at a time in tap
+    order, exactly as ``_tile1``/``_tile4`` do.
+
+    With ``raw`` set, ``src`` is a zero-bordered workspace whose rows are copied from the
+    unpadded plane ``raw`` (h x wr, placed at top/left) just before they are first needed,
+    so the memory reads of the copy overlap the arithmetic on the rows already there.
+    """
+    cdef floating w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4]
+    cdef floating w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8]
+    cdef floating a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2, v, u
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* r3
+    cdef floating* y0
+    cdef floating* y1
+    cdef Py_ssize_t oh, i, filled = 0
+    oh = 0
+    while oh + 2 <= out_h:
+        if raw != NULL:
+            while filled < oh + 4:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
+        r0 = src + oh * wp
+        r1 = r0 + wp
+        r2 = r1 + wp
+        r3 = r2 + wp
+        y0 = y + oh * out_w
+        y1 = y0 + out_w
+        for i in range(out_w):
+            a0 = r0[i]; a1 = r0[i + 1]; a2 = r0[i + 2]
+            b0 = r1[i]; b1 = r1[i + 1]; b2 = r1[i + 2]
+            c0 = r2[i]; c1 = r2[i + 1]; c2 = r2[i + 2]
+            d0 = r3[i]; d1 = r3[i + 1]; d2 = r3[i + 2]
+            v = b + w0 * a0 + w1 * a1 + w2 * a2
+            v = v + w3 * b0 + w4 * b1 + w5 * b2
+            y0[i] = v + w6 * c0 + w7 * c1 + w8 * c2
+            u = b + w0 * b0 + w1 * b1 + w2 * b2
+            u = u + w3 * c0 + w4 * c1 + w5 * c2
+            y1[i] = u + w6 * d0 + w7 * d1 + w8 * d2
+        oh += 2
+    if oh < out_h:
+        if raw != NULL:
+            while filled < oh + 3:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
+        r0 = src + oh * wp
+        r1 = r0 + wp
+        r2 = r1 + wp
+        y0 = y + oh * out_w
+        for i in range(out_w):
+            v = b + w0 * r0[i] + w1 * r0[i + 1] + w2 * r0[i + 2]
+            v = v + w3 * r1[i] + w4 * r1[i + 1] + w5 * r1[i + 2]
+            y0[i] = v + w6 * r2[i] + w7 * r2[i + 1] + w8 * r2[i + 2]
+
+
+cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, const floating* w,
+                        const floating* bias, floating* y, const Py_ssize_t* toff,
+                        floating* ws) noexcept nogil:
+    """One task of ``_forward_core``: image n, group, block of ``kbt`` output channels."""
+    cdef Py_ssize_t kb = task % g.nkb
+    cdef Py_ssize_t rest = task // g.nkb
+    cdef Py_ssize_t grp = rest % g.groups
+    cdef Py_ssize_t n = rest // g.groups
+    cdef Py_ssize_t k0 = grp * g.kg + kb * g.kbt
+    cdef Py_ssize_t nk = g.kg - kb * g.kbt
+    cdef Py_ssize_t rs = g.r * g.s, crs = g.cg * g.r * g.s
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w, in_plane = g.h * g.w
+    cdef const floating* x_img = x + (n * g.c + grp * g.cg) * in_plane
+    cdef floating* y_blk
+    cdef const floating* w_blk = w + k0 * crs
+    cdef const floating* base
+    cdef const floating* b
+    cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, oh, ow0
+    cdef bint first
+    if nk > g.kbt:
+        nk = g.kbt
+    y_blk = y + (n * g.k + k0) * out_plane
+    cc = 0
+    while cc < g.cg:
+        ncb = g.cg - cc
+        if ncb > g.cb:
+            ncb = g.cb
+        if g.plane3x3:
+            # One input channel: each output plane in one pass over the (padded) plane,
+            # whose rows the first pass copies as it goes.
+            for kk in range(nk):
+                _plane3x3(<const floating*>ws if g.copy else x_img, g.wp, y_blk + kk * out_plane, g.out_h,
+                          g.out_w, w_blk + kk * crs, bias[k0 + kk] if bias != NULL else 0,
+                          x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
+            break
+        if g.copy:
+            for c in range(ncb):
+                if g.phased:
+                    _copy_phases(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
+                                 g.hp, g.wp, g.sh, g.sw, g.top, g.left)
+                else:
+                    _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
+                                   g.hp, g.wp, g.top, g.left)
+            base = ws
+        else:
+            base = x_img + cc * in_plane
+        ntaps = ncb * rs
+        first = cc == 0
+        # One run per plane: output j = oh*wp + ow reads base[j + toff[t]] (unit steps; a
+        # strided layer reads its phase planes).
+        length = (g.out_h - 1) * g.wp + g.out_w
+        j0 = 0
+        while j0 < length:
+            m = length - j0
+            if m > TILE:
+                m = TILE
+            kk = 0
+            while kk + 4 <= nk:
+                b = bias + k0 + kk if bias != NULL else NULL
+                _tile4(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, b, first,
+                       y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
+                kk += 4
+            while kk < nk:
+                b = bias + k0 + kk if bias != NULL else NULL
+                _tile1(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, b, first,
+                       y_blk + kk * out_plane, j0, m, g.wp, g.out_w)
+                kk += 1
+            j0 += m
+        cc += ncb
+
+
+cdef void _forward_core(const Geometry* g, const floating* x, const floating* w,
+                        const floating* bias, floating* y, const Py_ssize_t* toff,
+                        floating* ws, Py_ssize_t ws_stride, int nthreads) noexcept nogil:
+    """y = correlation of x with w (+ bias), parallel over (image, group, output-channel block).
+
+    Each task writes its own output planes, so there are no races; ``ws`` holds one padded
+    plane buffer of ``ws_stride`` elements per thread.
+    """
+    cdef Py_ssize_t ntasks = g.n * g.groups * g.nkb
+    cdef Py_ssize_t task
+    for task in prange(ntasks, num_threads=nthreads, schedule="dynamic"):
+        _forward_task(g, task, x, w, bias, y, toff, ws + omp_get_thread_num() * ws_stride)
+
+
+# ---------------------------------------------------------------- strided grad_input (scatter)
+
+cdef void _grad_input_scatter_task(const Geometry* g, Py_ssize_t task, const floating* gy,
+                                   const floating* w, floating* gx, floating* ws) noexcept nogil:
+    """Image n, input channel c: add every tap's contribution into private phase planes.
+
+    The padded gradient plane is held as sh*sw phase planes (as ``_copy_phases`` lays out
+    an input), where tap (r, s) of output row oh lands on one contiguous run: every update
+    is a unit-stride axpy. The planes are interleaved back into grad_input at the end.
+    """
+    cdef Py_ssize_t c = task % g.c
+    cdef Py_ssize_t n = task // g.c
+    cdef Py_ssize_t grp = c // g.cg, cl = c - grp * g.cg
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w, qplane = g.hp * g.wp
+    cdef Py_ssize_t kk, k, r, s, oh, ow, i, pi, b, j0, cnt, m
+    cdef floating wv
+    cdef floating* dst
+    cdef floating* base
+    cdef const floating* src
+    cdef const floating* gy_k
+    cdef const floating* row
+    memset(ws, 0, g.ps * sizeof(floating))
+    for kk in range(g.kg):
+        k = grp * g.kg + kk
+        gy_k = gy + (n * g.k + k) * out_plane
+        for r in range(g.r):
+            for s in range(g.s):
+                wv = w[((k * g.cg + cl) * g.r + r) * g.s + s]
+                base = (ws + (((r * g.dh) % g.sh) * g.sw + (s * g.dw) % g.sw) * qplane
+                        + ((r * g.dh) // g.sh) * g.wp + (s * g.dw) // g.sw)
+                for oh in range(g.out_h):
+                    dst = base + oh * g.wp
+                    src = gy_k + oh * g.out_w
+                    for ow in range(g.out_w):
+                        dst[ow] = dst[ow] + wv * src[ow]
+    # grad_input pixel (i, j) is padded pixel (i + top, j + left).
+    dst = gx + (n * g.c + c) * g.h * g.w
+    for i in range(g.h):
+        pi = i + g.top
+        for b in range(g.sw):
+            j0 = ((b - g.left) % g.sw + g.sw) % g.sw
+            if j0 >= g.w:
+                continue
+            cnt = (g.w - j0 + g.sw - 1) // g.sw
+            row = (ws + ((pi % g.sh) * g.sw + b) * qplane + (pi // g.sh) * g.wp
+                   + (j0 + g.left) // g.sw)
+            for m in range(cnt):
+                dst[i * g.w + j0 + m * g.sw] = row[m]
+
+
+cdef void _grad_input_scatter(const Geometry* g, const floating* gy, const floating* w,
+                              floating* gx, floating* ws, Py_ssize_t ws_stride,
+                              int nthreads) noexcept nogil:
+    cdef Py_ssize_t task
+    for task in prange(g.n * g.c, num_threads=nthreads, schedule="dynamic"):
+        _grad_input_scatter_task(g, task, gy, w, gx, ws + omp_get_thread_num() * ws_stride)
+
+
+# ---------------------------------------------------------------- grad_weight (dot products)
+
+cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src,
+                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
+                floating* out, Py_ssize_t ostride) noexcept nogil:
+    """out[q*ostride + t] += sum_i g_q[i] * src[i + toff[t]] for 4 channels q and every tap t.
+
+    Each dot product keeps LANES partial sums (vector registers; no -ffast-math needed) that
+    are added in a fixed order at the end. An entry's arithmetic does not depend on which
+    other taps or channels share its pass, so ``_dot1`` gives bit-identical results.
+    """
+    cdef floating p[12][LANES]
+    cdef const floating* g1 = g0 + gstride
+    cdef const floating* g2 = g0 + 2 * gstride
+    cdef const floating* g3 = g0 + 3 * gstride
+    cdef const floating* xa
+    cdef const floating* xb
+    cdef const floating* xc
+    cdef floating ga, gb, gc, gd, va, vb, vc, total
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef Py_ssize_t i, l, q, t
+    t = 0
+    while t + 3 <= ntaps:
+        xa = src + toff[t]
+        xb = src + toff[t + 1]
+        xc = src + toff[t + 2]
+        for q in range(12):
+            for l in range(LANES):
+                p[q][l] = 0
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                ga = g0[i + l]; gb = g1[i + l]; gc = g2[i + l]; gd = g3[i + l]
+                va = xa[i + l]; vb = xb[i + l]; vc = xc[i + l]
+                p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
+                p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
+                p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
+                p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
+        for i in range(nfull, n):
+            l = i - nfull
+            ga = g0[i]; gb = g1[i]; gc = g2[i]; gd = g3[i]
+            va = xa[i]; vb = xb[i]; vc = xc[i]
+            p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
+            p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
+            p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
+            p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
+        for q in range(12):
+            total = 0
+            for l in range(LANES):
+                total = total + p[q][l]
+            out[(q // 3) * ostride + t + q % 3] += total
+        t += 3
+    while t < ntaps:
+        xa = src + toff[t]
+        for q in range(4):
+            for l in range(LANES):
+                p[q][l] = 0
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                va = xa[i + l]
+                p[0][l] += g0[i + l] * va; p[1][l] += g1[i + l] * va
+                p[2][l] += g2[i + l] * va; p[3][l] += g3[i + l] * va
+        for i in range(nfull, n):
+            l = i - nfull
+            va = xa[i]
+            p[0][l] += g0[i] * va; p[1][l] += g1[i] * va
+            p[2][l] += g2[i] * va; p[3][l] += g3[i] * va
+        for q in range(4):
+            total = 0
+            for l in range(LANES):
+                total = total + p[q][l]
+            out[q * ostride + t] += total
+        t += 1
+
+
+cdef void _dot1(const floating* g0, const floating* src, const Py_ssize_t* toff,
+                Py_ssize_t ntaps, Py_ssize_t n, floating* out) noexcept nogil:
+    """One channel of ``_dot4`` (bit-identical per entry); 9 taps per pass where it can
+    (one grad_output load per 9 FMAs), then 3, then 1."""
+    cdef floating p[9][LANES]
+    cdef const floating* xs[9]
+    cdef floating ga, total
+    cdef Py_ssize_t nfull = n - n % LANES
+    cdef Py_ssize_t i, l, q, t, width
+    t = 0
+    while t < ntaps:
+        width = ntaps - t
+        if width >= 9:
+            width = 9
+        elif width >= 3:
+            width = 3
+        else:
+            width = 1
+        for q in range(width):
+            xs[q] = src + toff[t + q]
+        for q in range(9):
+            for l in range(LANES):
+                p[q][l] = 0
+        if width == 9:
+            _dot1_9(g0, xs, nfull, p)
+        elif width == 3:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    ga = g0[i + l]
+                    p[0][l] += ga * xs[0][i + l]
+                    p[1][l] += ga * xs[1][i + l]
+                    p[2][l] += ga * xs[2][i + l]
+        else:
+            for i in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    p[0][l] += g0[i + l] * xs[0][i + l]
+        for i in range(nfull, n):
+            l = i - nfull
+            ga = g0[i]
+            for q in range(width):
+                p[q][l] += ga * xs[q][i]
+        for q in range(width):
+            total = 0
+            for l in range(LANES):
+                total = total + p[q][l]
+            out[t + q] += total
+        t += width
+
+
+cdef void _dot1_9(const floating* g0, const floating** xs, Py_ssize_t nfull,
+                  floating (*p)[LANES]) noexcept nogil:
+    """p[q][l] += sum over full lane blocks of g0 * xs[q] for 9 taps (unit step)."""
+    cdef floating q0[LANES]
+    cdef floating q1[LANES]
+    cdef floating q2[LANES]
+    cdef floating q3[LANES]
+    cdef floating q4[LANES]
+    cdef floating q5[LANES]
+    cdef floating q6[LANES]
+    cdef floating q7[LANES]
+    cdef floating q8[LANES]
+    cdef const floating* x0 = xs[0]
+    cdef const floating* x1 = xs[1]
+    cdef const floating* x2 = xs[2]
+    cdef const floating* x3 = xs[3]
+    cdef const floating* x4 = xs[4]
+    cdef const floating* x5 = xs[5]
+    cdef const floating* x6 = xs[6]
+    cdef const floating* x7 = xs[7]
+    cdef const floating* x8 = xs[8]
+    cdef floating ga
+    cdef Py_ssize_t i, l
+    for l in range(LANES):
+        q0[l] = 0; q1[l] = 0; q2[l] = 0; q3[l] = 0; q4[l] = 0
+        q5[l] = 0; q6[l] = 0; q7[l] = 0; q8[l] = 0
+    for i in range(0, nfull, 8):  # 8 == LANES
+        for l in range(LANES):
+            ga = g0[i + l]
+            q0[l] += ga * x0[i + l]; q1[l] += ga * x1[i + l]; q2[l] += ga * x2[i + l]
+            q3[l] += ga * x3[i + l]; q4[l] += ga * x4[i + l]; q5[l] += ga * x5[i + l]
+            q6[l] += ga * x6[i + l]; q7[l] += ga * x7[i + l]; q8[l] += ga * x8[i + l]
+    for l in range(LANES):
+        p[0][l] = q0[l]; p[1][l] = q1[l]; p[2][l] = q2[l]
+        p[3][l] = q3[l]; p[4][l] = q4[l]; p[5][l] = q5[l]
+        p[6][l] = q6[l]; p[7][l] = q7[l]; p[8][l] = q8[l]
+
+
+cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
+                       const floating* src, Py_ssize_t wp, floating* p, const floating* raw,
+                       Py_ssize_t h, Py_ssize_t wr, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """p[t*LANES + l] += lane l of sum over the plane of grad_output x input shifted by tap t.
+
+    The one-input-channel grad_weight path (depthwise and C = 1 layers, 3x3, stride and
+    dilation 1): ``src`` is the (padded) input plane with row stride ``wp``, ``gyp`` the
+    (out_h x out_w) grad_output plane, read in place. The nine dot products keep LANES
+    partial sums each in registers across the whole plane (the caller carries them over
+    images and adds the lanes once at the end), and two grad_output rows are taken per pass
+    so that they share their input rows. ``raw``: as for ``_plane3x3`` (rows of the padded
+    input copied just before first use).
+    """
+    cdef floating q[9][LANES]
+    cdef const floating* g0
+    cdef const floating* g1
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* r3
+    cdef floating ga, gb
+    cdef Py_ssize_t nfull = out_w - out_w % LANES
+    cdef Py_ssize_t t, l, i, oh, filled = 0
+    for t in range(9):
+        for l in range(LANES):
+            q[t][l] = p[t * LANES + l]
+    oh = 0
+    while oh + 2 <= out_h:
+        if raw != NULL:
+            while filled < oh + 4:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
+        g0 = gyp + oh * out_w
+        g1 = g0 + out_w
+        r0 = src + oh * wp
+        r1 = r0 + wp
+        r2 = r1 + wp
+        r3 = r2 + wp
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                ga = g0[i + l]
+                gb = g1[i + l]
+                q[0][l] += ga * r0[i + l]; q[0][l] += gb * r1[i + l]
+                q[1][l] += ga * r0[i + l + 1]; q[1][l] += gb * r1[i + l + 1]
+                q[2][l] += ga * r0[i + l + 2]; q[2][l] += gb * r1[i + l + 2]
+                q[3][l] += ga * r1[i + l]; q[3][l] += gb * r2[i + l]
+                q[4][l] += ga * r1[i + l + 1]; q[4][l] += gb * r2[i + l + 1]
+                q[5][l] += ga * r1[i + l + 2]; q[5][l] += gb * r2[i + l + 2]
+                q[6][l] += ga * r2[i + l]; q[6][l] += gb * r3[i + l]
+                q[7][l] += ga * r2[i + l + 1]; q[7][l] += gb * r3[i + l + 1]
+                q[8][l] += ga * r2[i + l + 2]; q[8][l] += gb * r3[i + l + 2]
+        for i in range(nfull, out_w):
+            l = i - nfull
+            ga = g0[i]
+            gb = g1[i]
+            q[0][l] += ga * r0[i]; q[0][l] += gb * r1[i]
+            q[1][l] += ga * r0[i + 1]; q[1][l] += gb * r1[i + 1]
+            q[2][l] += ga * r0[i + 2]; q[2][l] += gb * r1[i + 2]
+            q[3][l] += ga * r1[i]; q[3][l] += gb * r2[i]
+            q[4][l] += ga * r1[i + 1]; q[4][l] += gb * r2[i + 1]
+            q[5][l] += ga * r1[i + 2]; q[5][l] += gb * r2[i + 2]
+            q[6][l] += ga * r2[i]; q[6][l] += gb * r3[i]
+            q[7][l] += ga * r2[i + 1]; q[7][l] += gb * r3[i + 1]
+            q[8][l] += ga * r2[i + 2]; q[8][l] += gb * r3[i + 2]
+        oh += 2
+    if oh < out_h:
+        if raw != NULL:
+            while filled < oh + 3:
+                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
+                filled += 1
+        g0 = gyp + oh * out_w
+        r0 = src + oh * wp
+        r1 = r0 + wp
+        r2 = r1 + wp
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                ga = g0[i + l]
+                q[0][l] += ga * r0[i + l]
+                q[1][l] += ga * r0[i + l + 1]
+                q[2][l] += ga * r0[i + l + 2]
+                q[3][l] += ga * r1[i + l]
+                q[4][l] += ga * r1[i + l + 1]
+                q[5][l] += ga * r1[i + l + 2]
+                q[6][l] += ga * r2[i + l]
+                q[7][l] += ga * r2[i + l + 1]
+                q[8][l] += ga * r2[i + l + 2]
+        for i in range(nfull, out_w):
+            l = i - nfull
+            ga = g0[i]
+            q[0][l] += ga * r0[i]
+            q[1][l] += ga * r0[i + 1]
+            q[2][l] += ga * r0[i + 2]
+            q[3][l] += ga * r1[i]
+            q[4][l] += ga * r1[i + 1]
+            q[5][l] += ga * r1[i + 2]
+            q[6][l] += ga * r2[i]
+            q[7][l] += ga * r2[i + 1]
+            q[8][l] += ga * r2[i + 2]
+    for t in range(9):
+        for l in range(LANES):
+            p[t * LANES + l] = q[t][l]
+
+
+cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* gy,
+                            const floating* x, floating* part, const Py_ssize_t* toff,
+                            floating* ws) noexcept nogil:
+    """Group, block of ``kbt`` filters, batch chunk: dot products over that chunk's images.
+
+    ``ws`` holds the wide copies of the block's grad_output planes (zero in the extra
+    columns, so those positions add nothing) followed by the padded input planes.
+    """
+    cdef Py_ssize_t nci = task % g.nc
+    cdef Py_ssize_t rest = task // g.nc
+    cdef Py_ssize_t kb = rest % g.nkb
+    cdef Py_ssize_t grp = rest // g.nkb
+    cdef Py_ssize_t n0 = nci * g.n // g.nc, n1 = (nci + 1) * g.n // g.nc
+    cdef Py_ssize_t k0 = grp * g.kg + kb * g.kbt
+    cdef Py_ssize_t nk = g.kg - kb * g.kbt
+    cdef Py_ssize_t rs = g.r * g.s, crs = g.cg * g.r * g.s
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w, in_plane = g.h * g.w
+    cdef Py_ssize_t gplane = g.out_h * g.wp
+    cdef floating* out = part + (nci * g.k + k0) * crs
+    cdef floating* gws = ws
+    cdef floating* xws = ws + g.kbt * gplane
+    cdef const floating* gy_blk
+    cdef const floating* gp
+    cdef const floating* x_img
+    cdef const floating* base
+    cdef Py_ssize_t gstride, n, kk, cc, ncb, c, ntaps, length, oh, a
+    cdef floating lanes[4][9 * LANES]
+    cdef floating total
+    cdef Py_ssize_t t, l
+    if nk > g.kbt:
+        nk = g.kbt
+    for a in range(nk * crs):
+        out[a] = 0
+    if g.plane3x3:
+        # One input channel, 3x3: lane partial sums carried over the chunk's images.
+        for kk in range(nk):
+            for a in range(9 * LANES):
+                lanes[kk][a] = 0
+        for n in range(n0, n1):
+            x_img = x + (n * g.c + grp * g.cg) * in_plane
+            gy_blk = gy + (n * g.k + k0) * out_plane
+            for kk in range(nk):
+                _plane3x3_gw(gy_blk + kk * out_plane, g.out_h, g.out_w,
+                             <const floating*>xws if g.copy else x_img, g.wp, lanes[kk],
+                             x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
+        for kk in range(nk):
+            for t in range(9):
+                total = 0
+                for l in range(LANES):
+                    total = total + lanes[kk][t * LANES + l]
+                out[kk * 9 + t] = total
+        return
+    for n in range(n0, n1):
+        gy_blk = gy + (n * g.k + k0) * out_plane
+        gp = gy_blk
+        gstride = out_plane
+        if g.wp != g.out_w:
+            for kk in range(nk):
+                _copy_interior(gy_blk + kk * out_plane, g.out_h, g.out_w, gws + kk * gplane,
+                             g.out_h, g.wp, 0, 0)
+            gp = gws
+            gstride = gplane
+        x_img = x + (n * g.c + grp * g.cg) * in_plane
+        cc = 0
+        while cc < g.cg:
+            ncb = g.cg - cc
+            if ncb > g.cb:
+                ncb = g.cb
+            if g.copy:
+                for c in range(ncb):
+                    if g.phased:
+                        _copy_phases(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
+                                     g.hp, g.wp, g.sh, g.sw, g.top, g.left)
+                    else:
+                        _copy_interior(x_img + (cc + c) * in_plane, g.h, g.w, xws + c * g.ps,
+                                       g.hp, g.wp, g.top, g.left)
+                base = xws
+            else:
+                base = x_img + cc * in_plane
+            ntaps = ncb * rs
+            length = (g.out_h - 1) * g.wp + g.out_w
+            kk = 0
+            while kk + 4 <= nk:
+                _dot4(gp + kk * gstride, gstride, base, toff, ntaps, length,
+                      out + kk * crs + cc * rs, crs)
+                kk += 4
+            while kk < nk:
+                _dot1(gp + kk * gstride, base, toff, ntaps, length, out + kk * crs + cc * rs)
+                kk += 1
+            cc += ncb
+
+
+cdef void _grad_weight_core(const Geometry* g, const floating* gy, const floating* x,
+                            floating* part, const Py_ssize_t* toff, floating* ws,
+                            Py_ssize_t ws_stride, int nthreads) noexcept nogil:
+    """part[chunk] = grad_weight of each batch chunk, parallel over (group, filter block, chunk)."""
+    cdef Py_ssize_t task
+    for task in prange(g.groups * g.nkb * g.nc, num_threads=nthreads, schedule="dynamic"):
+        _grad_weight_task(g, task, gy, x, part, toff, ws + omp_get_thread_num() * ws_stride)
+
+
+# ---------------------------------------------------------------- grad_bias
+
+cdef floating _channel_sum(const floating* gy, Py_ssize_t kk, Py_ssize_t n, Py_ssize_t k,
+                           Py_ssize_t plane) noexcept nogil:
+    """Sum of grad_output[:, kk] with LANES partial sums, added in a fixed order."""
+    cdef Py_ssize_t img, i, l, nfull = plane - plane % LANES
+    cdef floating p[LANES]
+    cdef floating total = 0
+    cdef const floating* src
+    for l in range(LANES):
+        p[l] = 0
+    for img in range(n):
+        src = gy + (img * k + kk) * plane
+        for i in range(0, nfull, 8):  # 8 == LANES
+            for l in range(LANES):
+                p[l] += src[i + l]
+        for i in range(nfull, plane):
+            p[i - nfull] += src[i]
+    for l in range(LANES):
+        total = total + p[l]
+    return total
+
+
+cdef void _grad_bias_core(const floating* gy, floating* gb, Py_ssize_t n, Py_ssize_t k,
+                          Py_ssize_t plane, int nthreads) noexcept nogil:
+    """gb[k] = grad_output summed over images and pixels, parallel over channels."""
+    cdef Py_ssize_t kk
+    for kk in prange(k, num_threads=nthreads, schedule="static"):
+        gb[kk] = _channel_sum(gy, kk, n, k, plane)
+
+
+# ---------------------------------------------------------------- Python-level wrappers
+
+def _tap_offsets(channels, r, s, dh, dw, sh, sw, hq, wq, plane):
+    """Where each tap (c, i, j), in that order, starts in the source buffer.
+
+    Stride 1: ``c*plane + i*dh*wq + j*dw`` in (padded) planes with rows of ``wq``. Larger
+    strides read phase planes (see ``_copy_phases``): phase ``((i*dh) % sh, (j*dw) % sw)``,
+    shifted by ``((i*dh) // sh, (j*dw) // sw)``.
+    """
+    c = np.arange(channels, dtype=np.intp)[:, None, None] * plane
+    ri = np.arange(r, dtype=np.intp)[None, :, None] * dh
+    sj = np.arange(s, dtype=np.intp)[None, None, :] * dw
+    phase = (ri % sh) * sw + sj % sw
+    off = c + phase * (hq * wq) + (ri // sh) * wq + sj // sw
+    return np.ascontiguousarray(off.ravel(), dtype=np.intp)
+
+
+def _channel_chunk(cg, plane_elems):
+    """Channels whose padded planes are copied together (a bounded workspace)."""
+    return max(1, min(cg, COPY_BUDGET // max(plane_elems, 1)))
+
+
+def _task_block(units, kg, nthreads):
+    """Output channels per task: all of a group's when there are enough (image, group) units
+    for the threads, otherwise fewer (a multiple of 4, the register block) so that every
+    thread gets work. The blocking does not change any result."""
+    want = TASKS_PER_THREAD * nthreads
+    if units >= want or kg <= 4:
+        return kg
+    blocks = -(-want // units)
+    kbt = -(-kg // blocks)
+    kbt = -(-kbt // 4) * 4
+    return max(4, min(kg, kbt))
+
+
+cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t k,
+                        Py_ssize_t groups, Py_ssize_t r, Py_ssize_t s, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t top, Py_ssize_t left,
+                        Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t out_h, Py_ssize_t out_w):
+    cdef Geometry g
+    g.n = n; g.c = c; g.h = h; g.w = w; g.k = k; g.groups = groups
+    g.cg = c // groups; g.kg = k // groups; g.r = r; g.s = s
+    g.sh = sh; g.sw = sw; g.dh = dh; g.dw = dw
+    g.top = top; g.left = left; g.hp = hp; g.wp = wp
+    g.out_h = out_h; g.out_w = out_w
+    g.phased = sh > 1 or sw > 1
+    g.copy = g.phased or not (top == 0 and left == 0 and hp == h and wp == w)
+    if not g.copy:
+        g.hp = h
+        g.wp = w
+    g.ps = g.hp * g.wp
+    if g.phased:
+        # Phase planes of the padded plane: hp, wp become their size, ps covers all of them.
+        g.hp = (hp + sh - 1) // sh
+        g.wp = (wp + sw - 1) // sw
+        g.ps = sh * sw * g.hp * g.wp
+    g.plane3x3 = not g.phased and g.cg == 1 and r == 3 and s == 3 and dh == 1 and dw == 1
+    g.cb = _channel_chunk(g.cg, g.ps) if g.copy else g.cg
+    g.kbt = g.kg
+    g.nkb = 1
+    g.nc = 1
+    return g
+
+
+cdef void _run_forward(Geometry* g, floating[:, :, :, ::1] x, floating[:, :, :, ::1] w,
+                       floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y, int nthreads):
+    """The correlation core over checked arrays; workspace and tap offsets prepared here."""
+    g.kbt = _task_block(g.n * g.groups, g.kg, nthreads)
+    g.nkb = (g.kg + g.kbt - 1) // g.kbt
+    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
+    cdef Py_ssize_t[::1] toff_v = toff
+    cdef Py_ssize_t ws_stride = g.cb * g.ps if g.copy else 0
+    dtype = np.float32 if floating is float else np.float64
+    workspace = np.zeros(max(1, nthreads * ws_stride), dtype=dtype)  # zero borders
+    cdef floating[::1] ws_v = workspace
+    cdef const floating* b = &bias[0] if has_bias else NULL
+    with nogil:
+        _forward_core(g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], b, &y[0, 0, 0, 0], &toff_v[0],
+                      &ws_v[0], ws_stride, nthreads)
+
+
+cdef void _conv2d_forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] bias,
+                          bint has_bias, floating[:, :, :, ::1] y, p, int nthreads):
+    cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
+                                p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
+                                p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right,
+                                p.out_h, p.out_w)
+    _run_forward(&g, x, w, bias, has_bias, y, nthreads)
+
+
+cdef void _conv2d_grad_input(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] w,
+                             floating[:, :, :, ::1] gx, p, int nthreads):
+    cdef Geometry g
+    cdef Py_ssize_t hp, wp, ws_stride
+    cdef floating[::1] ws_v
+    cdef floating[:, :, :, ::1] wt
+    dtype = np.float32 if floating is float else np.float64
+    if p.stride_h == 1 and p.stride_w == 1:
+        # gx = gy (zero-padded by the kernel extent minus the forward padding) correlated with
+        # the flipped filters, transposed to (c, k/groups, r, s) within each group.
+        hp = p.h + p.dil_h * (p.r - 1)
+        wp = p.w + p.dil_w * (p.s - 1)
+        g = _geometry(p.n, p.k, p.out_h, p.out_w, p.c, p.groups, p.r, p.s, 1, 1,
+                      p.dil_h, p.dil_w, p.dil_h * (p.r - 1) - p.pad_top,
+                      p.dil_w * (p.s - 1) - p.pad_left, hp, wp, p.h, p.w)
+        flipped = np.asarray(w).reshape(p.groups, p.k_per_group, p.c_per_group, p.r, p.s)[..., ::-1, ::-1]
+        wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(
+            p.c, p.k_per_group, p.r, p.s)
+        _run_forward(&g, gy, wt, wt[0, 0, 0, :1], False, gx, nthreads)
+        return
+    g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s, p.stride_h, p.stride_w,
+                  p.dil_h, p.dil_w, p.pad_top, p.pad_left,
+                  p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right, p.out_h, p.out_w)
+    ws_stride = g.ps       # the phase planes of one padded plane (strides > 1 are phased)
+    ws_v = np.empty(nthreads * ws_stride, dtype=dtype)
+    with nogil:
+        _grad_input_scatter(&g, &gy[0, 0, 0, 0], &w[0, 0, 0, 0], &gx[0, 0, 0, 0], &ws_v[0],
+                            ws_stride, nthreads)
+
+
+def _batch_chunks(n, groups, kg, weight_elems):
+    """How many batch chunks grad_weight sums separately (then adds in order).
+
+    A function of the shape only, never of the thread count, so results are reproducible:
+    enough (group, filter block, chunk) tasks for a few threads, bounded partial buffers.
+    """
+    units = groups * (-(-kg // 4))
+    nc = max(1, min(n, -(-16 // units)))
+    while nc > 1 and nc * weight_elems > (1 << 22):
+        nc //= 2
+    return nc
+
+
+cdef void _conv2d_grad_weight(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] x,
+                              floating[:, :, :, ::1] gw, p, int nthreads):
+    cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
+                                p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
+                                p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right,
+                                p.out_h, p.out_w)
+    g.kbt = min(4, g.kg)
+    g.nkb = (g.kg + g.kbt - 1) // g.kbt
+    g.nc = _batch_chunks(g.n, g.groups, g.kg, gw.size)
+    dtype = np.float32 if floating is float else np.float64
+    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
+    cdef Py_ssize_t[::1] toff_v = toff
+    cdef Py_ssize_t ws_stride = g.kbt * g.out_h * g.wp + (g.cb * g.ps if g.copy else 0)
+    cdef floating[::1] ws_v = np.zeros(max(1, nthreads * ws_stride), dtype=dtype)  # zero borders
+    cdef floating[:, :, ::1] part_v
+    if g.nc == 1:
+        part_v = np.asarray(gw).reshape(1, p.k, -1)
+    else:
+        part_v = np.empty((g.nc, p.k, p.c_per_group * p.r * p.s), dtype=dtype)
+    with nogil:
+        _grad_weight_core(&g, &gy[0, 0, 0, 0], &x[0, 0, 0, 0], &part_v[0, 0, 0], &toff_v[0],
+                          &ws_v[0], ws_stride, nthreads)
+    if g.nc > 1:
+        total = np.asarray(part_v)
+        acc = total[0].copy()
+        for i in range(1, g.nc):   # a fixed order: reproducible
+            acc += total[i]
+        np.asarray(gw).reshape(p.k, -1)[...] = acc
+
+
+def conv2d_forward(x, weight, bias, y, p):
+    """y (n, k, out_h, out_w) = x (n, c, h, w) cross-correlated with weight (k, c/groups, r, s) + bias (k,).
+
+    float32 or float64, C-contiguous; ``bias`` may be None. Any stride, padding (per side),
+    dilation and groups. Parallel over (image, group, block of output channels).
+    """
+    cdef int nthreads = get_num_threads()
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    if x.dtype == np.float32:
+        _conv2d_forward[float](x, weight, b, has_bias, y, p, nthreads)
+    else:
+        _conv2d_forward[double](x, weight, b, has_bias, y, p, nthreads)
+
+
+def conv2d_grad_input(grad_output, weight, grad_input, p):
+    """grad_input (n, c, h, w) from grad_output (n, k, out_h, out_w) and weight (k, c/groups, r, s).
+
+    Stride 1: a gather (the forward core on padded grad_output with flipped filters), parallel
+    over (image, group, block of input channels). Larger strides: each (image, channel) task
+    scatters into its own padded plane. No races either way.
+    """
+    cdef int nthreads = get_num_threads()
+    if grad_output.dtype == np.float32:
+        _conv2d_grad_input[float](grad_output, weight, grad_input, p, nthreads)
+    else:
+        _conv2d_grad_input[double](grad_output, weight, grad_input, p, nthreads)
+
+
+def conv2d_grad_weight(grad_output, x, grad_weight, p):
+    """grad_weight (k, c/groups, r, s) = sum over images and pixels of grad_output x shifted input.
+
+    Parallel over (group, block of 4 filters, batch chunk); the number of batch chunks depends
+    on the shape only, so the result is identical for every thread count.
+    """
+    cdef int nthreads = get_num_threads()
+    if x.dtype == np.float32:
+        _conv2d_grad_weight[float](grad_output, x, grad_weight, p, nthreads)
+    else:
+        _conv2d_grad_weight[double](grad_output, x, grad_weight, p, nthreads)
+
+
+def conv2d_grad_bias(grad_output, grad_bias, p):
+    """grad_bias (k,) = grad_output (n, k, out_h, out_w) summed over images and pixels."""
+    cdef int nthreads = get_num_threads()
+    cdef float[:, :, :, ::1] gy32
+    cdef double[:, :, :, ::1] gy64
+    cdef float[::1] gb32
+    cdef double[::1] gb64
+    cdef Py_ssize_t plane = p.out_h * p.out_w
+    if grad_output.dtype == np.float32:
+        gy32 = grad_output
+        gb32 = grad_bias
+        with nogil:
+            _grad_bias_core(&gy32[0, 0, 0, 0], &gb32[0], gy32.shape[0], gy32.shape[1], plane, nthreads)
+    else:
+        gy64 = grad_output
+        gb64 = grad_bias
+        with nogil:
+            _grad_bias_core(&gy64[0, 0, 0, 0], &gb64[0], gy64.shape[0], gy64.shape[1], plane, nthreads)
