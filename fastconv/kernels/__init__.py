@@ -37,4 +37,10 @@ KERNEL_TABLE = [
     ("max_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:max_pool2d_backward"),
     ("avg_pool2d_forward",  "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_forward"),
     ("avg_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_backward"),
+    ("conv2d_forward",      "im2col",    "numba",  f"{_NB}.im2col:conv2d_forward"),
+    ("conv2d_grad_input",   "im2col",    "numba",  f"{_NB}.im2col:conv2d_grad_input"),
+    ("conv2d_grad_weight",  "im2col",    "numba",  f"{_NB}.im2col:conv2d_grad_weight"),
+    ("conv2d_forward",      "im2col",    "cython", f"{_CY}.im2col:conv2d_forward"),
+    ("conv2d_grad_input",   "im2col",    "cython", f"{_CY}.im2col:conv2d_grad_input"),
+    ("conv2d_grad_weight",  "im2col",    "cython", f"{_CY}.im2col:conv2d_grad_weight"),
 ]

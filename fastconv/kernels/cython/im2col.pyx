@@ -1,0 +1,517 @@
+# cython: language_level=3
+"""im2col + GEMM convolution kernels, Cython backend (mirrors ``kernels/numba/im2col.py``).
+
+The convolution of one image and one group is a matrix product once the input is unfolded
+into a column matrix ``col`` whose row ``(c, r, s)`` holds, for every output pixel, the input
+value that tap ``(r, s)`` of channel ``c`` reads (zero where the tap falls in the padding)::
+
+    forward      y_g  (K_g x P)     = W_g (K_g x C_g R S) @ col_g (C_g R S x P)
+    grad_weight  gW_g (K_g x C_g R S) += gY_g (K_g x P) @ col_g^T          (transpose flag)
+    grad_input   col_g (C_g R S x P) = W_g^T @ gY_g, then col2im folds col back onto gX
+                 (adding up the taps that read the same input pixel)
+
+with ``P = out_h * out_w``. Rows are ordered ``(c, r, s)``, the memory order of the weight,
+so ``W_g`` is the weight array itself with no copy. The GEMMs are the row-major ``gemm`` of
+``blas.pxd`` (SciPy's sgemm/dgemm); transposes are flags, and ``beta = 1`` accumulates the
+weight gradient over images and adds the GEMM onto a bias written beforehand.
+
+Layouts. Two column layouts, chosen per call by the number of output pixels ``P``:
+
+* per image (``P >= WIDE_BELOW_PIXELS``): ``col`` is ``(chunk, C R S, P)``; each image and
+  group is one GEMM that writes straight into ``y`` (and reads ``grad_output`` in place).
+* wide (``P < WIDE_BELOW_PIXELS``, small images such as MNIST or late ResNet stages): ``col``
+  is ``(C R S, chunk * P)`` so one GEMM per group covers the whole chunk; per-image GEMMs
+  would be too thin for BLAS to run at speed. The forward result is then scattered into
+  ``y`` (adding the bias on the way), and the gradients first gather ``grad_output`` of the
+  chunk into a ``(K, chunk * P)`` matrix.
+
+A 1x1, stride-1, unpadded convolution needs no unfolding at all: the input of one image is
+already the ``(C, H W)`` column matrix, so each image and group is a single GEMM on the
+arrays as they are (``W @ X``, ``W^T @ gY``, ``gY @ X^T`` accumulated over images).
+
+Workspace policy. The column matrix (plus, in the wide layout, the ``(K, chunk * P)``
+scatter/gather matrix) is bounded by ``fastconv.limits.workspace_limit_bytes()`` (64 MiB by
+default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``): the batch is processed
+in chunks of ``chunk = clamp(budget // bytes_per_image, 1, N)`` images, so the last chunk may
+be shorter. The chunk is further capped at ``CACHE_TARGET_BYTES`` of workspace when that
+still leaves a full image, which keeps the column matrix in the last-level cache between the
+unfold that writes it and the GEMM that reads it (measured faster than one big chunk). An
+image whose own column matrix exceeds the budget still runs, as a chunk of one (subject only
+to ``fastconv.limits.max_allocation_bytes()``). Workspaces up to the budget are kept in a
+per-thread cache (``threading.local``) and reused by the next call of the same or a smaller
+size and the same dtype; a kernel never calls another kernel, so one buffer per thread and
+dtype is never used twice at once. Larger ones are freed after the call.
+
+Threads: the unfold, fold, scatter, gather and bias loops are ``prange`` loops over (image,
+channel, row) units that each own their output, so results do not depend on the thread
+count. The GIL is released for the whole computation. BLAS is never called inside a
+parallel region; it runs its own threads, set by ``fastconv.set_num_threads``.
+"""
+import threading
+
+import numpy as np
+
+from cython.parallel cimport prange
+
+from fastconv import limits
+from fastconv.threads import get_num_threads
+
+from fastconv.kernels.cython.blas cimport floating, gemm
+
+#: Below this many output pixels per image, the images of a chunk share one wide GEMM.
+WIDE_BELOW_PIXELS = 1024
+#: Chunks are cut down to about this much workspace (when one image fits) so that the column
+#: matrix is still in cache when the GEMM reads it.
+CACHE_TARGET_BYTES = 8 * 2**20
+
+
+ctypedef struct Geometry:
+    Py_ssize_t n, c, h, w, k, r, s
+    Py_ssize_t sh, sw, pt, pl, dh, dw, groups, oh, ow
+
+
+# ---------------------------------------------------------------- planning and workspace
+
+cdef Geometry _geometry(p):
+    """The call's sizes as one struct."""
+    cdef Geometry g
+    g.n, g.c, g.h, g.w, g.k, g.r, g.s = p.n, p.c, p.h, p.w, p.k, p.r, p.s
+    g.sh, g.sw, g.pt, g.pl, g.dh, g.dw = p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w
+    g.groups, g.oh, g.ow = p.groups, p.out_h, p.out_w
+    return g
+
+
+def _is_plain_pointwise(p):
+    """1x1, stride 1, no padding: the input is its own column matrix."""
+    return p.is_pointwise and p.stride_h == 1 and p.stride_w == 1
+
+
+def _plan(p):
+    """``(wide, chunk, col_elems, extra_elems)`` for a call: layout, images per chunk, sizes.
+
+    ``extra_elems`` is the ``(K, chunk * P)`` scatter/gather matrix of the wide layout (0
+    in the per-image layout).
+    """
+    pixels = p.out_h * p.out_w
+    wide = pixels < WIDE_BELOW_PIXELS and p.n > 1
+    col_per_image = p.c * p.r * p.s * pixels
+    per_image = col_per_image + (p.k * pixels if wide else 0)
+    itemsize = np.dtype(p.dtype).itemsize
+    per_image_bytes = per_image * itemsize
+    chunk = limits.workspace_limit_bytes() // per_image_bytes
+    chunk = min(chunk, max(1, CACHE_TARGET_BYTES // per_image_bytes))
+    chunk = max(1, min(p.n, chunk))
+    return wide, chunk, col_per_image * chunk, (p.k * pixels * chunk if wide else 0)
+
+
+_cache = threading.local()
+
+
+def _workspace(nelems, dtype):
+    """A scratch array of ``nelems`` elements, reused between calls on this thread."""
+    dtype = np.dtype(dtype)
+    buffers = getattr(_cache, "buffers", None)
+    if buffers is None:
+        buffers = _cache.buffers = {}
+    buf = buffers.get(dtype.char)
+    if buf is not None and buf.size >= nelems:
+        return buf[:nelems]
+    nbytes = nelems * dtype.itemsize
+    if nbytes > limits.workspace_limit_bytes():
+        # One image that alone exceeds the budget: allocate for this call only.
+        limits.check_allocation((nelems,), dtype.itemsize, "im2col workspace")
+        return np.empty(nelems, dtype)
+    buf = np.empty(nelems, dtype)
+    buffers[dtype.char] = buf
+    return buf
+
+
+def _workspace_cache_bytes():
+    """Bytes held by this thread's workspace cache (for tests and diagnostics)."""
+    buffers = getattr(_cache, "buffers", None) or {}
+    return sum(b.nbytes for b in buffers.values())
+
+
+# ---------------------------------------------------------------- unfold / fold loops
+
+cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                              Py_ssize_t out_size, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Output indices ``o`` in ``[lo, hi)`` with ``0 <= o * stride + offset < size``."""
+    cdef Py_ssize_t last = size - 1 - offset
+    lo[0] = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi[0] = 0 if last < 0 else min(out_size, last // stride + 1)
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
+cdef inline void _unfold_unit(const floating* x, floating* col, Py_ssize_t t, Py_ssize_t n0,
+                              Py_ssize_t img_stride, Py_ssize_t row_stride,
+                              const Geometry* g) noexcept nogil:
+    """Unit ``t`` = (image b, channel ci, kernel row i) of ``_unfold``."""
+    cdef Py_ssize_t b = t // (g.c * g.r)
+    cdef Py_ssize_t ci = (t // g.r) % g.c
+    cdef Py_ssize_t i = t % g.r
+    cdef Py_ssize_t j, oy, ox, off, d, src, dst, oy_lo, oy_hi, ox_lo, ox_hi
+    cdef Py_ssize_t ow = g.ow, sw = g.sw
+    cdef const floating* xs = x + ((n0 + b) * g.c + ci) * g.h * g.w
+    _valid_range(i * g.dh - g.pt, g.sh, g.h, g.oh, &oy_lo, &oy_hi)
+    for j in range(g.s):
+        off = j * g.dw - g.pl
+        _valid_range(off, sw, g.w, ow, &ox_lo, &ox_hi)
+        dst = b * img_stride + ((ci * g.r + i) * g.s + j) * row_stride
+        for oy in range(g.oh):
+            d = dst + oy * ow
+            if oy < oy_lo or oy >= oy_hi:
+                for ox in range(ow):
+                    col[d + ox] = 0
+                continue
+            src = (oy * g.sh + i * g.dh - g.pt) * g.w + off
+            for ox in range(ox_lo):
+                col[d + ox] = 0
+            if sw == 1:
+                for ox in range(ox_lo, ox_hi):
+                    col[d + ox] = xs[src + ox]
+            else:
+                for ox in range(ox_lo, ox_hi):
+                    col[d + ox] = xs[src + ox * sw]
+            for ox in range(ox_hi, ow):
+                col[d + ox] = 0
+
+
+cdef void _unfold(const floating* x, floating* col, Py_ssize_t n0, Py_ssize_t nb,
+                  Py_ssize_t img_stride, Py_ssize_t row_stride, const Geometry* g,
+                  int nthreads) noexcept nogil:
+    """col[b*img_stride + ((c*R + i)*S + j)*row_stride + oy*OW + ox] = x[n0+b, c, iy, ix].
+
+    One parallel unit per (image, channel, kernel row).
+    """
+    cdef Py_ssize_t t
+    for t in prange(nb * g.c * g.r, schedule="static", num_threads=nthreads):
+        _unfold_unit(x, col, t, n0, img_stride, row_stride, g)
+
+
+cdef inline void _fold_unit(const floating* col, floating* gx, Py_ssize_t t, Py_ssize_t n0,
+                            Py_ssize_t img_stride, Py_ssize_t row_stride,
+                            const Geometry* g) noexcept nogil:
+    """Unit ``t`` = (image b, channel ci, input row iy) of ``_fold``."""
+    cdef Py_ssize_t b = t // (g.c * g.h)
+    cdef Py_ssize_t ci = (t // g.h) % g.c
+    cdef Py_ssize_t iy = t % g.h
+    cdef Py_ssize_t i, j, ix, ty, oy, ox, off, src, ox_lo, ox_hi
+    cdef Py_ssize_t ow = g.ow, sw = g.sw
+    cdef floating* row = gx + ((n0 + b) * g.c + ci) * g.h * g.w + iy * g.w
+    cdef floating* dst
+    for ix in range(g.w):
+        row[ix] = 0
+    for i in range(g.r):
+        ty = iy + g.pt - i * g.dh
+        if ty < 0:
+            break  # ty only decreases with i
+        if ty % g.sh != 0:
+            continue
+        oy = ty // g.sh
+        if oy >= g.oh:
+            continue
+        for j in range(g.s):
+            off = j * g.dw - g.pl
+            _valid_range(off, sw, g.w, ow, &ox_lo, &ox_hi)
+            src = b * img_stride + ((ci * g.r + i) * g.s + j) * row_stride + oy * ow
+            dst = row + off
+            if sw == 1:
+                for ox in range(ox_lo, ox_hi):
+                    dst[ox] += col[src + ox]
+            else:
+                for ox in range(ox_lo, ox_hi):
+                    dst[ox * sw] += col[src + ox]
+
+
+cdef void _fold(const floating* col, floating* gx, Py_ssize_t n0, Py_ssize_t nb,
+                Py_ssize_t img_stride, Py_ssize_t row_stride, const Geometry* g,
+                int nthreads) noexcept nogil:
+    """gx[n0+b, c, iy, :] = sum of the col entries whose tap reads that input row (col2im).
+
+    One parallel unit per (image, channel, input row): it owns that row of ``gx``, so the
+    sums need no atomics and are added in the same order whatever the thread count.
+    """
+    cdef Py_ssize_t t
+    for t in prange(nb * g.c * g.h, schedule="static", num_threads=nthreads):
+        _fold_unit(col, gx, t, n0, img_stride, row_stride, g)
+
+
+cdef inline void _copy_row(const floating* src, floating* dst, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t q
+    for q in range(count):
+        dst[q] = src[q]
+
+
+cdef void _scatter(const floating* wide, floating* y, const floating* bias, Py_ssize_t n0,
+                   Py_ssize_t nb, Py_ssize_t k, Py_ssize_t pixels, int nthreads) noexcept nogil:
+    """y[n0+b, kk, :] = wide[kk, b*P:(b+1)*P] (+ bias[kk] unless NULL); ``wide`` is (K, nb*P)."""
+    cdef Py_ssize_t t, q, b, kk
+    cdef floating bv
+    cdef const floating* src
+    cdef floating* dst
+    for t in prange(nb * k, schedule="static", num_threads=nthreads):
+        b = t // k
+        kk = t % k
+        src = wide + kk * nb * pixels + b * pixels
+        dst = y + ((n0 + b) * k + kk) * pixels
+        if bias != NULL:
+            bv = bias[kk]
+            for q in range(pixels):
+                dst[q] = src[q] + bv
+        else:
+            _copy_row(src, dst, pixels)
+
+
+cdef void _gather(const floating* gy, floating* wide, Py_ssize_t n0, Py_ssize_t nb,
+                  Py_ssize_t k, Py_ssize_t pixels, int nthreads) noexcept nogil:
+    """wide[kk, b*P:(b+1)*P] = gy[n0+b, kk, :]: the chunk's gradients side by side."""
+    cdef Py_ssize_t t, b, kk
+    for t in prange(nb * k, schedule="static", num_threads=nthreads):
+        b = t // k
+        kk = t % k
+        _copy_row(gy + ((n0 + b) * k + kk) * pixels, wide + kk * nb * pixels + b * pixels, pixels)
+
+
+cdef void _fill_bias(floating* y, const floating* bias, Py_ssize_t n0, Py_ssize_t nb,
+                     Py_ssize_t k, Py_ssize_t pixels, int nthreads) noexcept nogil:
+    """y[n0+b, kk, :] = bias[kk] for the images of one chunk (a GEMM with beta=1 adds onto it)."""
+    cdef Py_ssize_t t, q, kk
+    cdef floating bv
+    cdef floating* dst
+    for t in prange(nb * k, schedule="static", num_threads=nthreads):
+        kk = t % k
+        dst = y + ((n0 + t // k) * k + kk) * pixels
+        bv = bias[kk]
+        for q in range(pixels):
+            dst[q] = bv
+
+
+# ---------------------------------------------------------------- GEMM drivers
+
+cdef void _forward_impl(const floating* x, const floating* w, const floating* bias,
+                        floating* y, floating* col, floating* extra, const Geometry* g,
+                        Py_ssize_t chunk, bint wide, int nthreads) noexcept nogil:
+    """y (N, K, P) <- conv(x, w (K, C_g R S)) chunk by chunk."""
+    cdef Py_ssize_t pixels = g.oh * g.ow
+    cdef Py_ssize_t kg = g.k // g.groups
+    cdef Py_ssize_t crs = (g.c // g.groups) * g.r * g.s
+    cdef Py_ssize_t per_image = g.c * g.r * g.s * pixels
+    cdef Py_ssize_t n0, nb, b, gi, cols
+    cdef floating beta = 0
+    n0 = 0
+    while n0 < g.n:  # one chunk per pass (a variable-step range would not compile to C)
+        nb = min(chunk, g.n - n0)
+        if wide:
+            cols = nb * pixels
+            _unfold(x, col, n0, nb, pixels, cols, g, nthreads)
+            for gi in range(g.groups):
+                gemm(False, False, <int>kg, <int>cols, <int>crs, <floating>1.0,
+                     w + gi * kg * crs, <int>crs, col + gi * crs * cols, <int>cols,
+                     <floating>0.0, extra + gi * kg * cols, <int>cols)
+            _scatter(extra, y, bias, n0, nb, g.k, pixels, nthreads)
+        else:
+            _unfold(x, col, n0, nb, per_image, pixels, g, nthreads)
+            if bias != NULL:
+                _fill_bias(y, bias, n0, nb, g.k, pixels, nthreads)
+                beta = 1
+            for b in range(nb):
+                for gi in range(g.groups):
+                    gemm(False, False, <int>kg, <int>pixels, <int>crs, <floating>1.0,
+                         w + gi * kg * crs, <int>crs, col + b * per_image + gi * crs * pixels,
+                         <int>pixels, beta, y + ((n0 + b) * g.k + gi * kg) * pixels, <int>pixels)
+        n0 += nb
+
+
+cdef void _grad_input_impl(const floating* gy, const floating* w, floating* gx, floating* col,
+                           floating* extra, const Geometry* g, Py_ssize_t chunk, bint wide,
+                           int nthreads) noexcept nogil:
+    """gx <- col2im(W^T @ gY) chunk by chunk."""
+    cdef Py_ssize_t pixels = g.oh * g.ow
+    cdef Py_ssize_t kg = g.k // g.groups
+    cdef Py_ssize_t crs = (g.c // g.groups) * g.r * g.s
+    cdef Py_ssize_t per_image = g.c * g.r * g.s * pixels
+    cdef Py_ssize_t n0, nb, b, gi, cols
+    n0 = 0
+    while n0 < g.n:  # one chunk per pass (a variable-step range would not compile to C)
+        nb = min(chunk, g.n - n0)
+        if wide:
+            cols = nb * pixels
+            _gather(gy, extra, n0, nb, g.k, pixels, nthreads)
+            for gi in range(g.groups):
+                gemm(True, False, <int>crs, <int>cols, <int>kg, <floating>1.0,
+                     w + gi * kg * crs, <int>crs, extra + gi * kg * cols, <int>cols,
+                     <floating>0.0, col + gi * crs * cols, <int>cols)
+            _fold(col, gx, n0, nb, pixels, cols, g, nthreads)
+        else:
+            for b in range(nb):
+                for gi in range(g.groups):
+                    gemm(True, False, <int>crs, <int>pixels, <int>kg, <floating>1.0,
+                         w + gi * kg * crs, <int>crs, gy + ((n0 + b) * g.k + gi * kg) * pixels,
+                         <int>pixels, <floating>0.0, col + b * per_image + gi * crs * pixels,
+                         <int>pixels)
+            _fold(col, gx, n0, nb, per_image, pixels, g, nthreads)
+        n0 += nb
+
+
+cdef void _grad_weight_impl(const floating* gy, const floating* x, floating* gw, floating* col,
+                            floating* extra, const Geometry* g, Py_ssize_t chunk, bint wide,
+                            int nthreads) noexcept nogil:
+    """gw (K, C_g R S) <- sum over images of gY @ col^T, chunk by chunk (beta=1 accumulates)."""
+    cdef Py_ssize_t pixels = g.oh * g.ow
+    cdef Py_ssize_t kg = g.k // g.groups
+    cdef Py_ssize_t crs = (g.c // g.groups) * g.r * g.s
+    cdef Py_ssize_t per_image = g.c * g.r * g.s * pixels
+    cdef Py_ssize_t n0, nb, b, gi, cols
+    cdef floating beta = 0
+    n0 = 0
+    while n0 < g.n:  # one chunk per pass (a variable-step range would not compile to C)
+        nb = min(chunk, g.n - n0)
+        if wide:
+            cols = nb * pixels
+            _unfold(x, col, n0, nb, pixels, cols, g, nthreads)
+            _gather(gy, extra, n0, nb, g.k, pixels, nthreads)
+            for gi in range(g.groups):
+                gemm(False, True, <int>kg, <int>crs, <int>cols, <floating>1.0,
+                     extra + gi * kg * cols, <int>cols, col + gi * crs * cols, <int>cols,
+                     beta, gw + gi * kg * crs, <int>crs)
+            beta = 1
+        else:
+            _unfold(x, col, n0, nb, per_image, pixels, g, nthreads)
+            for b in range(nb):
+                for gi in range(g.groups):
+                    gemm(False, True, <int>kg, <int>crs, <int>pixels, <floating>1.0,
+                         gy + ((n0 + b) * g.k + gi * kg) * pixels, <int>pixels,
+                         col + b * per_image + gi * crs * pixels, <int>pixels,
+                         beta, gw + gi * kg * crs, <int>crs)
+                beta = 1
+        n0 += nb
+
+
+# 1x1, stride 1, unpadded: GEMMs on the arrays as they are ((N, channels, H W) layouts).
+
+cdef void _forward_pointwise(const floating* x, const floating* w, const floating* bias,
+                             floating* y, const Geometry* g, int nthreads) noexcept nogil:
+    cdef Py_ssize_t hw = g.h * g.w
+    cdef Py_ssize_t cg = g.c // g.groups
+    cdef Py_ssize_t kg = g.k // g.groups
+    cdef Py_ssize_t i, gi
+    cdef floating beta = 0
+    if bias != NULL:
+        _fill_bias(y, bias, 0, g.n, g.k, hw, nthreads)
+        beta = 1
+    for i in range(g.n):
+        for gi in range(g.groups):
+            gemm(False, False, <int>kg, <int>hw, <int>cg, <floating>1.0, w + gi * kg * cg, <int>cg,
+                 x + (i * g.c + gi * cg) * hw, <int>hw, beta, y + (i * g.k + gi * kg) * hw, <int>hw)
+
+
+cdef void _grad_input_pointwise(const floating* gy, const floating* w, floating* gx,
+                                const Geometry* g) noexcept nogil:
+    cdef Py_ssize_t hw = g.h * g.w
+    cdef Py_ssize_t cg = g.c // g.groups
+    cdef Py_ssize_t kg = g.k // g.groups
+    cdef Py_ssize_t i, gi
+    for i in range(g.n):
+        for gi in range(g.groups):
+            gemm(True, False, <int>cg, <int>hw, <int>kg, <floating>1.0, w + gi * kg * cg, <int>cg,
+                 gy + (i * g.k + gi * kg) * hw, <int>hw, <floating>0.0,
+                 gx + (i * g.c + gi * cg) * hw, <int>hw)
+
+
+cdef void _grad_weight_pointwise(const floating* gy, const floating* x, floating* gw,
+                                 const Geometry* g) noexcept nogil:
+    cdef Py_ssize_t hw = g.h * g.w
+    cdef Py_ssize_t cg = g.c // g.groups
+    cdef Py_ssize_t kg = g.k // g.groups
+    cdef Py_ssize_t i, gi
+    cdef floating beta = 0
+    for i in range(g.n):
+        for gi in range(g.groups):
+            gemm(False, True, <int>kg, <int>cg, <int>hw, <floating>1.0,
+                 gy + (i * g.k + gi * kg) * hw, <int>hw, x + (i * g.c + gi * cg) * hw, <int>hw,
+                 beta, gw + gi * kg * cg, <int>cg)
+        beta = 1
+
+
+# ---------------------------------------------------------------- typed entry points
+# Fused-type def functions: Cython picks the float or double version from the arrays.
+
+def _forward(const floating[::1] x, const floating[::1] w, const floating[::1] bias, bint has_bias,
+             floating[::1] y, floating[::1] ws, Py_ssize_t col_elems, p, Py_ssize_t chunk,
+             bint wide, bint pointwise, int nthreads):
+    cdef Geometry g = _geometry(p)
+    cdef const floating* bptr = &bias[0] if has_bias else NULL
+    cdef floating* wsptr = &ws[0] if ws.shape[0] > 0 else NULL
+    with nogil:
+        if pointwise:
+            _forward_pointwise(&x[0], &w[0], bptr, &y[0], &g, nthreads)
+        else:
+            _forward_impl(&x[0], &w[0], bptr, &y[0], wsptr, wsptr + col_elems, &g, chunk, wide,
+                          nthreads)
+
+
+def _grad_input(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
+                floating[::1] ws, Py_ssize_t col_elems, p, Py_ssize_t chunk, bint wide,
+                bint pointwise, int nthreads):
+    cdef Geometry g = _geometry(p)
+    cdef floating* wsptr = &ws[0] if ws.shape[0] > 0 else NULL
+    with nogil:
+        if pointwise:
+            _grad_input_pointwise(&gy[0], &w[0], &gx[0], &g)
+        else:
+            _grad_input_impl(&gy[0], &w[0], &gx[0], wsptr, wsptr + col_elems, &g, chunk, wide,
+                             nthreads)
+
+
+def _grad_weight(const floating[::1] gy, const floating[::1] x, floating[::1] gw,
+                 floating[::1] ws, Py_ssize_t col_elems, p, Py_ssize_t chunk, bint wide,
+                 bint pointwise, int nthreads):
+    cdef Geometry g = _geometry(p)
+    cdef floating* wsptr = &ws[0] if ws.shape[0] > 0 else NULL
+    with nogil:
+        if pointwise:
+            _grad_weight_pointwise(&gy[0], &x[0], &gw[0], &g)
+        else:
+            _grad_weight_impl(&gy[0], &x[0], &gw[0], wsptr, wsptr + col_elems, &g, chunk, wide,
+                              nthreads)
+
+
+# ---------------------------------------------------------------- public kernels
+
+def _prepare(p, dtype):
+    """``(pointwise, wide, chunk, col_elems, workspace)`` for a call."""
+    if _is_plain_pointwise(p):
+        return True, False, 1, 0, np.empty(0, dtype)
+    wide, chunk, col_elems, extra_elems = _plan(p)
+    return False, wide, chunk, col_elems, _workspace(col_elems + extra_elems, dtype)
+
+
+def conv2d_forward(x, weight, bias, y, params):
+    """y (N, K, OH, OW) = x (N, C, H, W) conv weight (K, C/groups, R, S) + bias (K,) or None.
+
+    All arrays C-contiguous float32 or float64 (the dtype of ``params``).
+    """
+    nthreads = get_num_threads()
+    pointwise, wide, chunk, col_elems, ws = _prepare(params, x.dtype)
+    has_bias = bias is not None
+    b = bias if has_bias else np.empty(0, x.dtype)
+    _forward(x.reshape(-1), weight.reshape(-1), b, has_bias, y.reshape(-1), ws, col_elems,
+             params, chunk, wide, pointwise, nthreads)
+
+
+def conv2d_grad_input(grad_output, weight, grad_input, params):
+    """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/groups, R, S)."""
+    nthreads = get_num_threads()
+    pointwise, wide, chunk, col_elems, ws = _prepare(params, grad_input.dtype)
+    _grad_input(grad_output.reshape(-1), weight.reshape(-1), grad_input.reshape(-1), ws,
+                col_elems, params, chunk, wide, pointwise, nthreads)
+
+
+def conv2d_grad_weight(grad_output, x, grad_weight, params):
+    """grad_weight (K, C/groups, R, S) from grad_output (N, K, OH, OW) and x (N, C, H, W)."""
+    nthreads = get_num_threads()
+    pointwise, wide, chunk, col_elems, ws = _prepare(params, x.dtype)
+    _grad_weight(grad_output.reshape(-1), x.reshape(-1), grad_weight.reshape(-1), ws,
+                 col_elems, params, chunk, wide, pointwise, nthreads)
