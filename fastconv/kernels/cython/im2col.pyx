@@ -5,47 +5,51 @@ The convolution of one image and one group is a matrix product once the input is
 into a column matrix ``col`` whose row ``(c, r, s)`` holds, for every output pixel, the input
 value that tap ``(r, s)`` of channel ``c`` reads (zero where the tap falls in the padding)::
 
-    forward      y_g  (K_g x P)     = W_g (K_g x C_g R S) @ col_g (C_g R S x P)
-    grad_weight  gW_g (K_g x C_g R S) += gY_g (K_g x P) @ col_g^T          (transpose flag)
-    grad_input   col_g (C_g R S x P) = W_g^T @ gY_g, then col2im folds col back onto gX
+    forward      y_g  (K_g x P)        = W_g (K_g x C_g R S) @ col_g (C_g R S x P)
+    grad_weight  gW_g^T (C_g R S x K_g) += col_g @ gY_g^T, transposed once at the end
+    grad_input   col_g (C_g R S x P)   = W_g^T @ gY_g, then col2im folds col back onto gX
                  (adding up the taps that read the same input pixel)
 
 with ``P = out_h * out_w``. Rows are ordered ``(c, r, s)``, the memory order of the weight,
 so ``W_g`` is the weight array itself with no copy. The GEMMs are the row-major ``gemm`` of
-``blas.pxd`` (SciPy's sgemm/dgemm); transposes are flags, and ``beta = 1`` accumulates the
-weight gradient over images and adds the GEMM onto a bias written beforehand.
+``blas.pxd`` (SciPy's sgemm/dgemm); transposes are flags, ``beta = 1`` accumulates the
+weight gradient over images and adds the forward GEMM onto the bias written beforehand.
+The weight gradient is summed transposed because SciPy's OpenBLAS ran ``col @ gY^T``
+5-60% faster than ``gY @ col^T`` on the conv shapes (1 thread, development machine).
 
 Layouts. Two column layouts, chosen per call by the number of output pixels ``P``:
 
 * per image (``P >= WIDE_BELOW_PIXELS``): ``col`` is ``(chunk, C R S, P)``; each image and
   group is one GEMM that writes straight into ``y`` (and reads ``grad_output`` in place).
 * wide (``P < WIDE_BELOW_PIXELS``, small images such as MNIST or late ResNet stages): ``col``
-  is ``(C R S, chunk * P)`` so one GEMM per group covers the whole chunk; per-image GEMMs
-  would be too thin for BLAS to run at speed. The forward result is then scattered into
-  ``y`` (adding the bias on the way), and the gradients first gather ``grad_output`` of the
-  chunk into a ``(K, chunk * P)`` matrix.
+  is ``(C R S, chunk * P)`` so one GEMM per group covers about ``WIDE_COLUMNS`` columns;
+  per-image GEMMs would be too thin for BLAS to run at speed. The forward result is then
+  scattered into ``y`` (adding the bias on the way), and the gradients first gather
+  ``grad_output`` of the chunk into a ``(K, chunk * P)`` matrix.
 
 A 1x1, stride-1, unpadded convolution needs no unfolding at all: the input of one image is
-already the ``(C, H W)`` column matrix, so each image and group is a single GEMM on the
-arrays as they are (``W @ X``, ``W^T @ gY``, ``gY @ X^T`` accumulated over images).
+already the ``(C, H W)`` column matrix, so each image and group is one GEMM on the arrays as
+they are (``W @ X``, ``W^T @ gY``, and ``X @ gY^T`` summed over images for the weight).
 
 Workspace policy. The column matrix (plus, in the wide layout, the ``(K, chunk * P)``
-scatter/gather matrix) is bounded by ``fastconv.limits.workspace_limit_bytes()`` (64 MiB by
-default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``): the batch is processed
-in chunks of ``chunk = clamp(budget // bytes_per_image, 1, N)`` images, so the last chunk may
-be shorter. The chunk is further capped at ``CACHE_TARGET_BYTES`` of workspace when that
-still leaves a full image, which keeps the column matrix in the last-level cache between the
-unfold that writes it and the GEMM that reads it (measured faster than one big chunk). An
-image whose own column matrix exceeds the budget still runs, as a chunk of one (subject only
-to ``fastconv.limits.max_allocation_bytes()``). Workspaces up to the budget are kept in a
-per-thread cache (``threading.local``) and reused by the next call of the same or a smaller
-size and the same dtype; a kernel never calls another kernel, so one buffer per thread and
-dtype is never used twice at once. Larger ones are freed after the call.
+scatter/gather matrix) never exceeds ``fastconv.limits.workspace_limit_bytes()`` (64 MiB by
+default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``) unless one image alone
+needs more: the batch is processed in chunks of ``chunk`` images, the last chunk possibly
+shorter, with ``chunk = clamp(wanted, 1, min(N, budget // bytes_per_image))``. ``wanted``
+is ``ceil(WIDE_COLUMNS / P)`` images in the wide layout and ``CACHE_TARGET_BYTES //
+bytes_per_image`` in the per-image layout, so that the column matrix is still in cache when
+the GEMM reads it. An image whose own column matrix exceeds the budget still runs, as a
+chunk of one (only ``fastconv.limits.max_allocation_bytes()`` can refuse it). Workspaces
+within the budget are kept in a per-thread cache (``threading.local``: one buffer per
+thread and dtype, grown when a call needs more) and reused by later calls; a kernel never
+calls another kernel, so a buffer is never in use twice at once. Over-budget workspaces are
+freed after their call. (The weight gradient's small transposed accumulator, the size of
+the weight, is allocated per call.)
 
-Threads: the unfold, fold, scatter, gather and bias loops are ``prange`` loops over (image,
-channel, row) units that each own their output, so results do not depend on the thread
-count. The GIL is released for the whole computation. BLAS is never called inside a
-parallel region; it runs its own threads, set by ``fastconv.set_num_threads``.
+Threads: every parallel loop is a ``prange`` over (image, channel, row) units that each own
+their output, so results do not depend on the thread count. The GIL is released for the
+whole computation. BLAS is never called inside a parallel region; it runs its own threads,
+set with the others by ``fastconv.set_num_threads``.
 """
 import threading
 
