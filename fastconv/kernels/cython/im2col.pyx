@@ -75,6 +75,7 @@ CACHE_TARGET_BYTES = 2 * 2**20
 ctypedef struct Geometry:
     Py_ssize_t n, c, h, w, k, r, s
     Py_ssize_t sh, sw, pt, pl, dh, dw, groups, oh, ow
+    const Py_ssize_t* taps  # (S, 2) from _tap_columns, set where the fold needs it
 
 
 # ---------------------------------------------------------------- planning and workspace
@@ -85,6 +86,7 @@ cdef Geometry _geometry(p):
     g.n, g.c, g.h, g.w, g.k, g.r, g.s = p.n, p.c, p.h, p.w, p.k, p.r, p.s
     g.sh, g.sw, g.pt, g.pl, g.dh, g.dw = p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w
     g.groups, g.oh, g.ow = p.groups, p.out_h, p.out_w
+    g.taps = NULL
     return g
 
 
@@ -114,6 +116,19 @@ def _plan(p):
 
 
 _cache = threading.local()
+
+
+def _tap_columns(p):
+    """(S, 2) array: for each kernel column j, the output columns ``[lo, hi)`` it reads inside
+    the image (the others read padding)."""
+    taps = np.empty((p.s, 2), np.intp)
+    for j in range(p.s):
+        off = j * p.dil_w - p.pad_left
+        lo = 0 if off >= 0 else (-off + p.stride_w - 1) // p.stride_w
+        last = p.w - 1 - off
+        hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
+        taps[j] = lo, max(lo, hi)
+    return taps
 
 
 def _workspace(nelems, dtype):
@@ -206,32 +221,35 @@ cdef inline void _fold_unit(const floating* col, floating* gx, Py_ssize_t t, Py_
     cdef Py_ssize_t b = t // (g.c * g.h)
     cdef Py_ssize_t ci = (t // g.h) % g.c
     cdef Py_ssize_t iy = t % g.h
-    cdef Py_ssize_t i, j, ix, ty, oy, ox, off, src, ox_lo, ox_hi
-    cdef Py_ssize_t ow = g.ow, sw = g.sw
+    cdef Py_ssize_t i, j, ix, ty, oy, ox, off, base, ox_hi
+    cdef Py_ssize_t sw = g.sw
     cdef floating* row = gx + ((n0 + b) * g.c + ci) * g.h * g.w + iy * g.w
-    cdef floating* dst
+    cdef const floating* src
     for ix in range(g.w):
         row[ix] = 0
     for i in range(g.r):
         ty = iy + g.pt - i * g.dh
         if ty < 0:
             break  # ty only decreases with i
-        if ty % g.sh != 0:
+        if g.sh == 1:
+            oy = ty
+        elif ty % g.sh != 0:
             continue
-        oy = ty // g.sh
+        else:
+            oy = ty // g.sh
         if oy >= g.oh:
             continue
+        base = b * img_stride + (ci * g.r + i) * g.s * row_stride + oy * g.ow
         for j in range(g.s):
+            src = col + base + j * row_stride
             off = j * g.dw - g.pl
-            _valid_range(off, sw, g.w, ow, &ox_lo, &ox_hi)
-            src = b * img_stride + ((ci * g.r + i) * g.s + j) * row_stride + oy * ow
-            dst = row + off
+            ox_hi = g.taps[2 * j + 1]
             if sw == 1:
-                for ox in range(ox_lo, ox_hi):
-                    dst[ox] += col[src + ox]
+                for ox in range(g.taps[2 * j], ox_hi):
+                    row[off + ox] += src[ox]
             else:
-                for ox in range(ox_lo, ox_hi):
-                    dst[ox * sw] += col[src + ox]
+                for ox in range(g.taps[2 * j], ox_hi):
+                    row[off + ox * sw] += src[ox]
 
 
 cdef void _fold(const floating* col, floating* gx, Py_ssize_t n0, Py_ssize_t nb,
@@ -483,6 +501,8 @@ def _grad_input(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
                 floating[::1] ws, Py_ssize_t col_elems, p, Py_ssize_t chunk, bint wide,
                 bint pointwise, int nthreads):
     cdef Geometry g = _geometry(p)
+    cdef const Py_ssize_t[:, ::1] taps = _tap_columns(p)
+    g.taps = &taps[0, 0]
     cdef floating* wsptr = &ws[0] if ws.shape[0] > 0 else NULL
     with nogil:
         if pointwise:

@@ -108,6 +108,19 @@ def _plan(p):
 _cache = threading.local()
 
 
+def _tap_columns(p):
+    """(S, 2) array: for each kernel column j, the output columns ``[lo, hi)`` it reads inside
+    the image (the others read padding)."""
+    taps = np.empty((p.s, 2), np.intp)
+    for j in range(p.s):
+        off = j * p.dil_w - p.pad_left
+        lo = 0 if off >= 0 else (-off + p.stride_w - 1) // p.stride_w
+        last = p.w - 1 - off
+        hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
+        taps[j] = lo, max(lo, hi)
+    return taps
+
+
 def _workspace(nelems, dtype):
     """A scratch array of ``nelems`` elements, reused between calls on this thread."""
     dtype = np.dtype(dtype)
@@ -189,11 +202,13 @@ def _unfold(x, col, n0, nb, img_stride, row_stride, geo):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _fold(col, gx, n0, nb, img_stride, row_stride, geo):
+def _fold(col, gx, n0, nb, img_stride, row_stride, geo, taps):
     """gx[n0+b, c, iy, :] = sum of the col entries whose tap reads that input row (col2im).
 
-    One parallel unit per (image, channel, input row): it owns that row of ``gx``, so the
-    sums need no atomics and are added in the same order whatever the thread count.
+    ``taps[j]`` is the ``[lo, hi)`` range of output columns whose tap ``j`` reads inside the
+    image (``_tap_columns``). One parallel unit per (image, channel, input row): it owns that
+    row of ``gx``, so the sums need no atomics and are added in the same order whatever the
+    thread count.
     """
     (_, c, h, w, _, r, s, sh, sw, pt, pl, dh, dw, _, oh, ow) = geo
     for t in prange(nb * c * h):
@@ -207,21 +222,24 @@ def _fold(col, gx, n0, nb, img_stride, row_stride, geo):
             ty = iy + pt - i * dh
             if ty < 0:
                 break  # ty only decreases with i
-            if ty % sh != 0:
+            if sh == 1:
+                oy = ty
+            elif ty % sh != 0:
                 continue
-            oy = ty // sh
+            else:
+                oy = ty // sh
             if oy >= oh:
                 continue
+            base = b * img_stride + (ci * r + i) * s * row_stride + oy * ow
             for j in range(s):
+                src = uintp(base + j * row_stride)
                 off = j * dw - pl
-                ox_lo, ox_hi = _valid_range(off, sw, w, ow)
-                src = uintp(b * img_stride + ((ci * r + i) * s + j) * row_stride + oy * ow)
                 if sw == 1:
                     dst = uintp(row + off)  # row + off + ox >= row for every valid ox
-                    for q in range(uintp(ox_lo), uintp(ox_hi)):
+                    for q in range(uintp(taps[j, 0]), uintp(taps[j, 1])):
                         gx[dst + q] += col[src + q]
                 else:
-                    for q in range(uintp(ox_lo), uintp(ox_hi)):
+                    for q in range(uintp(taps[j, 0]), uintp(taps[j, 1])):
                         gx[uintp(row + off + q * sw)] += col[src + q]
 
 
@@ -329,6 +347,7 @@ def conv2d_grad_input(grad_output, weight, grad_input, params):
     wide, chunk, col_elems, extra_elems = _plan(p)
     ws = _workspace(col_elems + extra_elems, grad_input.dtype)
     geo = _geometry(p)
+    taps = _tap_columns(p)
     gyf, gxf = grad_output.reshape(-1), grad_input.reshape(-1)
     for n0 in range(0, p.n, chunk):
         nb = min(chunk, p.n - n0)
@@ -338,11 +357,11 @@ def conv2d_grad_input(grad_output, weight, grad_input, params):
             _gather(gyf, gathered, n0, nb, p.k, pixels)
             col = ws[:p.c * p.r * p.s * cols]
             np.matmul(wgt, gathered.reshape(groups, kg, cols), out=col.reshape(groups, crs, cols))
-            _fold(col, gxf, n0, nb, pixels, cols, geo)
+            _fold(col, gxf, n0, nb, pixels, cols, geo, taps)
         else:
             col = ws[:nb * p.c * p.r * p.s * pixels]
             np.matmul(wgt, gy4[n0:n0 + nb], out=col.reshape(nb, groups, crs, pixels))
-            _fold(col, gxf, n0, nb, p.c * p.r * p.s * pixels, pixels, geo)
+            _fold(col, gxf, n0, nb, p.c * p.r * p.s * pixels, pixels, geo, taps)
 
 
 def conv2d_grad_weight(grad_output, x, grad_weight, params):
