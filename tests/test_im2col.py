@@ -111,6 +111,23 @@ def test_chunked_result_equals_unchunked(budget, backend):
     np.testing.assert_allclose(chunked[2], whole[2], rtol=1e-12, atol=1e-12)
 
 
+# Taps that read nothing but padding (kernel wider than the padded image minus dilation
+# gaps): their whole column-matrix row is zero, and no write may spill into the next row.
+ALL_PADDING_TAPS = [
+    ConvCase("cols", (3, 1, 1, 1), 2, (1, 3), padding=(0, 2), dilation=(1, 2)),
+    ConvCase("rows", (3, 2, 1, 2), 2, (3, 1), padding=(2, 0), dilation=(2, 1)),
+    ConvCase("both_strided", (4, 2, 2, 2), 3, (3, 3), stride=2, padding=3, dilation=2),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", ALL_PADDING_TAPS, ids=lambda c: c.name)
+def test_taps_entirely_in_padding(backend, dtype, case):
+    _module(backend)
+    _check_all(case, dtype, backend)
+
+
 # ---------------------------------------------------------------- 1x1 fast path
 
 POINTWISE = [

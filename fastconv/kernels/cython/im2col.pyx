@@ -124,7 +124,7 @@ def _tap_columns(p):
     taps = np.empty((p.s, 2), np.intp)
     for j in range(p.s):
         off = j * p.dil_w - p.pad_left
-        lo = 0 if off >= 0 else (-off + p.stride_w - 1) // p.stride_w
+        lo = 0 if off >= 0 else min(p.out_w, (-off + p.stride_w - 1) // p.stride_w)
         last = p.w - 1 - off
         hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
         taps[j] = lo, max(lo, hi)
@@ -160,9 +160,13 @@ def _workspace_cache_bytes():
 
 cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
                               Py_ssize_t out_size, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
-    """Output indices ``o`` in ``[lo, hi)`` with ``0 <= o * stride + offset < size``."""
+    """Output indices ``o`` in ``[lo, hi)`` with ``0 <= o * stride + offset < size``.
+
+    Both ends lie in ``[0, out_size]``, ``lo <= hi``: a tap that reads only padding gets an
+    empty range (it must not zero-fill past the end of its output row).
+    """
     cdef Py_ssize_t last = size - 1 - offset
-    lo[0] = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    lo[0] = 0 if offset >= 0 else min(out_size, (-offset + stride - 1) // stride)
     hi[0] = 0 if last < 0 else min(out_size, last // stride + 1)
     if hi[0] < lo[0]:
         hi[0] = lo[0]

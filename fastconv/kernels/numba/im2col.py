@@ -114,7 +114,7 @@ def _tap_columns(p):
     taps = np.empty((p.s, 2), np.intp)
     for j in range(p.s):
         off = j * p.dil_w - p.pad_left
-        lo = 0 if off >= 0 else (-off + p.stride_w - 1) // p.stride_w
+        lo = 0 if off >= 0 else min(p.out_w, (-off + p.stride_w - 1) // p.stride_w)
         last = p.w - 1 - off
         hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
         taps[j] = lo, max(lo, hi)
@@ -150,8 +150,12 @@ def _workspace_cache_bytes():
 
 @njit(inline="always", **JIT_OPTIONS)
 def _valid_range(offset, stride, size, out_size):
-    """Output indices ``o`` in ``[lo, hi)`` with ``0 <= o * stride + offset < size``."""
-    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    """Output indices ``o`` in ``[lo, hi)`` with ``0 <= o * stride + offset < size``.
+
+    Both ends lie in ``[0, out_size]``, ``lo <= hi``: a tap that reads only padding gets an
+    empty range (it must not zero-fill past the end of its output row).
+    """
+    lo = 0 if offset >= 0 else min(out_size, (-offset + stride - 1) // stride)
     last = size - 1 - offset
     hi = 0 if last < 0 else min(out_size, last // stride + 1)
     if hi < lo:
