@@ -199,6 +199,9 @@ cdef inline void _unfold_unit(const floating* x, floating* col, Py_ssize_t t, Py
             if sw == 1:
                 for ox in range(ox_lo, ox_hi):
                     col[d + ox] = xs[src + ox]
+            elif sw == 2:  # a constant stride vectorises
+                for ox in range(ox_lo, ox_hi):
+                    col[d + ox] = xs[src + ox * 2]
             else:
                 for ox in range(ox_lo, ox_hi):
                     col[d + ox] = xs[src + ox * sw]
