@@ -56,10 +56,10 @@ def _check_all(case, dtype, backend, seed=0):
 
 
 def _per_image_bytes(module, case, dtype):
-    """Workspace bytes one image needs under the module's plan (column + scatter matrices)."""
-    p = case.params(dtype)
-    _, chunk, col, extra = module._plan(p)
-    return (col + extra) // chunk * np.dtype(dtype).itemsize
+    """Workspace bytes one whole image needs under the module's plan (column + scatter)."""
+    plan = module._plan(case.params(dtype))
+    assert plan.rows == case.params(dtype).out_h  # whole images, not bands
+    return (plan.col_elems + plan.extra_elems) // plan.chunk * np.dtype(dtype).itemsize
 
 
 # A small image (wide layout: several images share a GEMM) and a large one (per-image GEMMs),
@@ -78,9 +78,32 @@ def test_chunk_boundaries(budget, backend, dtype, case, wide, images_per_chunk):
     module = _module(backend)
     assert case.x[0] % images_per_chunk != 0
     budget(images_per_chunk * _per_image_bytes(module, case, dtype))
-    plan_wide, chunk, _, _ = module._plan(case.params(dtype))
-    assert (plan_wide, chunk) == (wide, images_per_chunk)
+    plan = module._plan(case.params(dtype))
+    assert (plan.wide, plan.chunk) == (wide, images_per_chunk)
     _check_all(case, dtype, backend)
+
+
+BAND_CASE = ConvCase("bands", (3, 4, 23, 60), 6, (3, 4), stride=(1, 2), padding=(1, 2),
+                     dilation=(2, 1), groups=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows_per_band", [1, 4, 8])
+def test_row_bands(budget, backend, dtype, rows_per_band):
+    """An image over budget is split into bands of output rows (the last one shorter) for
+    the forward pass and the weight gradient; grad_input still takes whole images."""
+    module = _module(backend)
+    p = BAND_CASE.params(dtype)
+    assert p.out_h % rows_per_band != 0 or rows_per_band == 1
+    row_bytes = p.c * p.r * p.s * p.out_w * np.dtype(dtype).itemsize
+    budget(rows_per_band * row_bytes + 1)
+    plan = module._plan(p)
+    assert (plan.wide, plan.chunk, plan.rows) == (False, 1, rows_per_band)
+    assert plan.col_elems * np.dtype(dtype).itemsize <= rows_per_band * row_bytes
+    whole = module._plan(p, bands=False)
+    assert (whole.chunk, whole.rows) == (1, p.out_h)
+    _check_all(BAND_CASE, dtype, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -90,8 +113,8 @@ def test_image_over_budget_runs_as_chunk_of_one(budget, backend, case):
     module = _module(backend)
     budget(64)
     p = case.params("float64")
-    _, chunk, col, extra = module._plan(p)
-    assert chunk == 1 and (col + extra) * 8 > 64
+    plan = module._plan(p)
+    assert plan.chunk == 1 and (plan.col_elems + plan.extra_elems) * 8 > 64
     before = module._workspace_cache_bytes()
     _check_all(case, "float64", backend)
     # The over-budget workspace lives for one call only; it is not kept in the cache.
@@ -272,22 +295,20 @@ def test_read_only_inputs(backend):
         assert_close(got, r, "float32", "im2col")
 
 
-def test_plan_respects_budget_and_layout_rule():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plan_respects_budget_and_layout_rule(budget, backend):
     """Chunk sizes follow the budget; the layout follows the output size."""
-    from fastconv.kernels.numba import im2col as module  # the Cython plan is the same code
-
+    module = _module(backend)
     p = conv_params((10, 4, 8, 8), (6, 4, 3, 3), 1, 1, 1, 1, "float32")
-    wide, _, _, _ = module._plan(p)
-    assert wide  # 64 output pixels per image
+    assert module._plan(p).wide  # 64 output pixels per image
     p_big = conv_params((3, 2, 40, 40), (2, 2, 3, 3), 1, 1, 1, 1, "float32")
-    assert not module._plan(p_big)[0]  # 1600 output pixels
-    assert not module._plan(conv_params((1, 4, 8, 8), (6, 4, 3, 3), 1, 1, 1, 1, "float32"))[0]
-    try:
-        per_image = (4 * 9 * 64 + 6 * 64) * 4
-        for images in (1, 3, 10):
-            fastconv.set_workspace_limit(images * per_image + 1)
-            assert module._plan(p)[1] == images
-        fastconv.set_workspace_limit(50 * per_image)
-        assert module._plan(p)[1] == 10  # never more than the batch
-    finally:
-        fastconv.set_workspace_limit(None)
+    assert not module._plan(p_big).wide  # 1600 output pixels
+    assert not module._plan(conv_params((1, 4, 8, 8), (6, 4, 3, 3), 1, 1, 1, 1, "float32")).wide
+    per_image = (4 * 9 * 64 + 6 * 64) * 4
+    for images in (1, 3, 10):
+        budget(images * per_image + 1)
+        plan = module._plan(p)
+        assert plan.chunk == images
+        assert (plan.col_elems + plan.extra_elems) * 4 <= images * per_image
+    budget(50 * per_image)
+    assert module._plan(p).chunk == 10  # never more than the batch
