@@ -133,9 +133,6 @@ def _plan(p, bands=True):
     return Plan(False, chunk, p.out_h, crs_all * pixels * chunk, 0)
 
 
-_cache = threading.local()
-
-
 def _tap_columns(p):
     """(S, 2) array: for each kernel column j, the output columns ``[lo, hi)`` it reads inside
     the image (the others read padding)."""
@@ -147,6 +144,9 @@ def _tap_columns(p):
         hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
         taps[j] = lo, max(lo, hi)
     return taps
+
+
+_cache = threading.local()
 
 
 def _workspace(nelems, dtype):

@@ -63,7 +63,7 @@ parallel region; it runs its own threads, set with the others by
 ``fastconv.set_num_threads``.
 """
 import threading
-from typing import NamedTuple
+from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange, uintp
@@ -94,14 +94,11 @@ def _is_plain_pointwise(p):
     return p.is_pointwise and p.stride_h == 1 and p.stride_w == 1
 
 
-class Plan(NamedTuple):
-    """How a call walks the batch: see the module docstring."""
-
-    wide: bool  # images side by side in one GEMM (else one GEMM per image, or per band)
-    chunk: int  # images per pass
-    rows: int  # output rows per band (out_h: whole images)
-    col_elems: int  # column matrix workspace, elements
-    extra_elems: int  # (K, chunk * P) scatter/gather matrix of the wide layout, elements
+#: How a call walks the batch (see the module docstring): ``wide`` (images side by side in
+#: one GEMM, else one GEMM per image or per band), ``chunk`` (images per pass), ``rows``
+#: (output rows per band; out_h for whole images), and the workspace sizes in elements of
+#: the column matrix and of the wide layout's (K, chunk * P) scatter/gather matrix.
+Plan = namedtuple("Plan", "wide chunk rows col_elems extra_elems")
 
 
 def _plan(p, bands=True):
@@ -126,9 +123,6 @@ def _plan(p, bands=True):
     return Plan(False, chunk, p.out_h, crs_all * pixels * chunk, 0)
 
 
-_cache = threading.local()
-
-
 def _tap_columns(p):
     """(S, 2) array: for each kernel column j, the output columns ``[lo, hi)`` it reads inside
     the image (the others read padding)."""
@@ -140,6 +134,9 @@ def _tap_columns(p):
         hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
         taps[j] = lo, max(lo, hi)
     return taps
+
+
+_cache = threading.local()
 
 
 def _workspace(nelems, dtype):
