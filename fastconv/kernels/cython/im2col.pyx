@@ -25,8 +25,9 @@ Layouts. Two column layouts, chosen per call by the number of output pixels ``P`
   matrix stays within ``CACHE_TARGET_BYTES``: the band is still in cache when the GEMM
   reads it, and GEMMs of about a thousand columns ran as fast as or faster than whole
   images (ResNet 64@56x56, plain and dilated, 1 thread: 0-14% less time for the forward
-  pass and the weight gradient).
-  grad_input keeps whole images, since col2im needs every tap of an input row.
+  pass and the weight gradient). For grad_input each band's columns are folded at once
+  onto the input rows they touch; rows shared with the previous band keep their sums
+  (``_band_table``).
 * wide (``P < WIDE_BELOW_PIXELS``, small images such as MNIST or late ResNet stages): ``col``
   is ``(C R S, chunk * P)`` so one GEMM per group covers about ``WIDE_COLUMNS`` columns;
   per-image GEMMs would be too thin for BLAS to run at speed. The forward result is then
@@ -39,18 +40,18 @@ they are (``W @ X``, ``W^T @ gY``, and ``X @ gY^T`` summed over images for the w
 
 Workspace policy. The column matrix (plus, in the wide layout, the ``(K, chunk * P)``
 scatter/gather matrix) never exceeds ``fastconv.limits.workspace_limit_bytes()`` (64 MiB by
-default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``), with two exceptions
+default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``), with one exception
 below: the batch is processed in chunks of ``chunk`` images, the last chunk possibly
 shorter, with ``chunk = clamp(wanted, 1, min(N, budget // bytes_per_image))``. ``wanted``
 is ``ceil(WIDE_COLUMNS / P)`` images in the wide layout and ``min(budget,
 CACHE_TARGET_BYTES) // bytes_per_image`` in the per-image layout. An image whose column
 matrix is larger than that is processed alone, in bands of as many output rows as fit
-(``_plan``); the exceptions are a single output row that alone exceeds the budget (a band
-of one row), and grad_input, which runs an over-budget image as a chunk of one. Only
-``fastconv.limits.max_allocation_bytes()`` can refuse those. Workspaces within the budget
-are kept in a per-thread cache (``threading.local``: one buffer per thread and dtype, grown
-when a call needs more) and reused by later calls; a kernel never calls another kernel, so
-a buffer is never in use twice at once. Over-budget workspaces are
+(``_plan``). The exception: one image of the wide layout, or one output row, whose
+matrices alone exceed the budget still runs (a chunk of one image, a band of one row);
+only ``fastconv.limits.max_allocation_bytes()`` can refuse it. Workspaces within the
+budget are kept in a per-thread cache (``threading.local``: one buffer per thread and
+dtype, grown when a call needs more) and reused by later calls; a kernel never calls
+another kernel, so a buffer is never in use twice at once. Over-budget workspaces are
 freed after their call. (The weight gradient's small transposed accumulator, the size of
 the weight, is allocated per call.)
 
@@ -85,6 +86,8 @@ ctypedef struct Geometry:
     Py_ssize_t n, c, h, w, k, r, s
     Py_ssize_t sh, sw, pt, pl, dh, dw, groups, oh, ow
     const Py_ssize_t* taps  # (S, 2) from _tap_columns, set where the fold needs it
+    const Py_ssize_t* bands  # (nbands, 5) from _band_table
+    Py_ssize_t nbands
 
 
 # ---------------------------------------------------------------- planning and workspace
@@ -96,6 +99,8 @@ cdef Geometry _geometry(p):
     g.sh, g.sw, g.pt, g.pl, g.dh, g.dw = p.stride_h, p.stride_w, p.pad_top, p.pad_left, p.dil_h, p.dil_w
     g.groups, g.oh, g.ow = p.groups, p.out_h, p.out_w
     g.taps = NULL
+    g.bands = NULL
+    g.nbands = 0
     return g
 
 
@@ -111,11 +116,8 @@ def _is_plain_pointwise(p):
 Plan = namedtuple("Plan", "wide chunk rows col_elems extra_elems")
 
 
-def _plan(p, bands=True):
-    """The layout, chunk and band size of a call, and its workspace sizes.
-
-    ``bands=False`` keeps whole images (grad_input folds each image's columns at once).
-    """
+def _plan(p):
+    """The layout, chunk and band size of a call, and its workspace sizes."""
     pixels = p.out_h * p.out_w
     itemsize = np.dtype(p.dtype).itemsize
     budget = limits.workspace_limit_bytes()
@@ -126,7 +128,7 @@ def _plan(p, bands=True):
         return Plan(True, chunk, p.out_h, crs_all * pixels * chunk, p.k * pixels * chunk)
     target = min(budget, CACHE_TARGET_BYTES)
     row_bytes = crs_all * p.out_w * itemsize  # column matrix of one output row
-    if bands and row_bytes * p.out_h > target:
+    if row_bytes * p.out_h > target:
         rows = max(1, min(p.out_h, target // row_bytes))
         return Plan(False, 1, rows, crs_all * p.out_w * rows, 0)
     chunk = max(1, min(p.n, target // (row_bytes * p.out_h)))
@@ -144,6 +146,28 @@ def _tap_columns(p):
         hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
         taps[j] = lo, max(lo, hi)
     return taps
+
+
+def _band_table(p, rows):
+    """(bands, 5) array, one row ``(oy0, oy1, iy0, iy1, zero_from)`` per band of output rows.
+
+    A band covers output rows ``[oy0, oy1)``; its fold (grad_input) visits input rows
+    ``[iy0, iy1)``: the rows its taps read, plus any row not visited by an earlier band up
+    to them (read by no tap: left at zero); the last band visits all remaining rows. Rows
+    from ``zero_from`` on were not visited before and start at zero.
+    """
+    table = []
+    done = 0
+    for oy0 in range(0, p.out_h, rows):
+        oy1 = min(p.out_h, oy0 + rows)
+        lo = max(0, oy0 * p.stride_h - p.pad_top)
+        if oy1 == p.out_h:
+            hi = p.h
+        else:
+            hi = min(p.h, (oy1 - 1) * p.stride_h - p.pad_top + (p.r - 1) * p.dil_h + 1)
+        table.append((oy0, oy1, min(lo, done), max(hi, done), done))
+        done = max(hi, done)
+    return np.array(table, np.intp)
 
 
 _cache = threading.local()
@@ -243,18 +267,20 @@ cdef void _unfold(const floating* x, floating* col, Py_ssize_t n0, Py_ssize_t nb
 
 
 cdef inline void _fold_unit(const floating* col, floating* gx, Py_ssize_t t, Py_ssize_t n0,
-                            Py_ssize_t img_stride, Py_ssize_t row_stride,
+                            const Py_ssize_t* band, Py_ssize_t img_stride, Py_ssize_t row_stride,
                             const Geometry* g) noexcept nogil:
     """Unit ``t`` = (image b, channel ci, input row iy) of ``_fold``."""
-    cdef Py_ssize_t b = t // (g.c * g.h)
-    cdef Py_ssize_t ci = (t // g.h) % g.c
-    cdef Py_ssize_t iy = t % g.h
+    cdef Py_ssize_t oy0 = band[0], oy1 = band[1], iy0 = band[2], nrows = band[3] - band[2]
+    cdef Py_ssize_t b = t // (g.c * nrows)
+    cdef Py_ssize_t ci = (t // nrows) % g.c
+    cdef Py_ssize_t iy = iy0 + t % nrows
     cdef Py_ssize_t i, j, ix, ty, oy, ox, off, base, ox_hi
     cdef Py_ssize_t sw = g.sw
     cdef floating* row = gx + ((n0 + b) * g.c + ci) * g.h * g.w + iy * g.w
     cdef const floating* src
-    for ix in range(g.w):
-        row[ix] = 0
+    if iy >= band[4]:
+        for ix in range(g.w):
+            row[ix] = 0
     for i in range(g.r):
         ty = iy + g.pt - i * g.dh
         if ty < 0:
@@ -265,9 +291,11 @@ cdef inline void _fold_unit(const floating* col, floating* gx, Py_ssize_t t, Py_
             continue
         else:
             oy = ty // g.sh
-        if oy >= g.oh:
+        if oy >= oy1:
             continue
-        base = b * img_stride + (ci * g.r + i) * g.s * row_stride + oy * g.ow
+        if oy < oy0:
+            break  # ... and so does oy
+        base = b * img_stride + (ci * g.r + i) * g.s * row_stride + (oy - oy0) * g.ow
         for j in range(g.s):
             src = col + base + j * row_stride
             off = j * g.dw - g.pl
@@ -281,16 +309,20 @@ cdef inline void _fold_unit(const floating* col, floating* gx, Py_ssize_t t, Py_
 
 
 cdef void _fold(const floating* col, floating* gx, Py_ssize_t n0, Py_ssize_t nb,
-                Py_ssize_t img_stride, Py_ssize_t row_stride, const Geometry* g,
-                int nthreads) noexcept nogil:
-    """gx[n0+b, c, iy, :] = sum of the col entries whose tap reads that input row (col2im).
+                const Py_ssize_t* band, Py_ssize_t img_stride, Py_ssize_t row_stride,
+                const Geometry* g, int nthreads) noexcept nogil:
+    """col2im of output rows ``[oy0, oy1)``: add their col entries onto the input rows they read.
 
-    One parallel unit per (image, channel, input row): it owns that row of ``gx``, so the
-    sums need no atomics and are added in the same order whatever the thread count.
+    ``band = (oy0, oy1, iy0, iy1, zero_from)`` (``_band_input_rows``): the units are input
+    rows ``[iy0, iy1)``; rows from ``zero_from`` on are seen for the first time and start at
+    zero. ``col`` holds rows ``(c, i, j)`` of ``(oy1 - oy0) * OW`` entries, laid out like
+    ``_unfold``'s. One parallel unit per (image, channel, input row): it owns that row of
+    ``gx``, so the sums need no atomics and are added in the same order whatever the thread
+    count.
     """
     cdef Py_ssize_t t
-    for t in prange(nb * g.c * g.h, schedule="static", num_threads=nthreads):
-        _fold_unit(col, gx, t, n0, img_stride, row_stride, g)
+    for t in prange(nb * g.c * (band[3] - band[2]), schedule="static", num_threads=nthreads):
+        _fold_unit(col, gx, t, n0, band, img_stride, row_stride, g)
 
 
 cdef inline void _copy_row(const floating* src, floating* dst, Py_ssize_t count) noexcept nogil:
@@ -347,12 +379,12 @@ cdef void _fill_bias(floating* y, const floating* bias, Py_ssize_t n0, Py_ssize_
 
 cdef void _forward_impl(const floating* x, const floating* w, const floating* bias,
                         floating* y, floating* col, floating* extra, const Geometry* g,
-                        Py_ssize_t chunk, Py_ssize_t rows, bint wide, int nthreads) noexcept nogil:
+                        Py_ssize_t chunk, bint wide, int nthreads) noexcept nogil:
     """y (N, K, P) <- conv(x, w (K, C_g R S)) chunk by chunk (and band by band)."""
     cdef Py_ssize_t pixels = g.oh * g.ow
     cdef Py_ssize_t kg = g.k // g.groups
     cdef Py_ssize_t crs = (g.c // g.groups) * g.r * g.s
-    cdef Py_ssize_t n0, nb, b, gi, cols, oy0, oy1
+    cdef Py_ssize_t n0, nb, b, gi, bi, cols, oy0, oy1
     cdef floating beta = 0 if bias == NULL else 1
     n0 = 0
     while n0 < g.n:  # one chunk per pass (a variable-step range would not compile to C)
@@ -369,9 +401,8 @@ cdef void _forward_impl(const floating* x, const floating* w, const floating* bi
             continue
         if bias != NULL:
             _fill_bias(y, bias, n0, nb, g.k, pixels, nthreads)  # the GEMMs add onto it
-        oy0 = 0
-        while oy0 < g.oh:  # one band of output rows per pass (all rows: whole images)
-            oy1 = min(g.oh, oy0 + rows)
+        for bi in range(g.nbands):  # bands of output rows (one band: whole images)
+            oy0, oy1 = g.bands[5 * bi], g.bands[5 * bi + 1]
             cols = (oy1 - oy0) * g.ow
             _unfold(x, col, n0, nb, oy0, oy1, g.c * g.r * g.s * cols, cols, g, nthreads)
             for b in range(nb):
@@ -380,19 +411,17 @@ cdef void _forward_impl(const floating* x, const floating* w, const floating* bi
                          w + gi * kg * crs, <int>crs, col + (b * g.groups + gi) * crs * cols,
                          <int>cols, beta, y + ((n0 + b) * g.k + gi * kg) * pixels + oy0 * g.ow,
                          <int>pixels)
-            oy0 = oy1
         n0 += nb
 
 
 cdef void _grad_input_impl(const floating* gy, const floating* w, floating* gx, floating* col,
                            floating* extra, const Geometry* g, Py_ssize_t chunk, bint wide,
                            int nthreads) noexcept nogil:
-    """gx <- col2im(W^T @ gY) chunk by chunk."""
+    """gx <- col2im(W^T @ gY) chunk by chunk (and band by band)."""
     cdef Py_ssize_t pixels = g.oh * g.ow
     cdef Py_ssize_t kg = g.k // g.groups
     cdef Py_ssize_t crs = (g.c // g.groups) * g.r * g.s
-    cdef Py_ssize_t per_image = g.c * g.r * g.s * pixels
-    cdef Py_ssize_t n0, nb, b, gi, cols
+    cdef Py_ssize_t n0, nb, b, gi, bi, cols, oy0
     n0 = 0
     while n0 < g.n:  # one chunk per pass (a variable-step range would not compile to C)
         nb = min(chunk, g.n - n0)
@@ -403,15 +432,19 @@ cdef void _grad_input_impl(const floating* gy, const floating* w, floating* gx, 
                 gemm(True, False, <int>crs, <int>cols, <int>kg, <floating>1.0,
                      w + gi * kg * crs, <int>crs, extra + gi * kg * cols, <int>cols,
                      <floating>0.0, col + gi * crs * cols, <int>cols)
-            _fold(col, gx, n0, nb, pixels, cols, g, nthreads)
-        else:
+            _fold(col, gx, n0, nb, g.bands, pixels, cols, g, nthreads)  # the one band
+            n0 += nb
+            continue
+        for bi in range(g.nbands):  # bands of output rows (one band: whole images)
+            oy0 = g.bands[5 * bi]
+            cols = (g.bands[5 * bi + 1] - oy0) * g.ow
             for b in range(nb):
                 for gi in range(g.groups):
-                    gemm(True, False, <int>crs, <int>pixels, <int>kg, <floating>1.0,
-                         w + gi * kg * crs, <int>crs, gy + ((n0 + b) * g.k + gi * kg) * pixels,
-                         <int>pixels, <floating>0.0, col + b * per_image + gi * crs * pixels,
-                         <int>pixels)
-            _fold(col, gx, n0, nb, per_image, pixels, g, nthreads)
+                    gemm(True, False, <int>crs, <int>cols, <int>kg, <floating>1.0,
+                         w + gi * kg * crs, <int>crs,
+                         gy + ((n0 + b) * g.k + gi * kg) * pixels + oy0 * g.ow, <int>pixels,
+                         <floating>0.0, col + (b * g.groups + gi) * crs * cols, <int>cols)
+            _fold(col, gx, n0, nb, g.bands + 5 * bi, g.c * g.r * g.s * cols, cols, g, nthreads)
         n0 += nb
 
 
@@ -429,7 +462,7 @@ cdef void _transpose_into(const floating* gwt, floating* gw, const Geometry* g,
 
 cdef void _grad_weight_impl(const floating* gy, const floating* x, floating* gw, floating* gwt,
                             floating* col, floating* extra, const Geometry* g, Py_ssize_t chunk,
-                            Py_ssize_t rows, bint wide, int nthreads) noexcept nogil:
+                            bint wide, int nthreads) noexcept nogil:
     """gw (K, C_g R S) <- sum over images of gY @ col^T, chunk by chunk (and band by band).
 
     Computed transposed, gwt_g (C_g R S x K_g) += col_g @ gY_g^T with beta=1, and
@@ -438,7 +471,7 @@ cdef void _grad_weight_impl(const floating* gy, const floating* x, floating* gw,
     cdef Py_ssize_t pixels = g.oh * g.ow
     cdef Py_ssize_t kg = g.k // g.groups
     cdef Py_ssize_t crs = (g.c // g.groups) * g.r * g.s
-    cdef Py_ssize_t n0, nb, b, gi, cols, oy0, oy1
+    cdef Py_ssize_t n0, nb, b, gi, bi, cols, oy0, oy1
     cdef floating beta = 0
     n0 = 0
     while n0 < g.n:  # one chunk per pass (a variable-step range would not compile to C)
@@ -454,9 +487,8 @@ cdef void _grad_weight_impl(const floating* gy, const floating* x, floating* gw,
             beta = 1
             n0 += nb
             continue
-        oy0 = 0
-        while oy0 < g.oh:  # one band of output rows per pass (all rows: whole images)
-            oy1 = min(g.oh, oy0 + rows)
+        for bi in range(g.nbands):  # bands of output rows (one band: whole images)
+            oy0, oy1 = g.bands[5 * bi], g.bands[5 * bi + 1]
             cols = (oy1 - oy0) * g.ow
             _unfold(x, col, n0, nb, oy0, oy1, g.c * g.r * g.s * cols, cols, g, nthreads)
             for b in range(nb):
@@ -466,7 +498,6 @@ cdef void _grad_weight_impl(const floating* gy, const floating* x, floating* gw,
                          gy + ((n0 + b) * g.k + gi * kg) * pixels + oy0 * g.ow, <int>pixels,
                          beta, gwt + gi * crs * kg, <int>kg)
                 beta = 1
-            oy0 = oy1
         n0 += nb
     _transpose_into(gwt, gw, g, crs, nthreads)
 
@@ -520,27 +551,31 @@ cdef void _grad_weight_pointwise(const floating* gy, const floating* x, floating
 
 # ---------------------------------------------------------------- typed entry points
 # Fused-type def functions: Cython picks the float or double version from the arrays.
+# ``bands`` is ``_band_table`` of the call's plan (unused by the 1x1 fast path).
 
 def _forward(const floating[::1] x, const floating[::1] w, const floating[::1] bias, bint has_bias,
-             floating[::1] y, floating[::1] ws, Py_ssize_t col_elems, p, Py_ssize_t chunk,
-             Py_ssize_t rows, bint wide, bint pointwise, int nthreads):
+             floating[::1] y, floating[::1] ws, Py_ssize_t col_elems, p,
+             const Py_ssize_t[:, ::1] bands, Py_ssize_t chunk, bint wide, bint pointwise,
+             int nthreads):
     cdef Geometry g = _geometry(p)
+    g.bands, g.nbands = &bands[0, 0], bands.shape[0]
     cdef const floating* bptr = &bias[0] if has_bias else NULL
     cdef floating* wsptr = &ws[0] if ws.shape[0] > 0 else NULL
     with nogil:
         if pointwise:
             _forward_pointwise(&x[0], &w[0], bptr, &y[0], &g, nthreads)
         else:
-            _forward_impl(&x[0], &w[0], bptr, &y[0], wsptr, wsptr + col_elems, &g, chunk, rows,
-                          wide, nthreads)
+            _forward_impl(&x[0], &w[0], bptr, &y[0], wsptr, wsptr + col_elems, &g, chunk, wide,
+                          nthreads)
 
 
 def _grad_input(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
-                floating[::1] ws, Py_ssize_t col_elems, p, Py_ssize_t chunk, bint wide,
-                bint pointwise, int nthreads):
+                floating[::1] ws, Py_ssize_t col_elems, p, const Py_ssize_t[:, ::1] bands,
+                Py_ssize_t chunk, bint wide, bint pointwise, int nthreads):
     cdef Geometry g = _geometry(p)
     cdef const Py_ssize_t[:, ::1] taps = _tap_columns(p)
     g.taps = &taps[0, 0]
+    g.bands, g.nbands = &bands[0, 0], bands.shape[0]
     cdef floating* wsptr = &ws[0] if ws.shape[0] > 0 else NULL
     with nogil:
         if pointwise:
@@ -551,26 +586,29 @@ def _grad_input(const floating[::1] gy, const floating[::1] w, floating[::1] gx,
 
 
 def _grad_weight(const floating[::1] gy, const floating[::1] x, floating[::1] gw,
-                 floating[::1] gwt, floating[::1] ws, Py_ssize_t col_elems, p, Py_ssize_t chunk,
-                 Py_ssize_t rows, bint wide, bint pointwise, int nthreads):
+                 floating[::1] gwt, floating[::1] ws, Py_ssize_t col_elems, p,
+                 const Py_ssize_t[:, ::1] bands, Py_ssize_t chunk, bint wide, bint pointwise,
+                 int nthreads):
     cdef Geometry g = _geometry(p)
+    g.bands, g.nbands = &bands[0, 0], bands.shape[0]
     cdef floating* wsptr = &ws[0] if ws.shape[0] > 0 else NULL
     with nogil:
         if pointwise:
             _grad_weight_pointwise(&gy[0], &x[0], &gw[0], &gwt[0], &g, nthreads)
         else:
             _grad_weight_impl(&gy[0], &x[0], &gw[0], &gwt[0], wsptr, wsptr + col_elems, &g, chunk,
-                              rows, wide, nthreads)
+                              wide, nthreads)
 
 
 # ---------------------------------------------------------------- public kernels
 
-def _prepare(p, dtype, bands=True):
-    """``(pointwise, plan, workspace)`` for a call."""
+def _prepare(p, dtype):
+    """``(pointwise, plan, band table, workspace)`` for a call."""
     if _is_plain_pointwise(p):
-        return True, Plan(False, 1, p.out_h, 0, 0), np.empty(0, dtype)
-    plan = _plan(p, bands)
-    return False, plan, _workspace(plan.col_elems + plan.extra_elems, dtype)
+        plan = Plan(False, 1, p.out_h, 0, 0)
+        return True, plan, _band_table(p, p.out_h), np.empty(0, dtype)
+    plan = _plan(p)
+    return False, plan, _band_table(p, plan.rows), _workspace(plan.col_elems + plan.extra_elems, dtype)
 
 
 def conv2d_forward(x, weight, bias, y, params):
@@ -579,25 +617,25 @@ def conv2d_forward(x, weight, bias, y, params):
     All arrays C-contiguous float32 or float64 (the dtype of ``params``).
     """
     nthreads = get_num_threads()
-    pointwise, plan, ws = _prepare(params, x.dtype)
+    pointwise, plan, bands, ws = _prepare(params, x.dtype)
     has_bias = bias is not None
     b = bias if has_bias else np.empty(0, x.dtype)
     _forward(x.reshape(-1), weight.reshape(-1), b, has_bias, y.reshape(-1), ws, plan.col_elems,
-             params, plan.chunk, plan.rows, plan.wide, pointwise, nthreads)
+             params, bands, plan.chunk, plan.wide, pointwise, nthreads)
 
 
 def conv2d_grad_input(grad_output, weight, grad_input, params):
     """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/groups, R, S)."""
     nthreads = get_num_threads()
-    pointwise, plan, ws = _prepare(params, grad_input.dtype, bands=False)
+    pointwise, plan, bands, ws = _prepare(params, grad_input.dtype)
     _grad_input(grad_output.reshape(-1), weight.reshape(-1), grad_input.reshape(-1), ws,
-                plan.col_elems, params, plan.chunk, plan.wide, pointwise, nthreads)
+                plan.col_elems, params, bands, plan.chunk, plan.wide, pointwise, nthreads)
 
 
 def conv2d_grad_weight(grad_output, x, grad_weight, params):
     """grad_weight (K, C/groups, R, S) from grad_output (N, K, OH, OW) and x (N, C, H, W)."""
     nthreads = get_num_threads()
-    pointwise, plan, ws = _prepare(params, x.dtype)
+    pointwise, plan, bands, ws = _prepare(params, x.dtype)
     gwt = np.empty(grad_weight.size, x.dtype)  # the transposed sums, (groups, C_g R S, K_g)
     _grad_weight(grad_output.reshape(-1), x.reshape(-1), grad_weight.reshape(-1), gwt, ws,
-                 plan.col_elems, params, plan.chunk, plan.rows, plan.wide, pointwise, nthreads)
+                 plan.col_elems, params, bands, plan.chunk, plan.wide, pointwise, nthreads)

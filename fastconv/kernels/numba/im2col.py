@@ -28,8 +28,9 @@ Layouts. Two column layouts, chosen per call by the number of output pixels ``P`
   matrix stays within ``CACHE_TARGET_BYTES``: the band is still in cache when the GEMM
   reads it, and GEMMs of about a thousand columns ran as fast as or faster than whole
   images (ResNet 64@56x56, plain and dilated, 1 thread: 0-14% less time for the forward
-  pass and the weight gradient).
-  grad_input keeps whole images, since col2im needs every tap of an input row.
+  pass and the weight gradient). For grad_input each band's columns are folded at once
+  onto the input rows they touch; rows shared with the previous band keep their sums
+  (``_band_table``).
 * wide (``P < WIDE_BELOW_PIXELS``, small images such as MNIST or late ResNet stages): ``col``
   is ``(C R S, chunk * P)`` so one GEMM per group covers about ``WIDE_COLUMNS`` columns;
   per-image GEMMs would be too thin for BLAS to run at speed. The forward result is then
@@ -42,18 +43,18 @@ they are (``W @ X``, ``W^T @ gY``, and ``X @ gY^T`` summed over images for the w
 
 Workspace policy. The column matrix (plus, in the wide layout, the ``(K, chunk * P)``
 scatter/gather matrix) never exceeds ``fastconv.limits.workspace_limit_bytes()`` (64 MiB by
-default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``), with two exceptions
+default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``), with one exception
 below: the batch is processed in chunks of ``chunk`` images, the last chunk possibly
 shorter, with ``chunk = clamp(wanted, 1, min(N, budget // bytes_per_image))``. ``wanted``
 is ``ceil(WIDE_COLUMNS / P)`` images in the wide layout and ``min(budget,
 CACHE_TARGET_BYTES) // bytes_per_image`` in the per-image layout. An image whose column
 matrix is larger than that is processed alone, in bands of as many output rows as fit
-(``_plan``); the exceptions are a single output row that alone exceeds the budget (a band
-of one row), and grad_input, which runs an over-budget image as a chunk of one. Only
-``fastconv.limits.max_allocation_bytes()`` can refuse those. Workspaces within the budget
-are kept in a per-thread cache (``threading.local``: one buffer per thread and dtype, grown
-when a call needs more) and reused by later calls; a kernel never calls another kernel, so
-a buffer is never in use twice at once. Over-budget workspaces are
+(``_plan``). The exception: one image of the wide layout, or one output row, whose
+matrices alone exceed the budget still runs (a chunk of one image, a band of one row);
+only ``fastconv.limits.max_allocation_bytes()`` can refuse it. Workspaces within the
+budget are kept in a per-thread cache (``threading.local``: one buffer per thread and
+dtype, grown when a call needs more) and reused by later calls; a kernel never calls
+another kernel, so a buffer is never in use twice at once. Over-budget workspaces are
 freed after their call. (The weight gradient's small transposed accumulators, the size of
 the weight, are allocated per call.)
 
@@ -101,11 +102,8 @@ def _is_plain_pointwise(p):
 Plan = namedtuple("Plan", "wide chunk rows col_elems extra_elems")
 
 
-def _plan(p, bands=True):
-    """The layout, chunk and band size of a call, and its workspace sizes.
-
-    ``bands=False`` keeps whole images (grad_input folds each image's columns at once).
-    """
+def _plan(p):
+    """The layout, chunk and band size of a call, and its workspace sizes."""
     pixels = p.out_h * p.out_w
     itemsize = np.dtype(p.dtype).itemsize
     budget = limits.workspace_limit_bytes()
@@ -116,7 +114,7 @@ def _plan(p, bands=True):
         return Plan(True, chunk, p.out_h, crs_all * pixels * chunk, p.k * pixels * chunk)
     target = min(budget, CACHE_TARGET_BYTES)
     row_bytes = crs_all * p.out_w * itemsize  # column matrix of one output row
-    if bands and row_bytes * p.out_h > target:
+    if row_bytes * p.out_h > target:
         rows = max(1, min(p.out_h, target // row_bytes))
         return Plan(False, 1, rows, crs_all * p.out_w * rows, 0)
     chunk = max(1, min(p.n, target // (row_bytes * p.out_h)))
@@ -134,6 +132,28 @@ def _tap_columns(p):
         hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
         taps[j] = lo, max(lo, hi)
     return taps
+
+
+def _band_table(p, rows):
+    """(bands, 5) array, one row ``(oy0, oy1, iy0, iy1, zero_from)`` per band of output rows.
+
+    A band covers output rows ``[oy0, oy1)``; its fold (grad_input) visits input rows
+    ``[iy0, iy1)``: the rows its taps read, plus any row not visited by an earlier band up
+    to them (read by no tap: left at zero); the last band visits all remaining rows. Rows
+    from ``zero_from`` on were not visited before and start at zero.
+    """
+    table = []
+    done = 0
+    for oy0 in range(0, p.out_h, rows):
+        oy1 = min(p.out_h, oy0 + rows)
+        lo = max(0, oy0 * p.stride_h - p.pad_top)
+        if oy1 == p.out_h:
+            hi = p.h
+        else:
+            hi = min(p.h, (oy1 - 1) * p.stride_h - p.pad_top + (p.r - 1) * p.dil_h + 1)
+        table.append((oy0, oy1, min(lo, done), max(hi, done), done))
+        done = max(hi, done)
+    return np.array(table, np.intp)
 
 
 _cache = threading.local()
@@ -231,22 +251,28 @@ def _unfold(x, col, n0, nb, oy0, oy1, img_stride, row_stride, geo):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _fold(col, gx, n0, nb, img_stride, row_stride, geo, taps):
-    """gx[n0+b, c, iy, :] = sum of the col entries whose tap reads that input row (col2im).
+def _fold(col, gx, n0, nb, band, img_stride, row_stride, geo, taps):
+    """col2im of output rows ``[oy0, oy1)``: add their col entries onto the input rows they read.
 
-    ``taps[j]`` is the ``[lo, hi)`` range of output columns whose tap ``j`` reads inside the
-    image (``_tap_columns``). One parallel unit per (image, channel, input row): it owns that
-    row of ``gx``, so the sums need no atomics and are added in the same order whatever the
-    thread count.
+    ``band = (oy0, oy1, iy0, iy1, zero_from)`` (``_band_table``): the units are input
+    rows ``[iy0, iy1)``; rows from ``zero_from`` on are seen for the first time and start at
+    zero. ``col`` holds rows ``(c, i, j)`` of ``(oy1 - oy0) * OW`` entries, laid out like
+    ``_unfold``'s. ``taps[j]`` is the ``[lo, hi)`` range of output columns whose tap ``j``
+    reads inside the image (``_tap_columns``). One parallel unit per (image, channel, input
+    row): it owns that row of ``gx``, so the sums need no atomics and are added in the same
+    order whatever the thread count.
     """
     (_, c, h, w, _, r, s, sh, sw, pt, pl, dh, dw, _, oh, ow) = geo
-    for t in prange(nb * c * h):
-        b = t // (c * h)
-        ci = (t // h) % c
-        iy = t % h
+    oy0, oy1, iy0, iy1, zero_from = band[0], band[1], band[2], band[3], band[4]
+    nrows = iy1 - iy0
+    for t in prange(nb * c * nrows):
+        b = t // (c * nrows)
+        ci = (t // nrows) % c
+        iy = iy0 + t % nrows
         row = uintp(((n0 + b) * c + ci) * h * w + iy * w)
-        for q in range(uintp(w)):
-            gx[row + q] = 0
+        if iy >= zero_from:
+            for q in range(uintp(w)):
+                gx[row + q] = 0
         for i in range(r):
             ty = iy + pt - i * dh
             if ty < 0:
@@ -257,9 +283,11 @@ def _fold(col, gx, n0, nb, img_stride, row_stride, geo, taps):
                 continue
             else:
                 oy = ty // sh
-            if oy >= oh:
+            if oy >= oy1:
                 continue
-            base = b * img_stride + (ci * r + i) * s * row_stride + oy * ow
+            if oy < oy0:
+                break  # ... and so does oy
+            base = b * img_stride + (ci * r + i) * s * row_stride + (oy - oy0) * ow
             for j in range(s):
                 src = uintp(base + j * row_stride)
                 off = j * dw - pl
@@ -344,6 +372,7 @@ def conv2d_forward(x, weight, bias, y, params):
     plan = _plan(p)
     ws = _workspace(plan.col_elems + plan.extra_elems, x.dtype)
     geo = _geometry(p)
+    bands = _band_table(p, plan.rows)
     xf = x.reshape(-1)
     for n0 in range(0, p.n, plan.chunk):
         nb = min(plan.chunk, p.n - n0)
@@ -355,8 +384,7 @@ def conv2d_forward(x, weight, bias, y, params):
             np.matmul(wg, col.reshape(groups, crs, cols), out=out.reshape(groups, kg, cols))
             _scatter(out, yf, bias, has_bias, n0, nb, p.k, pixels)
             continue
-        for oy0 in range(0, p.out_h, plan.rows):
-            oy1 = min(p.out_h, oy0 + plan.rows)
+        for oy0, oy1 in bands[:, :2]:
             cols = (oy1 - oy0) * ow
             col = ws[:nb * groups * crs * cols]
             _unfold(xf, col, n0, nb, oy0, oy1, groups * crs * cols, cols, geo)
@@ -369,17 +397,18 @@ def conv2d_grad_input(grad_output, weight, grad_input, params):
     """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/groups, R, S)."""
     use_configured_threads()
     p = params
-    groups, kg, pixels = p.groups, p.k // p.groups, p.out_h * p.out_w
+    groups, kg, pixels, ow = p.groups, p.k // p.groups, p.out_h * p.out_w, p.out_w
     crs = p.c_per_group * p.r * p.s
     wgt = weight.reshape(groups, kg, crs).transpose(0, 2, 1)  # W_g^T: a view, BLAS transposes
     gy4 = grad_output.reshape(p.n, groups, kg, pixels)
     if _is_plain_pointwise(p):
         np.matmul(wgt, gy4, out=grad_input.reshape(p.n, groups, crs, pixels))
         return
-    plan = _plan(p, bands=False)
+    plan = _plan(p)
     ws = _workspace(plan.col_elems + plan.extra_elems, grad_input.dtype)
     geo = _geometry(p)
     taps = _tap_columns(p)
+    bands = _band_table(p, plan.rows)  # one band of all rows in the wide layout
     gyf, gxf = grad_output.reshape(-1), grad_input.reshape(-1)
     for n0 in range(0, p.n, plan.chunk):
         nb = min(plan.chunk, p.n - n0)
@@ -389,11 +418,15 @@ def conv2d_grad_input(grad_output, weight, grad_input, params):
             _gather(gyf, gathered, n0, nb, p.k, pixels)
             col = ws[:groups * crs * cols]
             np.matmul(wgt, gathered.reshape(groups, kg, cols), out=col.reshape(groups, crs, cols))
-            _fold(col, gxf, n0, nb, pixels, cols, geo, taps)
-        else:
-            col = ws[:nb * groups * crs * pixels]
-            np.matmul(wgt, gy4[n0:n0 + nb], out=col.reshape(nb, groups, crs, pixels))
-            _fold(col, gxf, n0, nb, groups * crs * pixels, pixels, geo, taps)
+            _fold(col, gxf, n0, nb, bands[0], pixels, cols, geo, taps)
+            continue
+        for band in bands:
+            oy0, oy1 = band[0], band[1]
+            cols = (oy1 - oy0) * ow
+            col = ws[:nb * groups * crs * cols]
+            np.matmul(wgt, gy4[n0:n0 + nb, :, :, oy0 * ow:oy1 * ow],
+                      out=col.reshape(nb, groups, crs, cols))
+            _fold(col, gxf, n0, nb, band, groups * crs * cols, cols, geo, taps)
 
 
 def conv2d_grad_weight(grad_output, x, grad_weight, params):
@@ -427,6 +460,7 @@ def conv2d_grad_weight(grad_output, x, grad_weight, params):
         plan = _plan(p)
         ws = _workspace(plan.col_elems + plan.extra_elems, x.dtype)
         geo = _geometry(p)
+        bands = _band_table(p, plan.rows)
         xf, gyf = x.reshape(-1), grad_output.reshape(-1)
         for n0 in range(0, p.n, plan.chunk):
             nb = min(plan.chunk, p.n - n0)
@@ -439,8 +473,7 @@ def conv2d_grad_weight(grad_output, x, grad_weight, params):
                 accumulate(col.reshape(groups, crs, cols),
                            gathered.reshape(groups, kg, cols).transpose(0, 2, 1))
                 continue
-            for oy0 in range(0, p.out_h, plan.rows):
-                oy1 = min(p.out_h, oy0 + plan.rows)
+            for oy0, oy1 in bands[:, :2]:
                 cols = (oy1 - oy0) * ow
                 col = ws[:nb * groups * crs * cols]
                 _unfold(xf, col, n0, nb, oy0, oy1, groups * crs * cols, cols, geo)
