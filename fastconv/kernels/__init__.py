@@ -37,4 +37,14 @@ KERNEL_TABLE = [
     ("max_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:max_pool2d_backward"),
     ("avg_pool2d_forward",  "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_forward"),
     ("avg_pool2d_backward", "reference", "numpy",  f"{_REFERENCE}:avg_pool2d_backward"),
+    # Winograd: one module per backend holds both tile sizes (grad_weight is delegated, see
+    # fastconv.dispatch.rules.DELEGATES).
+    ("conv2d_forward",      "winograd_f23", "numba",  f"{_NB}.winograd:conv2d_forward_f23"),
+    ("conv2d_forward",      "winograd_f43", "numba",  f"{_NB}.winograd:conv2d_forward_f43"),
+    ("conv2d_grad_input",   "winograd_f23", "numba",  f"{_NB}.winograd:conv2d_grad_input_f23"),
+    ("conv2d_grad_input",   "winograd_f43", "numba",  f"{_NB}.winograd:conv2d_grad_input_f43"),
+    ("conv2d_forward",      "winograd_f23", "cython", f"{_CY}.winograd:conv2d_forward_f23"),
+    ("conv2d_forward",      "winograd_f43", "cython", f"{_CY}.winograd:conv2d_forward_f43"),
+    ("conv2d_grad_input",   "winograd_f23", "cython", f"{_CY}.winograd:conv2d_grad_input_f23"),
+    ("conv2d_grad_input",   "winograd_f43", "cython", f"{_CY}.winograd:conv2d_grad_input_f43"),
 ]
