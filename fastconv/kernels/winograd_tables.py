@@ -226,9 +226,8 @@ class FilterTransformCache:
 
 
 #: Preferred size of one chunk's V + M buffers: small enough to stay in the last-level cache
-#: between the input transform, the GEMMs and the output transform (measured: 1-4 MiB
-#: chunks ran MNIST conv2 and ResNet 64@56x56 faster than one 30 MiB chunk), but at least
-#: twice the transformed filters, which every chunk's GEMMs stream again.
+#: between the input transform, the GEMMs and the output transform, but at least twice the
+#: transformed filters, which every chunk's GEMMs read again.
 CHUNK_TARGET_BYTES = 2 * 2**20
 
 
@@ -237,7 +236,7 @@ def rows_per_chunk(total_rows: int, tiles_per_row: int, c: int, k: int, alpha: i
     """Tile rows per chunk: V (a*a x T x C) + M (a*a x T x K) within ``limit_bytes``.
 
     Aims at ``max(CHUNK_TARGET_BYTES, 2 * filter_bytes)`` below the limit. Never less than one
-    tile row: a single row that exceeds the budget still has to be computed.
+    tile row: a single row that exceeds the budget on its own still has to be computed.
     """
     per_row = alpha * alpha * (c + k) * tiles_per_row * itemsize
     budget = min(limit_bytes, max(CHUNK_TARGET_BYTES, 2 * filter_bytes))

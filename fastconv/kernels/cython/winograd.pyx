@@ -1,19 +1,19 @@
 # cython: language_level=3
 """Winograd F(2x2,3x3) and F(4x4,3x3) convolution (Lavin & Gray), Cython backend.
 
-Mirrors ``fastconv/kernels/numba/winograd.py`` function for function (read its docstring for
-the algorithm and the data layout). The transform matrices come from
-``fastconv.kernels.winograd_tables`` (shared by both backends) and are applied as sums over
-their non-zeros only. ``m`` is the output tile size, ``a = m + 2`` the input tile size,
-``xi = p*a + q`` a position in the transformed a x a tile.
+Mirrors ``fastconv/kernels/numba/winograd.py`` function for function; its docstring explains
+the algorithm, the data layout and the numerics. The transform matrices come from
+``fastconv.kernels.winograd_tables`` (shared by both backends). ``m`` is the output tile size,
+``a = m + 2`` the input tile size, ``xi = p*a + q`` a position in the transformed tile.
 
 Per chunk of tile rows: ``_input_transform`` (OpenMP over tile rows) writes
 V[xi, g, t, c]; ``_batched_gemm`` runs one BLAS GEMM per position and group,
-M[xi, g] = V[xi, g] @ U[xi, g], outside any parallel region; ``_output_transform``
-(OpenMP over tile rows) writes y = A^T M A + bias in NCHW.
+M[xi, g] = V[xi, g] @ U[xi, g], outside any parallel region; ``_output_transform`` (OpenMP
+over tile rows) writes y = A^T M A + bias in NCHW.
 
-The per-row helpers work on raw pointers into C-contiguous arrays; the transform passes are
-AXPYs over contiguous (tile, channel) runs that GCC vectorises (-O3 -march=native).
+The row helpers work on raw pointers into C-contiguous arrays. The small dense transforms
+(``_apply``) are C functions below whose ``restrict`` pointers let GCC vectorise them
+(six inputs and six outputs per element in registers); Cython cannot spell ``restrict``.
 """
 import numpy as np
 
@@ -28,28 +28,226 @@ from fastconv.kernels import winograd_tables as tables
 _FILTER_CACHE = tables.FilterTransformCache()
 
 
-def _sparse_tables(m):
-    at, _, bt = tables.MATRICES[m]
-    return tables.sparse_rows(bt), tables.sparse_rows(at)
+# ---------------------------------------------------------------- small dense transforms
+# fc_lin<n_in><n_out>: dst row o (o < n_out) = sum_i c[o, i] * src row i (i < n_in), for
+# u < n_outer runs of n_inner contiguous elements: src row i of run u starts at
+# src + s_base + s_offs[i] + u*s_outer, dst row o at dst + d_base + o*d_row + u*d_outer.
+# c is the row-major n_out x n_in table matrix, applied densely (its zeros cost
+# multiplications, not memory traffic). _f: float, _d: double.
+cdef extern from *:
+    """
+    static void fc_lin66_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, float *__restrict__ y4, float *__restrict__ y5, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *__restrict__ x4, const float *__restrict__ x5, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const float c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const float c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const float c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        const float c40 = c[24], c41 = c[25], c42 = c[26], c43 = c[27], c44 = c[28], c45 = c[29];
+        const float c50 = c[30], c51 = c[31], c52 = c[32], c53 = c[33], c54 = c[34], c55 = c[35];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5;
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5;
+        }
+    }
+    static void fc_lin66_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin66_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin64_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *__restrict__ x4, const float *__restrict__ x5, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const float c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const float c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const float c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+        }
+    }
+    static void fc_lin64_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin64_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin44_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        const float c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
+        const float c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
+        }
+    }
+    static void fc_lin44_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin44_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin42_run_f(float *__restrict__ y0, float *__restrict__ y1, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+        }
+    }
+    static void fc_lin42_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin42_run_f(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin66_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, double *__restrict__ y4, double *__restrict__ y5, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *__restrict__ x4, const double *__restrict__ x5, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const double c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const double c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const double c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        const double c40 = c[24], c41 = c[25], c42 = c[26], c43 = c[27], c44 = c[28], c45 = c[29];
+        const double c50 = c[30], c51 = c[31], c52 = c[32], c53 = c[33], c54 = c[34], c55 = c[35];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5;
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5;
+        }
+    }
+    static void fc_lin66_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin66_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin64_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *__restrict__ x4, const double *__restrict__ x5, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const double c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const double c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const double c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+        }
+    }
+    static void fc_lin64_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin64_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin44_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        const double c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
+        const double c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
+        }
+    }
+    static void fc_lin44_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin44_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin42_run_d(double *__restrict__ y0, double *__restrict__ y1, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+        }
+    }
+    static void fc_lin42_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin42_run_d(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    """
+    void fc_lin66_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin64_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin44_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin42_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin66_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin64_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin44_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin42_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
 
 
-_SPARSE = {m: _sparse_tables(m) for m in tables.POINTS}
-
-
-# ---------------------------------------------------------------- vector helpers
-
-cdef inline void _scale(floating* dst, const floating* src, floating coef, Py_ssize_t n) noexcept nogil:
-    """dst[:n] = coef * src[:n]"""
-    cdef Py_ssize_t z
-    for z in range(n):
-        dst[z] = coef * src[z]
-
-
-cdef inline void _axpy(floating* dst, const floating* src, floating coef, Py_ssize_t n) noexcept nogil:
-    """dst[:n] += coef * src[:n]"""
-    cdef Py_ssize_t z
-    for z in range(n):
-        dst[z] += coef * src[z]
+cdef inline void _apply(const floating* c, Py_ssize_t n_out, Py_ssize_t n_in, const floating* src,
+                        Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer, floating* dst,
+                        Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer,
+                        Py_ssize_t n_inner) noexcept nogil:
+    """The fc_lin kernel of c's shape (a x a for B^T, m x a for A^T; a = 4 or 6)."""
+    if floating is float:
+        if n_in == 6:
+            if n_out == 6:
+                fc_lin66_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                fc_lin64_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif n_out == 4:
+            fc_lin44_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        else:
+            fc_lin42_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    else:
+        if n_in == 6:
+            if n_out == 6:
+                fc_lin66_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                fc_lin64_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif n_out == 4:
+            fc_lin44_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        else:
+            fc_lin42_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
 
 
 # ---------------------------------------------------------------- filter transform
@@ -96,88 +294,90 @@ def _transformed_filters(weight, m, groups, grad_input):
 
 # ---------------------------------------------------------------- input transform
 
-cdef void _input_row(const floating* x, Py_ssize_t c_total, Py_ssize_t h, Py_ssize_t w,
+cdef void _input_row(const floating* x, Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
                      floating* v, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t cg,
                      Py_ssize_t row, Py_ssize_t grow, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                     Py_ssize_t n_th, Py_ssize_t n_tw, Py_ssize_t m,
-                     const Py_ssize_t* bt_idx, const floating* bt_val, const Py_ssize_t* bt_cnt,
-                     Py_ssize_t width, floating* xr, floating* r) noexcept nogil:
-    """V of the tiles of tile row ``row`` of the chunk (``grow`` in the whole batch).
+                     Py_ssize_t n_th, Py_ssize_t n_tw, const floating* bt, Py_ssize_t a,
+                     const Py_ssize_t* slot_of_col, Py_ssize_t cols, const Py_ssize_t* down_offs,
+                     const Py_ssize_t* across_offs, floating* xr, floating* r) noexcept nogil:
+    """V of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
 
-    x (N, C, H, W); v (a*a, G, T, C/G); xr, r: scratch (a, G, m, n_tw + 1, C/G): the input rows
-    channel-last in column phases, and their column transform. ``bt_*`` (a x width): B^T's
-    non-zeros per row.
+    x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a x a, row-major); xr: scratch of
+    (a+1)*m*S*C and r of a*m*S*C elements (S = n_tw + 1 column slots, cols = m*S): the tile
+    row's a input rows channel-last (plus one row of staging), with column ``s*m + ph`` at
+    ``[i, g, ph, s, c]`` (``slot_of_col[col] = ph*S + s``), and their transform down the rows.
+    In that layout the j-th columns of all the row's tiles are one contiguous run
+    (``across_offs[j]``), so B^T across the columns is one vector operation.
     """
-    cdef Py_ssize_t a = m + 2
-    cdef Py_ssize_t slots = n_tw + 1
-    cdef Py_ssize_t row_size = groups * m * slots * cg       # one input row in xr / r
-    cdef Py_ssize_t n = n_tw * cg                            # one tile row of one V plane
+    cdef Py_ssize_t m = a - 2
+    cdef Py_ssize_t gsize = cols * cg                # one group of one input row
+    cdef Py_ssize_t plane = groups * gsize           # one input row
     cdef Py_ssize_t img = grow // n_th
     cdef Py_ssize_t y0 = (grow - img * n_th) * m - pad_top
-    cdef Py_ssize_t i, yy, grp, ph, s, xx, c, p, q, e, j, z
-    cdef const floating* src
+    cdef Py_ssize_t lo = min(max(pad_left, 0), cols)         # columns [lo, hi) hold image pixels
+    cdef Py_ssize_t hi = max(min(w + pad_left, cols), lo)
+    cdef floating* line = xr + a * plane                      # one input row, [col][c]
     cdef floating* dst
-    # Input rows y0 .. y0+a-1 -> xr[i, g, ph, s, c] = x[img, g*cg + c, y0 + i, s*m + ph - pad_left].
+    cdef floating* out
+    cdef const floating* src
+    cdef Py_ssize_t i, yy, z, c, k, col, grp, p
+    for z in range(lo * c_in):
+        line[z] = 0
+    for z in range(hi * c_in, cols * c_in):
+        line[z] = 0
     for i in range(a):
         yy = y0 + i
-        dst = xr + i * row_size
+        dst = xr + i * plane
         if yy < 0 or yy >= h:
-            for z in range(row_size):
+            for z in range(plane):
                 dst[z] = 0
             continue
-        for grp in range(groups):
-            src = x + ((img * c_total + grp * cg) * h + yy) * w
-            for ph in range(m):
-                for s in range(slots):
-                    xx = s * m + ph - pad_left
-                    if 0 <= xx < w:
-                        for c in range(cg):
-                            dst[c] = src[c * h * w + xx]
-                    else:
-                        for c in range(cg):
-                            dst[c] = 0
-                    dst += cg
-    # Column transform of every column at once: r[p] = sum_i B^T[p, i] xr[i].
-    for p in range(a):
-        _scale(r + p * row_size, xr + bt_idx[p * width] * row_size, bt_val[p * width], row_size)
-        for e in range(1, bt_cnt[p]):
-            _axpy(r + p * row_size, xr + bt_idx[p * width + e] * row_size, bt_val[p * width + e], row_size)
-    # Row transform: V[p*a + q, g, tiles of the row] = sum_j B^T[q, j] r[p, g, j % m, j // m + tile].
-    for p in range(a):
-        for q in range(a):
+        out = line + lo * c_in
+        for c in range(c_in):               # contiguous reads, stores strided by C (in L1)
+            src = x + ((img * c_in + c) * h + yy) * w + lo - pad_left
+            for k in range(hi - lo):
+                out[k * c_in + c] = src[k]
+        for col in range(cols):             # columns to their phase slots, one vector each
             for grp in range(groups):
-                dst = v + ((p * a + q) * groups + grp) * nt * cg + row * n
-                for e in range(bt_cnt[q]):
-                    j = bt_idx[q * width + e]
-                    src = r + p * row_size + ((grp * m + j % m) * slots + j // m) * cg
-                    if e == 0:
-                        _scale(dst, src, bt_val[q * width + e], n)
-                    else:
-                        _axpy(dst, src, bt_val[q * width + e], n)
+                src = line + col * c_in + grp * cg
+                out = dst + grp * gsize + slot_of_col[col] * cg
+                for z in range(cg):
+                    out[z] = src[z]
+    # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
+    _apply(bt, a, a, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
+    # Across each tile's columns, all tiles of the row at once:
+    # V[p*a + q, g, tiles] = sum_j B^T[q, j] r[p, g, column j of the tiles].
+    for p in range(a):
+        for grp in range(groups):
+            _apply(bt, a, a, r, p * plane + grp * gsize, across_offs, 0,
+                   v, ((p * a * groups + grp) * nt + row * n_tw) * cg, groups * nt * cg, 0, 1, n_tw * cg)
 
 
 def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, Py_ssize_t row_start,
                      Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th, Py_ssize_t n_tw,
-                     Py_ssize_t m, const Py_ssize_t[:, ::1] bt_idx, const floating[:, ::1] bt_val,
-                     const Py_ssize_t[::1] bt_cnt, int nthreads):
-    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W)).
+                     const floating[:, ::1] bt, const Py_ssize_t[::1] slot_of_col,
+                     const Py_ssize_t[::1] down_offs, const Py_ssize_t[::1] across_offs, int nthreads):
+    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W), bt = B^T).
 
     Tile (img, th, tw) reads input rows from ``th*m - pad_top`` and columns from
-    ``tw*m - pad_left``. OpenMP splits the rows statically; each thread owns one slice of the
-    scratch array.
+    ``tw*m - pad_left``. OpenMP splits the tile rows statically; each thread owns one slice
+    of the scratch array.
     """
-    cdef Py_ssize_t a = m + 2
+    cdef Py_ssize_t a = bt.shape[0]
+    cdef Py_ssize_t cols = slot_of_col.shape[0]
+    cdef Py_ssize_t plane = cols * x.shape[1]
     cdef Py_ssize_t groups = v.shape[1], nt = v.shape[2], cg = v.shape[3]
     cdef Py_ssize_t n_rows = nt // n_tw
-    cdef Py_ssize_t row, tid
+    cdef Py_ssize_t row
+    cdef floating* scratch
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, ::1] scratch = np.empty((nthreads, 2, a * groups * m * (n_tw + 1) * cg), dtype=dtype)
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, (2 * a + 1) * plane), dtype=dtype)
     for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
-        tid = omp_get_thread_num()
+        scratch = &scratch_all[omp_get_thread_num(), 0]
         _input_row(&x[0, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &v[0, 0, 0, 0], groups, nt, cg,
-                   row, row_start + row, pad_top, pad_left, n_th, n_tw, m,
-                   &bt_idx[0, 0], &bt_val[0, 0], &bt_cnt[0], bt_idx.shape[1],
-                   &scratch[tid, 0, 0], &scratch[tid, 1, 0])
+                   row, row_start + row, pad_top, pad_left, n_th, n_tw, &bt[0, 0], a,
+                   &slot_of_col[0], cols, &down_offs[0], &across_offs[0],
+                   scratch, scratch + (a + 1) * plane)
 
 
 # ---------------------------------------------------------------- the GEMMs
@@ -200,78 +400,74 @@ def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floa
 
 cdef void _output_row(const floating* mm, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t kg,
                       floating* y, Py_ssize_t oh, Py_ssize_t ow, const floating* bias,
-                      Py_ssize_t row, Py_ssize_t grow, Py_ssize_t n_th, Py_ssize_t n_tw, Py_ssize_t m,
-                      const Py_ssize_t* at_idx, const floating* at_val, const Py_ssize_t* at_cnt,
-                      Py_ssize_t width, floating* s1, floating* yt) noexcept nogil:
-    """y of the tiles of tile row ``row`` of the chunk (``grow`` in the whole batch).
+                      Py_ssize_t row, Py_ssize_t grow, Py_ssize_t n_th, Py_ssize_t n_tw,
+                      const floating* at, Py_ssize_t m, const Py_ssize_t* down_offs,
+                      const Py_ssize_t* across_offs, floating* s1, floating* yt, floating* line) noexcept nogil:
+    """y of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
 
-    mm (a*a, G, T, K/G); y (N, K, OH, OW); s1: scratch (m, a, G, n_tw, K/G) for A^T M;
-    yt: scratch (m, m, G, n_tw, K/G) for the tiles. ``at_*`` (m x width): A^T's non-zeros.
+    mm: M (a*a, G, T, K/G); y (N, K, OH, OW); at = A^T (m x a, row-major); ``down_offs[p]``
+    = offset of M's plane p*a, ``across_offs[q]`` = q * K*n_tw; s1: scratch m*a*K*n_tw (A^T M,
+    [i][q][g][tile][k]); yt: scratch m*m*K*n_tw (the tiles, [i][j][g][tile][k]); line: scratch
+    m*n_tw*K (one output row, [ox][k]).
     """
     cdef Py_ssize_t a = m + 2
-    cdef Py_ssize_t n = n_tw * kg                   # one tile row of one group
-    cdef Py_ssize_t plane = groups * n              # s1[i, q] / yt[i, j]
+    cdef Py_ssize_t run = n_tw * kg                 # one group of one tile row in M
+    cdef Py_ssize_t plane = groups * run            # s1[i, q] / yt[i, j]
+    cdef Py_ssize_t k_out = groups * kg
     cdef Py_ssize_t img = grow // n_th
     cdef Py_ssize_t y0 = (grow - img * n_th) * m
-    cdef Py_ssize_t i, q, grp, e, p, j, tw, k, ox
-    cdef floating* dst
+    cdef Py_ssize_t q, grp, i, j, tw, k, ox
     cdef floating* out
     cdef const floating* src
-    # Column pass: s1[i, q, g] = sum_p A^T[i, p] M[p*a + q, g, tiles of the row].
-    for i in range(m):
-        for q in range(a):
-            for grp in range(groups):
-                dst = s1 + (i * a + q) * plane + grp * n
-                for e in range(at_cnt[i]):
-                    p = at_idx[i * width + e]
-                    src = mm + ((p * a + q) * groups + grp) * nt * kg + row * n
-                    if e == 0:
-                        _scale(dst, src, at_val[i * width + e], n)
-                    else:
-                        _axpy(dst, src, at_val[i * width + e], n)
-    # Row pass: yt[i, j] = sum_q A^T[j, q] s1[i, q] + bias.
-    for i in range(m):
-        for j in range(m):
-            dst = yt + (i * m + j) * plane
-            for grp in range(groups):
-                for tw in range(n_tw):
-                    for k in range(kg):
-                        dst[(grp * n_tw + tw) * kg + k] = bias[grp * kg + k]
-            for e in range(at_cnt[j]):
-                _axpy(dst, s1 + (i * a + at_idx[j * width + e]) * plane, at_val[j * width + e], plane)
-    # Scatter to NCHW; the last tile row/column drops what falls outside the output.
-    for i in range(min(m, oh - y0)):
+    cdef floating beta
+    # Down the tiles' rows: s1[i, q, g] = sum_p A^T[i, p] M[p*a + q, g, tiles of the row].
+    for q in range(a):
         for grp in range(groups):
-            for k in range(kg):
-                out = y + ((img * groups + grp) * kg + k) * oh * ow + (y0 + i) * ow
-                for j in range(m):
-                    src = yt + (i * m + j) * plane + grp * n + k
-                    for tw in range(n_tw):
-                        ox = tw * m + j
-                        if ox < ow:
-                            out[ox] = src[tw * kg]
+            _apply(at, m, a, mm, (q * groups + grp) * nt * kg + row * run, down_offs, 0,
+                   s1, q * plane + grp * run, a * plane, 0, 1, run)
+    # Across: yt[i, j] = sum_q A^T[j, q] s1[i, q].
+    for i in range(m):
+        _apply(at, m, a, s1, i * a * plane, across_offs, 0, yt, i * m * plane, plane, 0, 1, plane)
+    # To NCHW, one output row at a time: the tiles' columns to a [ox][k] line (vector copies),
+    # then each channel's row from it adding the bias (contiguous stores). The last tile
+    # row/column drops what falls outside the output.
+    for i in range(min(m, oh - y0)):
+        for j in range(m):
+            for tw in range(n_tw):
+                for grp in range(groups):
+                    src = yt + (i * m + j) * plane + grp * run + tw * kg
+                    out = line + (tw * m + j) * k_out + grp * kg
+                    for k in range(kg):
+                        out[k] = src[k]
+        for k in range(k_out):
+            out = y + ((img * k_out + k) * oh + y0 + i) * ow
+            beta = bias[k]
+            src = line + k
+            for ox in range(ow):
+                out[ox] = src[ox * k_out] + beta
 
 
 def _output_transform(const floating[:, :, :, ::1] mm, floating[:, :, :, ::1] y, const floating[::1] bias,
-                      Py_ssize_t row_start, Py_ssize_t n_th, Py_ssize_t n_tw, Py_ssize_t m,
-                      const Py_ssize_t[:, ::1] at_idx, const floating[:, ::1] at_val,
-                      const Py_ssize_t[::1] at_cnt, int nthreads):
-    """y tiles of the chunk's tile rows row_start .. = A^T M A + bias.
+                      Py_ssize_t row_start, Py_ssize_t n_th, Py_ssize_t n_tw, const floating[:, ::1] at,
+                      const Py_ssize_t[::1] down_offs, const Py_ssize_t[::1] across_offs, int nthreads):
+    """y of the chunk's tile rows row_start .. = A^T M A + bias.
 
-    mm (a*a, G, T, K/G), y (N, K, OH, OW), bias (K,).
+    mm (a*a, G, T, K/G), y (N, K, OH, OW), bias (K,), at = A^T. Threads as in _input_transform.
     """
-    cdef Py_ssize_t a = m + 2
+    cdef Py_ssize_t m = at.shape[0], a = at.shape[1]
     cdef Py_ssize_t groups = mm.shape[1], nt = mm.shape[2], kg = mm.shape[3]
+    cdef Py_ssize_t k_out = y.shape[1]
     cdef Py_ssize_t n_rows = nt // n_tw
-    cdef Py_ssize_t row, tid
+    cdef Py_ssize_t s1_size = m * a * k_out * n_tw, yt_size = m * m * k_out * n_tw
+    cdef Py_ssize_t row
+    cdef floating* scratch
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, ::1] s1 = np.empty((nthreads, m * a * groups * n_tw * kg), dtype=dtype)
-    cdef floating[:, ::1] yt = np.empty((nthreads, m * m * groups * n_tw * kg), dtype=dtype)
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, s1_size + yt_size + m * n_tw * k_out), dtype=dtype)
     for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
-        tid = omp_get_thread_num()
+        scratch = &scratch_all[omp_get_thread_num(), 0]
         _output_row(&mm[0, 0, 0, 0], groups, nt, kg, &y[0, 0, 0, 0], y.shape[2], y.shape[3], &bias[0],
-                    row, row_start + row, n_th, n_tw, m, &at_idx[0, 0], &at_val[0, 0], &at_cnt[0],
-                    at_idx.shape[1], &s1[tid, 0], &yt[tid, 0])
+                    row, row_start + row, n_th, n_tw, &at[0, 0], m, &down_offs[0], &across_offs[0],
+                    scratch, scratch + s1_size, scratch + s1_size + yt_size)
 
 
 # ---------------------------------------------------------------- the driver
@@ -290,23 +486,30 @@ def _winograd_conv(x, u, bias, y, pad_top, pad_left, m):
     aa = a * a
     n_th = -(-oh // m)
     n_tw = -(-ow // m)
+    slots = n_tw + 1
     total_rows = n * n_th
-    (bt_idx, bt_val, bt_cnt), (at_idx, at_val, at_cnt) = _SPARSE[m]
-    bt_idx, bt_cnt, at_idx, at_cnt = (t.astype(np.intp) for t in (bt_idx, bt_cnt, at_idx, at_cnt))
-    bt_val = bt_val.astype(x.dtype)
-    at_val = at_val.astype(x.dtype)
+    at, _, bt = (mat.astype(x.dtype) for mat in tables.MATRICES[m])
     bias = bias if bias is not None else np.zeros(k_out, dtype=x.dtype)
+    # Offsets of the transforms' inputs in the flat scratch and M arrays (see the row functions).
+    cols = np.arange(m * slots)
+    slot_of_col = ((cols % m) * slots + cols // m).astype(np.intp)
+    cg, kg = c_in // groups, k_out // groups
+    in_down = (np.arange(a) * (groups * m * slots * cg)).astype(np.intp)
+    in_across = np.array([((j % m) * slots + j // m) * cg for j in range(a)], dtype=np.intp)
+    out_across = (np.arange(a) * (k_out * n_tw)).astype(np.intp)
     rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
                                  limits.workspace_limit_bytes(), u.nbytes)
     v_buf = np.empty(aa * c_in * rows * n_tw, dtype=x.dtype)
     m_buf = np.empty(aa * k_out * rows * n_tw, dtype=x.dtype)
     for r0 in range(0, total_rows, rows):
         nt = min(rows, total_rows - r0) * n_tw
-        v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, c_in // groups)
-        mm = m_buf[:aa * k_out * nt].reshape(aa, groups, nt, k_out // groups)
-        _input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, m, bt_idx, bt_val, bt_cnt, nthreads)
+        v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, cg)
+        mm = m_buf[:aa * k_out * nt].reshape(aa, groups, nt, kg)
+        out_down = (np.arange(a) * (a * groups * nt * kg)).astype(np.intp)
+        _input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                         nthreads)
         _batched_gemm(v, u, mm)
-        _output_transform(mm, y, bias, r0, n_th, n_tw, m, at_idx, at_val, at_cnt, nthreads)
+        _output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, nthreads)
 
 
 def _forward(x, weight, bias, y, params, m):
