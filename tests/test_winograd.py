@@ -90,8 +90,8 @@ def test_f23_matrices_are_lavin_grays_up_to_signs():
     np.testing.assert_array_equal(bt * s_bt[:, None], lavin_bt)
 
 
-def test_f43_matrices_are_lavin_grays():
-    at, g, bt = tables.transform_matrices_exact(4, 3, tables.POINTS[4])
+def test_lavin_grays_points_give_lavin_grays_f43_matrices():
+    at, g, bt = tables.transform_matrices_exact(4, 3, (0, 1, -1, 2, -2))
     F = Fraction
     assert bt == [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
