@@ -320,6 +320,18 @@ def test_filter_cache_distinguishes_arrays_with_equal_shapes():
     assert len(calls) == 5
 
 
+def test_filter_cache_keeps_within_its_byte_budget():
+    cache = tables.FilterTransformCache(max_entries=10, max_bytes=3 * 2 * 72)   # 3 entries of 9 doubles x 2
+    arrays = [np.full((1, 1, 3, 3), float(i)) for i in range(5)]
+    for a in arrays:
+        cache.get(a, "k", lambda w: w + 1)
+    assert len(cache) == 3 and cache.nbytes() <= cache.max_bytes
+    big = np.zeros((2, 2, 3, 3))                                                 # 2 * 288 bytes
+    small_cache = tables.FilterTransformCache(max_bytes=100)
+    np.testing.assert_array_equal(small_cache.get(big, "k", lambda w: w - 1), big - 1)
+    assert len(small_cache) == 0
+
+
 # ---------------------------------------------------------------- applicability
 
 @pytest.mark.parametrize("algo", ["winograd", "winograd_f23", "winograd_f43"])

@@ -204,13 +204,16 @@ class FilterTransformCache:
     extra key (tile size, forward or grad_input). Identity alone is not enough -- a weight
     array updated in place by an optimiser keeps its id and pointer -- so each entry also keeps
     a copy of the weights it was computed from, and a hit requires the current weights to be
-    bit-for-bit equal to that copy (comparing is ~15x cheaper than recomputing ``U``; NaN
-    and signed zeros compare exactly). A mismatch recomputes and replaces the entry.
+    bit-for-bit equal to that copy (comparing reads the weights once; recomputing U costs far
+    more; NaN and signed zeros compare exactly). A mismatch recomputes and replaces the entry.
+    At most ``max_entries`` entries and ``max_bytes`` bytes (copies plus results) are kept,
+    least recently used first out; a result larger than ``max_bytes`` is not kept at all.
     The returned arrays are shared and read-only.
     """
 
-    def __init__(self, max_entries: int = 16):
+    def __init__(self, max_entries: int = 16, max_bytes: int = 256 * 2**20):
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._entries: "OrderedDict[Hashable, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -230,12 +233,20 @@ class FilterTransformCache:
         snapshot = weight.copy()
         result = compute(snapshot)
         result.setflags(write=False)
+        if snapshot.nbytes + result.nbytes > self.max_bytes:
+            with self._lock:
+                self._entries.pop(key, None)
+            return result
         with self._lock:
             self._entries[key] = (snapshot, result)
             self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
+            while len(self._entries) > self.max_entries or self.nbytes() > self.max_bytes:
                 self._entries.popitem(last=False)
         return result
+
+    def nbytes(self) -> int:
+        """Bytes held: the weight copies and the results."""
+        return sum(w.nbytes + u.nbytes for w, u in self._entries.values())
 
     def clear(self) -> None:
         with self._lock:
