@@ -26,6 +26,7 @@ from fastconv import limits, threads
 from fastconv.kernels import winograd_tables as tables
 
 _FILTER_CACHE = tables.FilterTransformCache()
+_WORKSPACE = tables.WorkspacePool()
 
 
 # ---------------------------------------------------------------- small dense transforms
@@ -499,8 +500,8 @@ def _winograd_conv(x, u, bias, y, pad_top, pad_left, m):
     out_across = (np.arange(a) * (k_out * n_tw)).astype(np.intp)
     rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
                                  limits.workspace_limit_bytes(), u.nbytes)
-    v_buf = np.empty(aa * c_in * rows * n_tw, dtype=x.dtype)
-    m_buf = np.empty(aa * k_out * rows * n_tw, dtype=x.dtype)
+    v_buf = _WORKSPACE.get("V", aa * c_in * rows * n_tw, x.dtype)
+    m_buf = _WORKSPACE.get("M", aa * k_out * rows * n_tw, x.dtype)
     for r0 in range(0, total_rows, rows):
         nt = min(rows, total_rows - r0) * n_tw
         v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, cg)
