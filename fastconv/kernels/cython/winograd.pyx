@@ -305,10 +305,10 @@ cdef void _input_row(const floating* x, Py_ssize_t c_in, Py_ssize_t h, Py_ssize_
 
     x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a x a, row-major); xr: scratch of
     (a+1)*m*S*C and r of a*m*S*C elements (S = n_tw + 1 column slots, cols = m*S): the tile
-    row's a input rows channel-last (plus one row of staging), with column ``s*m + ph`` at
+    row's a input rows channel-last plus one staging row, with column ``s*m + ph`` at
     ``[i, g, ph, s, c]`` (``slot_of_col[col] = ph*S + s``), and their transform down the rows.
     In that layout the j-th columns of all the row's tiles are one contiguous run
-    (``across_offs[j]``), so B^T across the columns is one vector operation.
+    (``across_offs[j]``), so B^T across the columns is one vector operation per output row p.
     """
     cdef Py_ssize_t m = a - 2
     cdef Py_ssize_t gsize = cols * cg                # one group of one input row
