@@ -2,8 +2,9 @@
 
 The oracle is ``fastconv.reference`` run in float64 on the same values. Tolerances are
 relative to the largest magnitude of the oracle's result (the scale of the output):
-float64 1e-10; float32 1e-4, except Winograd F(4x4,3x3) whose transforms amplify float32
-rounding (documented in the README's numerics table).
+float64 1e-10; float32 1e-4. Winograd F(4x4,3x3) needs no looser bound: its measured error
+is at most 5.3e-6 (float32) and 8.3e-15 (float64) relative to max |y| on realistic layers and
+1.3e-6 / 4.1e-15 on this grid (table in fastconv/kernels/winograd_tables.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fastconv import reference
 from fastconv.checks import conv_params, pool_params
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
-ALGO_TOLERANCE = {("winograd_f43", "float32"): 1e-3, ("winograd_f43", "float64"): 1e-9}
+ALGO_TOLERANCE = {}
 
 
 def tolerance(dtype, algo: str = "") -> float:

@@ -1,0 +1,551 @@
+# cython: language_level=3
+"""Winograd F(2x2,3x3) and F(4x4,3x3) convolution (Lavin & Gray), Cython backend.
+
+Mirrors ``fastconv/kernels/numba/winograd.py`` function for function; its docstring explains
+the algorithm, the data layout and the numerics. The transform matrices come from
+``fastconv.kernels.winograd_tables`` (shared by both backends). ``m`` is the output tile size,
+``a = m + 2`` the input tile size, ``xi = p*a + q`` a position in the transformed tile.
+
+Per chunk of tile rows: ``_input_transform`` (OpenMP over tile rows) writes
+V[xi, g, t, c]; ``_batched_gemm`` runs one BLAS GEMM per position and group,
+M[xi, g] = V[xi, g] @ U[xi, g], outside any parallel region; ``_output_transform`` (OpenMP
+over tile rows) writes y = A^T M A + bias in NCHW.
+
+The row helpers work on raw pointers into C-contiguous arrays. The small dense transforms
+(``_apply``) are C functions below whose ``restrict`` pointers let GCC vectorise them
+(six inputs and six outputs per element in registers); Cython cannot spell ``restrict``.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+
+from fastconv.kernels.cython.blas cimport floating, gemm
+from fastconv.kernels.cython.openmp cimport omp_get_thread_num
+
+from fastconv import limits, threads
+from fastconv.kernels import winograd_tables as tables
+
+_FILTER_CACHE = tables.FilterTransformCache()
+_WORKSPACE = tables.WorkspacePool()
+
+
+# ---------------------------------------------------------------- small dense transforms
+# fc_lin<n_in><n_out>: dst row o (o < n_out) = sum_i c[o, i] * src row i (i < n_in), for
+# u < n_outer runs of n_inner contiguous elements: src row i of run u starts at
+# src + s_base + s_offs[i] + u*s_outer, dst row o at dst + d_base + o*d_row + u*d_outer.
+# c is the row-major n_out x n_in table matrix, applied densely (its zeros cost
+# multiplications, not memory traffic). _f: float, _d: double.
+cdef extern from *:
+    """
+    static void fc_lin66_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, float *__restrict__ y4, float *__restrict__ y5, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *__restrict__ x4, const float *__restrict__ x5, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const float c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const float c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const float c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        const float c40 = c[24], c41 = c[25], c42 = c[26], c43 = c[27], c44 = c[28], c45 = c[29];
+        const float c50 = c[30], c51 = c[31], c52 = c[32], c53 = c[33], c54 = c[34], c55 = c[35];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5;
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5;
+        }
+    }
+    static void fc_lin66_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin66_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin64_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *__restrict__ x4, const float *__restrict__ x5, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const float c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const float c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const float c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+        }
+    }
+    static void fc_lin64_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin64_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin44_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        const float c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
+        const float c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
+        }
+    }
+    static void fc_lin44_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin44_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin42_run_f(float *__restrict__ y0, float *__restrict__ y1, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+        }
+    }
+    static void fc_lin42_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin42_run_f(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin66_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, double *__restrict__ y4, double *__restrict__ y5, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *__restrict__ x4, const double *__restrict__ x5, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const double c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const double c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const double c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        const double c40 = c[24], c41 = c[25], c42 = c[26], c43 = c[27], c44 = c[28], c45 = c[29];
+        const double c50 = c[30], c51 = c[31], c52 = c[32], c53 = c[33], c54 = c[34], c55 = c[35];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5;
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5;
+        }
+    }
+    static void fc_lin66_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin66_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin64_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *__restrict__ x4, const double *__restrict__ x5, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
+        const double c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
+        const double c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
+        const double c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
+        }
+    }
+    static void fc_lin64_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin64_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
+        }
+    }
+    static void fc_lin44_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        const double c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
+        const double c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
+        }
+    }
+    static void fc_lin44_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin44_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin42_run_d(double *__restrict__ y0, double *__restrict__ y1, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+        }
+    }
+    static void fc_lin42_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin42_run_d(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    """
+    void fc_lin66_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin64_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin44_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin42_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin66_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin64_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin44_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin42_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+
+
+cdef inline void _apply(const floating* c, Py_ssize_t n_out, Py_ssize_t n_in, const floating* src,
+                        Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer, floating* dst,
+                        Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer,
+                        Py_ssize_t n_inner) noexcept nogil:
+    """The fc_lin kernel of c's shape (a x a for B^T, m x a for A^T; a = 4 or 6)."""
+    if floating is float:
+        if n_in == 6:
+            if n_out == 6:
+                fc_lin66_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                fc_lin64_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif n_out == 4:
+            fc_lin44_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        else:
+            fc_lin42_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    else:
+        if n_in == 6:
+            if n_out == 6:
+                fc_lin66_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                fc_lin64_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif n_out == 4:
+            fc_lin44_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        else:
+            fc_lin42_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+
+
+# ---------------------------------------------------------------- filter transform
+
+def _filter_transform(const double[:, :, :, :, ::1] f, const double[:, ::1] g,
+                      floating[:, :, :, ::1] u, int nthreads):
+    """u[p*a + q, grp, c, :] = (G f[grp, c, :, :, :] G^T)[p, q], in float64, stored in u's dtype.
+
+    f (G, C_in/G, 3, 3, C_out/G) float64, g (a, 3) float64, u (a*a, G, C_in/G, C_out/G).
+    Vectorised over the output channels (the innermost axis of both).
+    """
+    cdef Py_ssize_t groups = f.shape[0], c_in = f.shape[1], k_out = f.shape[4]
+    cdef Py_ssize_t a = g.shape[0]
+    cdef Py_ssize_t job, grp, c, p, q, j, k
+    cdef double[:, :, :, ::1] tmp_all = np.empty((nthreads, a, 3, k_out))
+    cdef double* tmp
+    for job in prange(groups * c_in, nogil=True, num_threads=nthreads, schedule="static"):
+        grp = job // c_in
+        c = job - grp * c_in
+        tmp = &tmp_all[omp_get_thread_num(), 0, 0, 0]
+        for p in range(a):          # tmp = G f  (a x 3 per output channel)
+            for j in range(3):
+                for k in range(k_out):
+                    tmp[(p * 3 + j) * k_out + k] = g[p, 0] * f[grp, c, 0, j, k] \
+                        + g[p, 1] * f[grp, c, 1, j, k] + g[p, 2] * f[grp, c, 2, j, k]
+        for p in range(a):          # U = tmp G^T  (a x a)
+            for q in range(a):
+                for k in range(k_out):
+                    u[p * a + q, grp, c, k] = <floating>(tmp[(p * 3) * k_out + k] * g[q, 0]
+                                                         + tmp[(p * 3 + 1) * k_out + k] * g[q, 1]
+                                                         + tmp[(p * 3 + 2) * k_out + k] * g[q, 2])
+
+
+def _transformed_filters(weight, m, groups, grad_input):
+    """U (a*a, G, C_in/G, C_out/G) of the forward (or grad_input) convolution, cached per weight."""
+    def compute(w):
+        f = tables.filters_channel_last(w, groups, grad_input)
+        a = m + 2
+        u = np.empty((a * a,) + f.shape[:2] + f.shape[4:], dtype=w.dtype)
+        _filter_transform(f, tables.MATRICES[m][1], u, threads.get_num_threads())
+        return u
+    return _FILTER_CACHE.get(weight, ("cython", m, groups, grad_input), compute)
+
+
+# ---------------------------------------------------------------- input transform
+
+cdef void _input_row(const floating* x, Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
+                     floating* v, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t cg,
+                     Py_ssize_t row, Py_ssize_t grow, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                     Py_ssize_t n_th, Py_ssize_t n_tw, const floating* bt, Py_ssize_t a,
+                     const Py_ssize_t* slot_of_col, Py_ssize_t cols, const Py_ssize_t* down_offs,
+                     const Py_ssize_t* across_offs, floating* xr, floating* r) noexcept nogil:
+    """V of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
+
+    x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a x a, row-major); xr: scratch of
+    (a+1)*m*S*C and r of a*m*S*C elements (S = n_tw + 1 column slots, cols = m*S): the tile
+    row's a input rows channel-last plus one staging row, with column ``s*m + ph`` at
+    ``[i, g, ph, s, c]`` (``slot_of_col[col] = ph*S + s``), and their transform down the rows.
+    In that layout the j-th columns of all the row's tiles are one contiguous run
+    (``across_offs[j]``), so B^T across the columns is one vector operation per output row p.
+    """
+    cdef Py_ssize_t m = a - 2
+    cdef Py_ssize_t gsize = cols * cg                # one group of one input row
+    cdef Py_ssize_t plane = groups * gsize           # one input row
+    cdef Py_ssize_t img = grow // n_th
+    cdef Py_ssize_t y0 = (grow - img * n_th) * m - pad_top
+    cdef Py_ssize_t lo = min(max(pad_left, 0), cols)         # columns [lo, hi) hold image pixels
+    cdef Py_ssize_t hi = max(min(w + pad_left, cols), lo)
+    cdef floating* line = xr + a * plane                      # one input row, [col][c]
+    cdef floating* dst
+    cdef floating* out
+    cdef const floating* src
+    cdef Py_ssize_t i, yy, z, c, k, col, grp, p
+    for z in range(lo * c_in):
+        line[z] = 0
+    for z in range(hi * c_in, cols * c_in):
+        line[z] = 0
+    for i in range(a):
+        yy = y0 + i
+        dst = xr + i * plane
+        if yy < 0 or yy >= h:
+            for z in range(plane):
+                dst[z] = 0
+            continue
+        out = line + lo * c_in
+        for c in range(c_in):               # contiguous reads, stores strided by C (in L1)
+            src = x + ((img * c_in + c) * h + yy) * w + lo - pad_left
+            for k in range(hi - lo):
+                out[k * c_in + c] = src[k]
+        for col in range(cols):             # columns to their phase slots, one vector each
+            for grp in range(groups):
+                src = line + col * c_in + grp * cg
+                out = dst + grp * gsize + slot_of_col[col] * cg
+                for z in range(cg):
+                    out[z] = src[z]
+    # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
+    _apply(bt, a, a, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
+    # Across each tile's columns, all tiles of the row at once:
+    # V[p*a + q, g, tiles] = sum_j B^T[q, j] r[p, g, column j of the tiles].
+    for p in range(a):
+        for grp in range(groups):
+            _apply(bt, a, a, r, p * plane + grp * gsize, across_offs, 0,
+                   v, ((p * a * groups + grp) * nt + row * n_tw) * cg, groups * nt * cg, 0, 1, n_tw * cg)
+
+
+def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, Py_ssize_t row_start,
+                     Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th, Py_ssize_t n_tw,
+                     const floating[:, ::1] bt, const Py_ssize_t[::1] slot_of_col,
+                     const Py_ssize_t[::1] down_offs, const Py_ssize_t[::1] across_offs, int nthreads):
+    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W), bt = B^T).
+
+    Tile (img, th, tw) reads input rows from ``th*m - pad_top`` and columns from
+    ``tw*m - pad_left``. OpenMP splits the tile rows statically; each thread owns one slice
+    of the scratch array.
+    """
+    cdef Py_ssize_t a = bt.shape[0]
+    cdef Py_ssize_t cols = slot_of_col.shape[0]
+    cdef Py_ssize_t plane = cols * x.shape[1]
+    cdef Py_ssize_t groups = v.shape[1], nt = v.shape[2], cg = v.shape[3]
+    cdef Py_ssize_t n_rows = nt // n_tw
+    cdef Py_ssize_t row
+    cdef floating* scratch
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, (2 * a + 1) * plane), dtype=dtype)
+    for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
+        scratch = &scratch_all[omp_get_thread_num(), 0]
+        _input_row(&x[0, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &v[0, 0, 0, 0], groups, nt, cg,
+                   row, row_start + row, pad_top, pad_left, n_th, n_tw, &bt[0, 0], a,
+                   &slot_of_col[0], cols, &down_offs[0], &across_offs[0],
+                   scratch, scratch + (a + 1) * plane)
+
+
+# ---------------------------------------------------------------- the GEMMs
+
+def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floating[:, :, :, ::1] mm):
+    """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g (BLAS, serial loop).
+
+    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G); BLAS threads each product.
+    """
+    cdef int nt = v.shape[2], cg = v.shape[3], kg = u.shape[3]
+    cdef Py_ssize_t xi, g
+    with nogil:
+        for xi in range(u.shape[0]):
+            for g in range(u.shape[1]):
+                gemm(False, False, nt, kg, cg, <floating>1, &v[xi, g, 0, 0], cg, &u[xi, g, 0, 0], kg,
+                     <floating>0, &mm[xi, g, 0, 0], kg)
+
+
+# ---------------------------------------------------------------- output transform
+
+cdef void _output_row(const floating* mm, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t kg,
+                      floating* y, Py_ssize_t oh, Py_ssize_t ow, const floating* bias,
+                      Py_ssize_t row, Py_ssize_t grow, Py_ssize_t n_th, Py_ssize_t n_tw,
+                      const floating* at, Py_ssize_t m, const Py_ssize_t* down_offs,
+                      const Py_ssize_t* across_offs, floating* s1, floating* yt, floating* line) noexcept nogil:
+    """y of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
+
+    mm: M (a*a, G, T, K/G); y (N, K, OH, OW); at = A^T (m x a, row-major); ``down_offs[p]``
+    = offset of M's plane p*a, ``across_offs[q]`` = q * K*n_tw; s1: scratch m*a*K*n_tw (A^T M,
+    [i][q][g][tile][k]); yt: scratch m*m*K*n_tw (the tiles, [i][j][g][tile][k]); line: scratch
+    m*n_tw*K (one output row, [ox][k]).
+    """
+    cdef Py_ssize_t a = m + 2
+    cdef Py_ssize_t run = n_tw * kg                 # one group of one tile row in M
+    cdef Py_ssize_t plane = groups * run            # s1[i, q] / yt[i, j]
+    cdef Py_ssize_t k_out = groups * kg
+    cdef Py_ssize_t img = grow // n_th
+    cdef Py_ssize_t y0 = (grow - img * n_th) * m
+    cdef Py_ssize_t q, grp, i, j, tw, k, ox
+    cdef floating* out
+    cdef const floating* src
+    cdef floating beta
+    # Down the tiles' rows: s1[i, q, g] = sum_p A^T[i, p] M[p*a + q, g, tiles of the row].
+    for q in range(a):
+        for grp in range(groups):
+            _apply(at, m, a, mm, (q * groups + grp) * nt * kg + row * run, down_offs, 0,
+                   s1, q * plane + grp * run, a * plane, 0, 1, run)
+    # Across: yt[i, j] = sum_q A^T[j, q] s1[i, q].
+    for i in range(m):
+        _apply(at, m, a, s1, i * a * plane, across_offs, 0, yt, i * m * plane, plane, 0, 1, plane)
+    # To NCHW, one output row at a time: the tiles' columns to a [ox][k] line (vector copies),
+    # then each channel's row from it adding the bias (contiguous stores). The last tile
+    # row/column drops what falls outside the output.
+    for i in range(min(m, oh - y0)):
+        for j in range(m):
+            for tw in range(n_tw):
+                for grp in range(groups):
+                    src = yt + (i * m + j) * plane + grp * run + tw * kg
+                    out = line + (tw * m + j) * k_out + grp * kg
+                    for k in range(kg):
+                        out[k] = src[k]
+        for k in range(k_out):
+            out = y + ((img * k_out + k) * oh + y0 + i) * ow
+            beta = bias[k]
+            src = line + k
+            for ox in range(ow):
+                out[ox] = src[ox * k_out] + beta
+
+
+def _output_transform(const floating[:, :, :, ::1] mm, floating[:, :, :, ::1] y, const floating[::1] bias,
+                      Py_ssize_t row_start, Py_ssize_t n_th, Py_ssize_t n_tw, const floating[:, ::1] at,
+                      const Py_ssize_t[::1] down_offs, const Py_ssize_t[::1] across_offs, int nthreads):
+    """y of the chunk's tile rows row_start .. = A^T M A + bias.
+
+    mm (a*a, G, T, K/G), y (N, K, OH, OW), bias (K,), at = A^T. Threads as in _input_transform.
+    """
+    cdef Py_ssize_t m = at.shape[0], a = at.shape[1]
+    cdef Py_ssize_t groups = mm.shape[1], nt = mm.shape[2], kg = mm.shape[3]
+    cdef Py_ssize_t k_out = y.shape[1]
+    cdef Py_ssize_t n_rows = nt // n_tw
+    cdef Py_ssize_t s1_size = m * a * k_out * n_tw, yt_size = m * m * k_out * n_tw
+    cdef Py_ssize_t row
+    cdef floating* scratch
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, s1_size + yt_size + m * n_tw * k_out), dtype=dtype)
+    for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
+        scratch = &scratch_all[omp_get_thread_num(), 0]
+        _output_row(&mm[0, 0, 0, 0], groups, nt, kg, &y[0, 0, 0, 0], y.shape[2], y.shape[3], &bias[0],
+                    row, row_start + row, n_th, n_tw, &at[0, 0], m, &down_offs[0], &across_offs[0],
+                    scratch, scratch + s1_size, scratch + s1_size + yt_size)
+
+
+# ---------------------------------------------------------------- the driver
+
+def _winograd_conv(x, u, bias, y, pad_top, pad_left, m):
+    """y (N, K, OH, OW) = 3x3 stride-1 correlation of x (N, C, H, W) with transformed filters u.
+
+    ``u`` is (a*a, G, C/G, K/G); output (oy, ox) reads the 3x3 input window starting at
+    (oy - pad_top, ox - pad_left), zeros outside x. ``bias`` is (K,) or None.
+    """
+    nthreads = threads.get_num_threads()
+    n, c_in = x.shape[0], x.shape[1]
+    k_out, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    groups = u.shape[1]
+    a = m + 2
+    aa = a * a
+    n_th = -(-oh // m)
+    n_tw = -(-ow // m)
+    slots = n_tw + 1
+    total_rows = n * n_th
+    at, _, bt = (mat.astype(x.dtype) for mat in tables.MATRICES[m])
+    bias = bias if bias is not None else np.zeros(k_out, dtype=x.dtype)
+    # Offsets of the transforms' inputs in the flat scratch and M arrays (see the row functions).
+    cols = np.arange(m * slots)
+    slot_of_col = ((cols % m) * slots + cols // m).astype(np.intp)
+    cg, kg = c_in // groups, k_out // groups
+    in_down = (np.arange(a) * (groups * m * slots * cg)).astype(np.intp)
+    in_across = np.array([((j % m) * slots + j // m) * cg for j in range(a)], dtype=np.intp)
+    out_across = (np.arange(a) * (k_out * n_tw)).astype(np.intp)
+    rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
+                                 limits.workspace_limit_bytes(), u.nbytes)
+    v_buf = _WORKSPACE.get("V", aa * c_in * rows * n_tw, x.dtype)
+    m_buf = _WORKSPACE.get("M", aa * k_out * rows * n_tw, x.dtype)
+    for r0 in range(0, total_rows, rows):
+        nt = min(rows, total_rows - r0) * n_tw
+        v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, cg)
+        mm = m_buf[:aa * k_out * nt].reshape(aa, groups, nt, kg)
+        out_down = (np.arange(a) * (a * groups * nt * kg)).astype(np.intp)
+        _input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                         nthreads)
+        _batched_gemm(v, u, mm)
+        _output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, nthreads)
+
+
+def _forward(x, weight, bias, y, params, m):
+    u = _transformed_filters(weight, m, params.groups, grad_input=False)
+    _winograd_conv(x, u, bias, y, params.pad_top, params.pad_left, m)
+
+
+def _grad_input(grad_output, weight, grad_input, params, m):
+    u = _transformed_filters(weight, m, params.groups, grad_input=True)
+    _winograd_conv(grad_output, u, None, grad_input, 2 - params.pad_top, 2 - params.pad_left, m)
+
+
+# ---------------------------------------------------------------- public kernels
+
+def conv2d_forward_f23(x, weight, bias, y, params):
+    """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/g, 3, 3)) + bias, by F(2x2,3x3).
+
+    float32 or float64; stride 1, dilation 1, any padding and groups.
+    """
+    _forward(x, weight, bias, y, params, 2)
+
+
+def conv2d_forward_f43(x, weight, bias, y, params):
+    """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/g, 3, 3)) + bias, by F(4x4,3x3).
+
+    float32 or float64; stride 1, dilation 1, any padding and groups.
+    """
+    _forward(x, weight, bias, y, params, 4)
+
+
+def conv2d_grad_input_f23(grad_output, weight, grad_input, params):
+    """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/g, 3, 3), by F(2x2,3x3)."""
+    _grad_input(grad_output, weight, grad_input, params, 2)
+
+
+def conv2d_grad_input_f43(grad_output, weight, grad_input, params):
+    """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/g, 3, 3), by F(4x4,3x3)."""
+    _grad_input(grad_output, weight, grad_input, params, 4)

@@ -1,0 +1,461 @@
+"""Winograd F(2x2,3x3) and F(4x4,3x3) convolution (Lavin & Gray), Numba backend.
+
+Mirrors ``fastconv/kernels/cython/winograd.pyx`` function for function. The transform
+matrices come from ``fastconv.kernels.winograd_tables`` (shared by both backends). ``m`` is
+the output tile size, ``a = m + 2`` the input tile size, ``xi = p*a + q`` a position in the
+transformed a x a tile.
+
+One call runs, per chunk of tile rows (the chunk keeps the V and M buffers within
+``fastconv.limits.workspace_limit_bytes()``):
+
+1. ``_input_transform``: ``V[xi, g, t, c] = (B^T d B)[xi]`` of every overlapping a x a input
+   tile ``d`` (out-of-range input reads as zero) -- parallel over tile rows;
+2. ``_batched_gemm``: one GEMM per position xi and group,
+   ``M[xi, g] (T x K/g) = V[xi, g] (T x C/g) @ U[xi, g] (C/g x K/g)``, outside any parallel
+   region so that BLAS owns the threads;
+3. ``_output_transform``: ``y = A^T M A + bias`` of every tile, written to NCHW ``y`` --
+   parallel over tile rows.
+
+Data layout: channels innermost. V and M are [xi][group][tile][channel], so each GEMM reads
+and writes contiguous row-major matrices. The input transform of a tile row copies its a
+input rows channel-last (the only strided reads; pixels outside the image are zeros) with
+the columns regrouped by phase -- column ``s*m + ph`` at slot ``[ph][s]`` -- so that the j-th
+columns of all the row's tiles form one contiguous run; B^T is then applied down the rows
+(all columns at once) and across the columns (all tiles at once). The output transform
+applies A^T down and across a tile row's M and writes the tiles to NCHW through a
+[column][channel] line (the only strided accesses). Every arithmetic step is one of the
+``_lin*`` kernels: ``n_out`` outputs from ``n_in`` inputs held in registers, vectorised over
+a contiguous run of (tile, channel). They apply the table matrices densely: the zero entries
+cost multiplications but no memory traffic, which was the bottleneck of sparse
+one-term-at-a-time updates (measured 1.4-2x slower).
+
+Numerics: the filter transform ``U = G g G^T`` runs in float64 (``G`` holds 1/3, 1/15, ...
+which round in float32), once per weight array while its values are unchanged
+(``winograd_tables.FilterTransformCache``). NaN propagates; an Inf input turns the tiles that
+read it into NaN (the transforms subtract input values, as in every Winograd kernel).
+
+grad_input is the same computation: a 3x3 stride-1 convolution of grad_output with the
+filters turned by 180 degrees and input/output channels swapped per group, whose windows
+start at ``(oy - (2 - pad_top), ox - (2 - pad_left))``. The driver takes any (also negative)
+offsets: windows that leave grad_output read zeros, which is exactly the case pad > 2
+(input rows that no output window covered get zero gradient).
+"""
+import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (np.dot in @njit calls SciPy's BLAS: load it now
+#                                   so that fastconv's thread limit reaches it when this loads)
+from numba import njit, prange
+
+from ... import limits, threads
+from .. import winograd_tables as tables
+from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
+
+_FILTER_CACHE = tables.FilterTransformCache()
+_WORKSPACE = tables.WorkspacePool()
+
+
+# ---------------------------------------------------------------- filter transform
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _filter_transform(f, g, u):
+    """u[p*a + q, grp, c, :] = (G f[grp, c, :, :, :] G^T)[p, q], in float64, stored in u's dtype.
+
+    f (G, C_in/G, 3, 3, C_out/G) float64, g (a, 3) float64, u (a*a, G, C_in/G, C_out/G).
+    Vectorised over the output channels (the innermost axis of both).
+    """
+    groups, c_in, k_out = f.shape[0], f.shape[1], f.shape[4]
+    a = g.shape[0]
+    for job in prange(groups * c_in):
+        grp = job // c_in
+        c = job - grp * c_in
+        tmp = np.empty((a, 3, k_out))
+        for p in range(a):          # tmp = G f  (a x 3 per output channel)
+            for j in range(3):
+                for k in range(k_out):
+                    tmp[p, j, k] = g[p, 0] * f[grp, c, 0, j, k] + g[p, 1] * f[grp, c, 1, j, k] \
+                        + g[p, 2] * f[grp, c, 2, j, k]
+        for p in range(a):          # U = tmp G^T  (a x a)
+            for q in range(a):
+                out = u[p * a + q, grp, c]
+                for k in range(k_out):
+                    out[k] = tmp[p, 0, k] * g[q, 0] + tmp[p, 1, k] * g[q, 1] + tmp[p, 2, k] * g[q, 2]
+
+
+def _transformed_filters(weight, m, groups, grad_input):
+    """U (a*a, G, C_in/G, C_out/G) of the forward (or grad_input) convolution, cached per weight."""
+    def compute(w):
+        f = tables.filters_channel_last(w, groups, grad_input)
+        a = m + 2
+        u = np.empty((a * a,) + f.shape[:2] + f.shape[4:], dtype=w.dtype)
+        use_configured_threads()
+        _filter_transform(f, tables.MATRICES[m][1], u)
+        return u
+    return _FILTER_CACHE.get(weight, ("numba", m, groups, grad_input), compute)
+
+
+# ---------------------------------------------------------------- small dense transforms
+# ``_lin<n_in><n_out>``: dst row o (o < n_out) = sum_i c[o, i] * src row i (i < n_in), for
+# u < n_outer runs of n_inner contiguous elements. In the flat arrays, src row i of run u
+# starts at s_base + s_offs[i] + u*s_outer and dst row o at d_base + o*d_row + u*d_outer.
+# One kernel per shape so that an element's inputs and outputs stay in registers; the table
+# matrix is applied densely (its zeros cost multiplications, not memory traffic).
+
+@njit(**JIT_OPTIONS)
+def _lin66(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """6 outputs from 6 inputs (see the section comment)."""
+    c00, c01, c02, c03, c04, c05 = c[0, 0], c[0, 1], c[0, 2], c[0, 3], c[0, 4], c[0, 5]
+    c10, c11, c12, c13, c14, c15 = c[1, 0], c[1, 1], c[1, 2], c[1, 3], c[1, 4], c[1, 5]
+    c20, c21, c22, c23, c24, c25 = c[2, 0], c[2, 1], c[2, 2], c[2, 3], c[2, 4], c[2, 5]
+    c30, c31, c32, c33, c34, c35 = c[3, 0], c[3, 1], c[3, 2], c[3, 3], c[3, 4], c[3, 5]
+    c40, c41, c42, c43, c44, c45 = c[4, 0], c[4, 1], c[4, 2], c[4, 3], c[4, 4], c[4, 5]
+    c50, c51, c52, c53, c54, c55 = c[5, 0], c[5, 1], c[5, 2], c[5, 3], c[5, 4], c[5, 5]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        x4 = src[s + s_offs[4]:s + s_offs[4] + n_inner]
+        x5 = src[s + s_offs[5]:s + s_offs[5] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        y4 = dst[d + 4 * d_row:d + 4 * d_row + n_inner]
+        y5 = dst[d + 5 * d_row:d + 5 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]; v4 = x4[z]; v5 = x5[z]
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5
+
+
+@njit(**JIT_OPTIONS)
+def _lin64(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """4 outputs from 6 inputs (see the section comment)."""
+    c00, c01, c02, c03, c04, c05 = c[0, 0], c[0, 1], c[0, 2], c[0, 3], c[0, 4], c[0, 5]
+    c10, c11, c12, c13, c14, c15 = c[1, 0], c[1, 1], c[1, 2], c[1, 3], c[1, 4], c[1, 5]
+    c20, c21, c22, c23, c24, c25 = c[2, 0], c[2, 1], c[2, 2], c[2, 3], c[2, 4], c[2, 5]
+    c30, c31, c32, c33, c34, c35 = c[3, 0], c[3, 1], c[3, 2], c[3, 3], c[3, 4], c[3, 5]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        x4 = src[s + s_offs[4]:s + s_offs[4] + n_inner]
+        x5 = src[s + s_offs[5]:s + s_offs[5] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]; v4 = x4[z]; v5 = x5[z]
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5
+
+
+@njit(**JIT_OPTIONS)
+def _lin44(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """4 outputs from 4 inputs (see the section comment)."""
+    c00, c01, c02, c03 = c[0, 0], c[0, 1], c[0, 2], c[0, 3]
+    c10, c11, c12, c13 = c[1, 0], c[1, 1], c[1, 2], c[1, 3]
+    c20, c21, c22, c23 = c[2, 0], c[2, 1], c[2, 2], c[2, 3]
+    c30, c31, c32, c33 = c[3, 0], c[3, 1], c[3, 2], c[3, 3]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3
+
+
+@njit(**JIT_OPTIONS)
+def _lin42(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """2 outputs from 4 inputs (see the section comment)."""
+    c00, c01, c02, c03 = c[0, 0], c[0, 1], c[0, 2], c[0, 3]
+    c10, c11, c12, c13 = c[1, 0], c[1, 1], c[1, 2], c[1, 3]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3
+
+
+
+@njit(**JIT_OPTIONS)
+def _apply(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """The ``_lin*`` kernel of c's shape (a x a for B^T, m x a for A^T; a = 4 or 6)."""
+    n_out, n_in = c.shape
+    if n_in == 6:
+        if n_out == 6:
+            _lin66(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        else:
+            _lin64(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    elif n_out == 4:
+        _lin44(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    else:
+        _lin42(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+
+
+# ---------------------------------------------------------------- input transform
+
+@njit(**JIT_OPTIONS)
+def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, down_offs,
+               across_offs, xr, r):
+    """V of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
+
+    x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a, a); xr: scratch of (a+1)*m*S*C and
+    r of a*m*S*C elements (S = n_tw + 1 column slots): the tile row's a input rows channel-last
+    plus one staging row, with column ``s*m + ph`` at ``[i, g, ph, s, c]`` (``slot_of_col[col]
+    = ph*S + s``), and their transform down the rows. In that layout the j-th columns of all
+    the row's tiles are one contiguous run (``across_offs[j]``), so B^T across the columns is
+    one vector operation per output row p.
+    """
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    a = bt.shape[0]
+    m = a - 2
+    groups, nt, cg = v.shape[1], v.shape[2], v.shape[3]
+    cols = slot_of_col.size                 # m * S columns, n_tw*m + 2 of them used
+    gsize = cols * cg                       # one group of one input row
+    plane = groups * gsize                  # one input row
+    img = grow // n_th
+    y0 = (grow - img * n_th) * m - pad_top
+    lo = min(max(pad_left, 0), cols)        # columns [lo, hi) hold image pixels
+    hi = max(min(w + pad_left, cols), lo)
+    line = xr[a * plane:]                   # one input row, [col][c]
+    for z in range(lo * c_in):
+        line[z] = 0
+    for z in range(hi * c_in, cols * c_in):
+        line[z] = 0
+    for i in range(a):
+        yy = y0 + i
+        dst = xr[i * plane:(i + 1) * plane]
+        if yy < 0 or yy >= h:
+            for z in range(plane):
+                dst[z] = 0
+            continue
+        inside = line[lo * c_in:hi * c_in]
+        for c in range(c_in):               # contiguous reads, stores strided by C (in L1)
+            src = x[img, c, yy, lo - pad_left:hi - pad_left]
+            for k in range(hi - lo):
+                inside[k * c_in + c] = src[k]
+        for col in range(cols):             # columns to their phase slots, one vector each
+            for grp in range(groups):
+                src = line[col * c_in + grp * cg:col * c_in + (grp + 1) * cg]
+                out = dst[grp * gsize + slot_of_col[col] * cg:grp * gsize + (slot_of_col[col] + 1) * cg]
+                for z in range(cg):
+                    out[z] = src[z]
+    # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
+    _apply(bt, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
+    # Across each tile's columns, all tiles of the row at once:
+    # V[p*a + q, g, tiles] = sum_j B^T[q, j] r[p, g, column j of the tiles].
+    vf = v.reshape(-1)
+    for p in range(a):
+        for grp in range(groups):
+            _apply(bt, r, p * plane + grp * gsize, across_offs, 0,
+                   vf, ((p * a * groups + grp) * nt + row * n_tw) * cg, groups * nt * cg, 0, 1, n_tw * cg)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, down_offs,
+                     across_offs, workers):
+    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W), bt = B^T).
+
+    Tile (img, th, tw) reads input rows from ``th*m - pad_top`` and columns from
+    ``tw*m - pad_left``. The tile rows are split into ``workers`` contiguous ranges, one per
+    parallel iteration, so each worker owns one slice of the scratch array.
+    """
+    a = bt.shape[0]
+    plane = slot_of_col.size * x.shape[1]
+    n_rows = v.shape[2] // n_tw
+    scratch = np.empty((workers, (2 * a + 1) * plane), dtype=x.dtype)
+    for worker in prange(workers):
+        for row in range(worker * n_rows // workers, (worker + 1) * n_rows // workers):
+            _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, slot_of_col,
+                       down_offs, across_offs, scratch[worker, :(a + 1) * plane],
+                       scratch[worker, (a + 1) * plane:])
+
+
+# ---------------------------------------------------------------- the GEMMs
+
+@njit(**JIT_OPTIONS)
+def _batched_gemm(v, u, mm):
+    """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g (BLAS, serial loop).
+
+    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G); BLAS threads each product.
+    """
+    for xi in range(u.shape[0]):
+        for g in range(u.shape[1]):
+            np.dot(v[xi, g], u[xi, g], mm[xi, g])
+
+
+# ---------------------------------------------------------------- output transform
+
+@njit(**JIT_OPTIONS)
+def _output_row(mm, y, bias, row, grow, n_th, n_tw, at, down_offs, across_offs, s1, yt, line):
+    """y of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
+
+    mm: M (a*a, G, T, K/G); y (N, K, OH, OW); at = A^T (m, a); ``down_offs[p]`` = offset of
+    M's plane p*a in the flat M, ``across_offs[q]`` = q * K*n_tw; s1: scratch m*a*K*n_tw
+    (A^T M, [i][q][g][tile][k]); yt: scratch m*m*K*n_tw (the tiles, [i][j][g][tile][k]);
+    line: scratch m*n_tw*K (one output row, [ox][k]).
+    """
+    oh, ow = y.shape[2], y.shape[3]
+    m, a = at.shape
+    groups, nt, kg = mm.shape[1], mm.shape[2], mm.shape[3]
+    run = n_tw * kg                     # one group of one tile row in M
+    plane = groups * run                # s1[i, q] / yt[i, j]
+    mf = mm.reshape(-1)
+    # Down the tiles' rows: s1[i, q, g] = sum_p A^T[i, p] M[p*a + q, g, tiles of the row].
+    for q in range(a):
+        for grp in range(groups):
+            _apply(at, mf, (q * groups + grp) * nt * kg + row * run, down_offs, 0,
+                   s1, q * plane + grp * run, a * plane, 0, 1, run)
+    # Across: yt[i, j] = sum_q A^T[j, q] s1[i, q].
+    for i in range(m):
+        _apply(at, s1, i * a * plane, across_offs, 0, yt, i * m * plane, plane, 0, 1, plane)
+    # To NCHW, one output row at a time: the tiles' columns to a [ox][k] line (vector copies),
+    # then each channel's row from it adding the bias (contiguous stores). The last tile
+    # row/column drops what falls outside the output.
+    img = grow // n_th
+    y0 = (grow - img * n_th) * m
+    k_out = groups * kg
+    for i in range(min(m, oh - y0)):
+        for j in range(m):
+            for tw in range(n_tw):
+                for grp in range(groups):
+                    src = yt[(i * m + j) * plane + grp * run + tw * kg:(i * m + j) * plane + grp * run + (tw + 1) * kg]
+                    out = line[(tw * m + j) * k_out + grp * kg:(tw * m + j) * k_out + (grp + 1) * kg]
+                    for k in range(kg):
+                        out[k] = src[k]
+        for k in range(k_out):
+            out = y[img, k, y0 + i]
+            beta = bias[k]
+            src = line[k:]
+            for ox in range(ow):
+                out[ox] = src[ox * k_out] + beta
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _output_transform(mm, y, bias, row_start, n_th, n_tw, at, down_offs, across_offs, workers):
+    """y of the chunk's tile rows row_start .. = A^T M A + bias.
+
+    mm (a*a, G, T, K/G), y (N, K, OH, OW), bias (K,), at = A^T. Workers as in _input_transform.
+    """
+    m, a = at.shape
+    k_out = y.shape[1]
+    n_rows = mm.shape[2] // n_tw
+    s1 = np.empty((workers, m * a * k_out * n_tw), dtype=y.dtype)
+    yt = np.empty((workers, m * m * k_out * n_tw), dtype=y.dtype)
+    line = np.empty((workers, m * n_tw * k_out), dtype=y.dtype)
+    for worker in prange(workers):
+        for row in range(worker * n_rows // workers, (worker + 1) * n_rows // workers):
+            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, down_offs, across_offs,
+                        s1[worker], yt[worker], line[worker])
+
+
+# ---------------------------------------------------------------- the driver
+
+def _winograd_conv(x, u, bias, y, pad_top, pad_left, m):
+    """y (N, K, OH, OW) = 3x3 stride-1 correlation of x (N, C, H, W) with transformed filters u.
+
+    ``u`` is (a*a, G, C/G, K/G); output (oy, ox) reads the 3x3 input window starting at
+    (oy - pad_top, ox - pad_left), zeros outside x. ``bias`` is (K,) or None.
+    """
+    use_configured_threads()
+    workers = threads.numba_threads()
+    n, c_in = x.shape[0], x.shape[1]
+    k_out, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    groups = u.shape[1]
+    a = m + 2
+    aa = a * a
+    n_th = -(-oh // m)
+    n_tw = -(-ow // m)
+    slots = n_tw + 1
+    total_rows = n * n_th
+    at, _, bt = (mat.astype(x.dtype) for mat in tables.MATRICES[m])
+    bias = bias if bias is not None else np.zeros(k_out, dtype=x.dtype)
+    # Offsets of the transforms' inputs in the flat scratch and M arrays (see the row functions).
+    cols = np.arange(m * slots)
+    slot_of_col = (cols % m) * slots + cols // m
+    cg, kg = c_in // groups, k_out // groups
+    in_down = np.arange(a) * (groups * m * slots * cg)
+    in_across = np.array([((j % m) * slots + j // m) * cg for j in range(a)])
+    out_across = np.arange(a) * (k_out * n_tw)
+    rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
+                                 limits.workspace_limit_bytes(), u.nbytes)
+    v_buf = _WORKSPACE.get("V", aa * c_in * rows * n_tw, x.dtype)
+    m_buf = _WORKSPACE.get("M", aa * k_out * rows * n_tw, x.dtype)
+    for r0 in range(0, total_rows, rows):
+        nt = min(rows, total_rows - r0) * n_tw
+        v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, cg)
+        mm = m_buf[:aa * k_out * nt].reshape(aa, groups, nt, kg)
+        out_down = np.arange(a) * (a * groups * nt * kg)
+        _input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                         workers)
+        _batched_gemm(v, u, mm)
+        _output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, workers)
+
+
+def _forward(x, weight, bias, y, params, m):
+    u = _transformed_filters(weight, m, params.groups, grad_input=False)
+    _winograd_conv(x, u, bias, y, params.pad_top, params.pad_left, m)
+
+
+def _grad_input(grad_output, weight, grad_input, params, m):
+    u = _transformed_filters(weight, m, params.groups, grad_input=True)
+    _winograd_conv(grad_output, u, None, grad_input, 2 - params.pad_top, 2 - params.pad_left, m)
+
+
+# ---------------------------------------------------------------- public kernels
+
+def conv2d_forward_f23(x, weight, bias, y, params):
+    """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/g, 3, 3)) + bias, by F(2x2,3x3).
+
+    float32 or float64; stride 1, dilation 1, any padding and groups.
+    """
+    _forward(x, weight, bias, y, params, 2)
+
+
+def conv2d_forward_f43(x, weight, bias, y, params):
+    """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/g, 3, 3)) + bias, by F(4x4,3x3).
+
+    float32 or float64; stride 1, dilation 1, any padding and groups.
+    """
+    _forward(x, weight, bias, y, params, 4)
+
+
+def conv2d_grad_input_f23(grad_output, weight, grad_input, params):
+    """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/g, 3, 3), by F(2x2,3x3)."""
+    _grad_input(grad_output, weight, grad_input, params, 2)
+
+
+def conv2d_grad_input_f43(grad_output, weight, grad_input, params):
+    """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/g, 3, 3), by F(4x4,3x3)."""
+    _grad_input(grad_output, weight, grad_input, params, 4)

@@ -1,0 +1,366 @@
+"""Winograd F(2x2,3x3) / F(4x4,3x3): the transform tables, both backends' kernels, the filter cache.
+
+The parity grid (test_kernel_parity.py) covers the registered kernels on the shared cases;
+this file checks what is specific to Winograd: the matrices themselves, partial tiles,
+padding beyond the filter, asymmetric padding, chunking, threads, NaN and the cache.
+"""
+import importlib
+from dataclasses import replace
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import limits, reference
+from fastconv.checks import conv_params
+from fastconv.kernels import winograd_tables as tables
+
+from cases import tolerance
+
+ALGOS = {"winograd_f23": 2, "winograd_f43": 4}
+
+
+def _backend_module(backend):
+    name = f"fastconv.kernels.{backend}.winograd"
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:  # the Cython extension is not built
+        pytest.skip(f"{name} not importable: {exc}")
+
+
+@pytest.fixture(params=["numba", "cython"])
+def backend(request):
+    _backend_module(request.param)
+    return request.param
+
+
+# ---------------------------------------------------------------- the tables
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_matrices_compute_1d_correlation_exactly_in_rationals(m):
+    """A^T [(G g) * (B^T d)] is the valid correlation of d with g, in exact arithmetic."""
+    at, g, bt = tables.transform_matrices_exact(m, 3, tables.POINTS[m])
+    rng = np.random.default_rng(m)
+    for _ in range(20):
+        d = [Fraction(int(v)) for v in rng.integers(-50, 50, m + 2)]
+        f = [Fraction(int(v)) for v in rng.integers(-50, 50, 3)]
+        gf = [sum(g[i][k] * f[k] for k in range(3)) for i in range(m + 2)]
+        bd = [sum(bt[i][k] * d[k] for k in range(m + 2)) for i in range(m + 2)]
+        y = [sum(at[o][i] * gf[i] * bd[i] for i in range(m + 2)) for o in range(m)]
+        assert y == [sum(d[o + k] * f[k] for k in range(3)) for o in range(m)]
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_float_matrices_match_np_correlate(m):
+    at, g, bt = tables.MATRICES[m]
+    assert at.shape == (m, m + 2) and g.shape == (m + 2, 3) and bt.shape == (m + 2, m + 2)
+    assert at.dtype == g.dtype == bt.dtype == np.float64
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        d = rng.standard_normal(m + 2)
+        f = rng.standard_normal(3)
+        np.testing.assert_allclose(at @ ((g @ f) * (bt @ d)), np.correlate(d, f, "valid"),
+                                   rtol=0, atol=1e-14 * np.abs(d).max() * np.abs(f).max() * 10)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_2d_tile_formula_matches_direct_correlation(m):
+    at, g, bt = tables.MATRICES[m]
+    rng = np.random.default_rng(1)
+    d = rng.standard_normal((m + 2, m + 2))
+    f = rng.standard_normal((3, 3))
+    y = at @ ((g @ f @ g.T) * (bt @ d @ bt.T)) @ at.T
+    direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * f) for j in range(m)] for i in range(m)])
+    np.testing.assert_allclose(y, direct, rtol=0, atol=1e-13)
+
+
+def test_f23_matrices_are_lavin_grays_up_to_signs():
+    """Equal to Lavin & Gray's F(2,3) up to sign flips of position i in two of A^T, G, B^T."""
+    at, g, bt = tables.MATRICES[2]
+    lavin_at = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float)
+    lavin_g = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+    lavin_bt = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float)
+    s_at = np.sign(np.sum(at * lavin_at, axis=0))
+    s_g = np.sign(np.sum(g * lavin_g, axis=1))
+    s_bt = np.sign(np.sum(bt * lavin_bt, axis=1))
+    np.testing.assert_array_equal(s_at * s_g * s_bt, 1)
+    np.testing.assert_array_equal(at * s_at, lavin_at)
+    np.testing.assert_array_equal(g * s_g[:, None], lavin_g)
+    np.testing.assert_array_equal(bt * s_bt[:, None], lavin_bt)
+
+
+def test_lavin_grays_points_give_lavin_grays_f43_matrices():
+    at, g, bt = tables.transform_matrices_exact(4, 3, (0, 1, -1, 2, -2))
+    F = Fraction
+    assert bt == [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+    assert g == [[F(1, 4), 0, 0], [F(-1, 6), F(-1, 6), F(-1, 6)], [F(-1, 6), F(1, 6), F(-1, 6)],
+                 [F(1, 24), F(1, 12), F(1, 6)], [F(1, 24), F(-1, 12), F(1, 6)], [0, 0, 1]]
+    assert at == [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+
+
+def test_transform_matrices_reject_wrong_point_count():
+    with pytest.raises(ValueError, match="distinct finite points"):
+        tables.transform_matrices_exact(4, 3, (0, 1, -1))
+    with pytest.raises(ValueError, match="distinct finite points"):
+        tables.transform_matrices_exact(2, 3, (0, 1, 1))
+
+
+def test_sparse_rows_list_exactly_the_nonzeros():
+    bt = tables.MATRICES[4][2]
+    idx, val, cnt = tables.sparse_rows(bt)
+    rebuilt = np.zeros_like(bt)
+    for i in range(bt.shape[0]):
+        rebuilt[i, idx[i, :cnt[i]]] = val[i, :cnt[i]]
+    np.testing.assert_array_equal(rebuilt, bt)
+    assert cnt.sum() == np.count_nonzero(bt)
+
+
+def test_filters_channel_last_is_the_flipped_transposed_filter_for_grad_input():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((6, 2, 3, 3))          # K=6, C/g=2, groups=3
+    f = tables.filters_channel_last(w, 3, grad_input=True)
+    assert f.shape == (3, 2, 3, 3, 2)              # (G, K/G in, 3, 3, C/G out)
+    for g in range(3):
+        for k in range(2):
+            for c in range(2):
+                np.testing.assert_array_equal(f[g, k, :, :, c], w[g * 2 + k, c, ::-1, ::-1])
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_filter_transform_kernels_match_the_table_formula(backend, algo):
+    mod = _backend_module(backend)
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4, 3, 3))
+    u = mod._transformed_filters(w, ALGOS[algo], 2, grad_input=False)
+    expected = tables.filter_transform_reference(tables.filters_channel_last(w, 2, False), ALGOS[algo])
+    np.testing.assert_allclose(u, expected, rtol=1e-14, atol=1e-14)
+
+
+# ---------------------------------------------------------------- the kernels
+
+def _check(backend, algo, x_shape, k, padding=0, groups=1, dtype="float64", seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((k, x_shape[1] // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype) if bias else None
+    kw = dict(padding=padding, groups=groups)
+    y = fastconv.conv2d(x, w, b, **kw, algo=algo, backend=backend)
+    y_ref = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64),
+                            None if b is None else b.astype(np.float64), **kw, algo="reference")
+    gy = rng.standard_normal(y_ref.shape).astype(dtype)
+    gx = fastconv.conv2d_backward(gy, x, w, **kw, needs=("input",), algo=algo, backend=backend)[0]
+    gx_ref = fastconv.conv2d_backward(gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+                                      **kw, needs=("input",), algo="reference")[0]
+    tol = tolerance(dtype, algo)
+    for got, ref, what in ((y, y_ref, "forward"), (gx, gx_ref, "grad_input")):
+        assert got.dtype == np.dtype(dtype) and got.shape == ref.shape
+        err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
+        assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+    return y, gx
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,k,padding", [
+    ((2, 3, 9, 7), 4, 0),          # 7x5 output: partial tiles in both directions
+    ((1, 5, 11, 13), 3, 1),        # batch 1, odd sizes
+    ((2, 4, 6, 10), 5, 2),         # padding 2: the whole filter overhangs
+    ((3, 1, 8, 5), 2, 1),          # C = 1
+    ((2, 6, 7, 9), 1, 1),          # K = 1
+    ((1, 2, 3, 3), 2, 0),          # a single output pixel
+    ((2, 2, 4, 4), 3, 3),          # padding beyond the filter: grad_input crops the far rows
+])
+def test_forward_and_grad_input_match_reference(backend, algo, dtype, shape, k, padding):
+    _check(backend, algo, shape, k, padding, dtype=dtype)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("groups,c,k", [(2, 4, 6), (3, 6, 3), (4, 4, 4)])
+def test_groups(backend, algo, groups, c, k):
+    _check(backend, algo, (2, c, 9, 8), k, padding=1, groups=groups)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_no_bias(backend, algo):
+    _check(backend, algo, (2, 3, 7, 7), 4, padding=1, bias=False)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("pads", [(2, 0, 1, 0), (0, 1, 0, 2), (3, 1, 0, 4)])
+def test_asymmetric_padding_through_the_kernel_contract(backend, algo, pads):
+    """Kernels read only pad_top/pad_left + out_h/out_w, whatever the four pads are."""
+    mod = _backend_module(backend)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    p = replace(conv_params(x.shape, w.shape, 1, 0, 1, 1, "float64"),
+                pad_top=pads[0], pad_bottom=pads[1], pad_left=pads[2], pad_right=pads[3])
+    y, y_ref = np.empty(p.output_shape), np.empty(p.output_shape)
+    getattr(mod, f"conv2d_forward_f{ALGOS[algo]}3")(x, w, b, y, p)
+    reference.conv2d_forward(x, w, b, y_ref, p)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-10 * np.abs(y_ref).max())
+    gy = rng.standard_normal(p.output_shape)
+    gx, gx_ref = np.empty(p.input_shape), np.empty(p.input_shape)
+    getattr(mod, f"conv2d_grad_input_f{ALGOS[algo]}3")(gy, w, gx, p)
+    reference.conv2d_grad_input(gy, w, gx_ref, p)
+    np.testing.assert_allclose(gx, gx_ref, rtol=0, atol=1e-10 * np.abs(gx_ref).max())
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_tiny_workspace_splits_into_chunks_with_the_same_result(backend, algo):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 10, 11)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    whole = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+    limits.set_workspace_limit(1)       # one tile row per chunk
+    try:
+        chunked = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+        gx = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+    finally:
+        limits.set_workspace_limit(None)
+    gx_whole = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
+    np.testing.assert_allclose(gx, gx_whole, rtol=1e-6, atol=1e-6 * np.abs(gx_whole).max())
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_one_and_two_threads_give_the_same_result(backend, algo):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 8, 13, 12)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    saved = fastconv.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            fastconv.set_num_threads(n)
+            y = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+            gx = fastconv.conv2d_backward(y, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+            results.append((y, gx))
+    finally:
+        fastconv.set_num_threads(saved)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_nan_reaches_exactly_the_tiles_that_read_it(backend, algo):
+    m = ALGOS[algo]
+    x = np.ones((1, 2, 12, 12))
+    x[0, 1, 5, 6] = np.nan
+    w = np.ones((3, 2, 3, 3))
+    y = fastconv.conv2d(x, w, algo=algo, backend=backend)      # 10x10 output
+    read_nan = np.zeros((10, 10), bool)
+    read_nan[3:6, 4:7] = True                                  # windows that contain (5, 6)
+    assert np.isnan(y[0][:, read_nan]).all()
+    # Outside the tiles that hold those outputs everything stays finite and exact.
+    tiles = np.zeros((10, 10), bool)
+    for ty in range(0, 10, m):
+        for tx in range(0, 10, m):
+            tile = (slice(ty, ty + m), slice(tx, tx + m))
+            if read_nan[tile].any():
+                tiles[tile] = True
+    np.testing.assert_allclose(y[0][:, ~tiles], 18.0, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the filter-transform cache
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_filter_cache_reuses_unchanged_weights_and_sees_in_place_updates(backend, algo):
+    mod = _backend_module(backend)
+    m = ALGOS[algo]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    u1 = mod._transformed_filters(w, m, 1, grad_input=False)
+    assert mod._transformed_filters(w, m, 1, grad_input=False) is u1      # cached
+    assert not u1.flags.writeable
+    y1 = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+    w[2, 1, 0, 2] += 1.0                                                   # in place: same id, pointer
+    u2 = mod._transformed_filters(w, m, 1, grad_input=False)
+    assert u2 is not u1
+    y2 = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+    np.testing.assert_allclose(y2, reference_conv(x, w), rtol=0, atol=1e-10 * np.abs(y2).max())
+    assert not np.allclose(y1[:, 2], y2[:, 2])
+    w[...] = -w                                                            # every value changes
+    y3 = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+    np.testing.assert_allclose(y3, reference_conv(x, w), rtol=0, atol=1e-10 * np.abs(y3).max())
+    gx = fastconv.conv2d_backward(y3, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+    gx_ref = fastconv.conv2d_backward(y3, x, w, padding=1, needs=("input",), algo="reference")[0]
+    np.testing.assert_allclose(gx, gx_ref, rtol=0, atol=1e-10 * np.abs(gx_ref).max())
+
+
+def reference_conv(x, w):
+    return fastconv.conv2d(x, w, padding=1, algo="reference")
+
+
+def test_filter_cache_distinguishes_arrays_with_equal_shapes():
+    cache = tables.FilterTransformCache(max_entries=2)
+    calls = []
+
+    def compute(w):
+        calls.append(w.copy())
+        return w * 2
+
+    a = np.arange(9.0).reshape(1, 1, 3, 3)
+    b = a + 1
+    np.testing.assert_array_equal(cache.get(a, "k", compute), a * 2)
+    np.testing.assert_array_equal(cache.get(b, "k", compute), b * 2)
+    np.testing.assert_array_equal(cache.get(a, "k", compute), a * 2)
+    assert len(calls) == 2                      # the second look-up of a was a hit
+    c = a + 2
+    cache.get(c, "k", compute)                  # evicts the least recently used (b)
+    assert len(cache) == 2
+    cache.get(b, "k", compute)
+    assert len(calls) == 4
+    a[0, 0, 0, 0] = -0.0                        # equal to 0.0 but a different bit pattern
+    cache.get(a, "k", compute)
+    assert len(calls) == 5
+
+
+def test_filter_cache_keeps_within_its_byte_budget():
+    cache = tables.FilterTransformCache(max_entries=10, max_bytes=3 * 2 * 72)   # 3 entries of 9 doubles x 2
+    arrays = [np.full((1, 1, 3, 3), float(i)) for i in range(5)]
+    for a in arrays:
+        cache.get(a, "k", lambda w: w + 1)
+    assert len(cache) == 3 and cache.nbytes() <= cache.max_bytes
+    big = np.zeros((2, 2, 3, 3))                                                 # 2 * 288 bytes
+    small_cache = tables.FilterTransformCache(max_bytes=100)
+    np.testing.assert_array_equal(small_cache.get(big, "k", lambda w: w - 1), big - 1)
+    assert len(small_cache) == 0
+
+
+# ---------------------------------------------------------------- applicability
+
+@pytest.mark.parametrize("algo", ["winograd", "winograd_f23", "winograd_f43"])
+@pytest.mark.parametrize("kwargs,w_shape", [
+    (dict(), (2, 3, 5, 5)),
+    (dict(stride=2), (2, 3, 3, 3)),
+    (dict(dilation=2), (2, 3, 3, 3)),
+])
+def test_forced_winograd_refuses_what_it_cannot_compute(algo, kwargs, w_shape):
+    x = np.ones((1, 3, 9, 9), np.float32)
+    w = np.ones(w_shape, np.float32)
+    with pytest.raises(fastconv.UnsupportedError, match="winograd"):
+        fastconv.conv2d(x, w, **kwargs, algo=algo)
+    with pytest.raises(fastconv.UnsupportedError):
+        y = np.ones(conv_params(x.shape, w.shape, kwargs.get("stride", 1), 0, kwargs.get("dilation", 1),
+                                1, "float32").output_shape, np.float32)
+        fastconv.conv2d_backward(y, x, w, **kwargs, needs=("input",), algo=algo)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_error_on_a_realistic_layer_is_within_the_documented_bound(backend, algo, dtype):
+    """x ~ N(0, 1), Kaiming-scaled weights, 32 -> 32 channels: the regime of a real network."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 32, 15, 15)).astype(dtype)
+    w = (rng.standard_normal((32, 32, 3, 3)) * np.sqrt(2 / (9 * 32))).astype(dtype)
+    y = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+    y_ref = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1, algo="reference")
+    err = np.abs(y - y_ref).max() / np.abs(y_ref).max()
+    assert err <= tolerance(dtype, algo)
+    # Not better than float arithmetic allows either: the kernel really ran in this dtype.
+    assert err > np.finfo(dtype).eps / 10
