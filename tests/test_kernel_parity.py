@@ -28,8 +28,16 @@ def _registered(op, algo, backend):
                for k in fastconv.list_kernels(op))
 
 
+def _read_only(*arrays):
+    """Kernels must accept read-only inputs (memory maps, broadcast results) and never write them."""
+    for a in arrays:
+        if a is not None:
+            a.flags.writeable = False
+
+
 def _check_conv_case(case, dtype, algo, backend):
     x, w, b, gy = case.arrays(dtype)
+    _read_only(x, w, b, gy)
     y_ref, gx_ref, gw_ref, gb_ref = reference_conv(case, x, w, b, gy)
     p = case.params(dtype)
     forced = dict(algo=algo, backend=backend)
@@ -92,6 +100,7 @@ def _pool_inputs(case, dtype, seed=0):
 
 def _check_pool_case(case, dtype, algo, backend):
     x, gy = _pool_inputs(case, dtype)
+    _read_only(x, gy)
     ref = dict(algo="reference")
     forced = dict(algo=algo, backend=backend)
     if _registered("max_pool2d_forward", algo, backend):
@@ -99,6 +108,11 @@ def _check_pool_case(case, dtype, algo, backend):
         y, i = fastconv.max_pool2d(x, **case.kwargs(), return_indices=True, **forced)
         assert_close(y, y_ref, dtype, algo, "max forward")
         np.testing.assert_array_equal(i, i_ref)
+        _read_only(i)
+        g = fastconv.max_pool2d_backward(gy, x, **case.kwargs(), indices=i, **forced)
+        g_ref = fastconv.max_pool2d_backward(gy.astype(np.float64), x.astype(np.float64),
+                                             **case.kwargs(), **ref)
+        assert_close(g, g_ref, dtype, algo, "max backward with indices")
     if _registered("max_pool2d_backward", algo, backend):
         g_ref = fastconv.max_pool2d_backward(gy.astype(np.float64), x.astype(np.float64),
                                              **case.kwargs(), **ref)

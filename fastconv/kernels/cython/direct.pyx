@@ -1089,8 +1089,8 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
     return g
 
 
-cdef void _run_forward(Geometry* g, floating[:, :, :, ::1] x, floating[:, :, :, ::1] w,
-                       floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y, int nthreads):
+cdef void _run_forward(Geometry* g, const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                       const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y, int nthreads):
     """The correlation core over checked arrays; workspace and tap offsets prepared here."""
     g.kbt = _task_block(g.n * g.groups, g.kg, nthreads)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
@@ -1106,7 +1106,7 @@ cdef void _run_forward(Geometry* g, floating[:, :, :, ::1] x, floating[:, :, :, 
                       &ws_v[0], ws_stride, nthreads)
 
 
-cdef void _conv2d_forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, floating[::1] bias,
+cdef void _conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] bias,
                           bint has_bias, floating[:, :, :, ::1] y, p, int nthreads):
     cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
                                 p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
@@ -1115,12 +1115,12 @@ cdef void _conv2d_forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] w, fl
     _run_forward(&g, x, w, bias, has_bias, y, nthreads)
 
 
-cdef void _conv2d_grad_input(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] w,
+cdef void _conv2d_grad_input(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] w,
                              floating[:, :, :, ::1] gx, p, int nthreads):
     cdef Geometry g
     cdef Py_ssize_t hp, wp, ws_stride
     cdef floating[::1] ws_v
-    cdef floating[:, :, :, ::1] wt
+    cdef const floating[:, :, :, ::1] wt
     dtype = np.float32 if floating is float else np.float64
     if p.stride_h == 1 and p.stride_w == 1:
         # gx = gy (zero-padded by the kernel extent minus the forward padding) correlated with
@@ -1158,7 +1158,7 @@ def _batch_chunks(n, groups, kg, weight_elems):
     return nc
 
 
-cdef void _conv2d_grad_weight(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] x,
+cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
                               floating[:, :, :, ::1] gw, p, int nthreads):
     cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
                                 p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
@@ -1233,8 +1233,8 @@ def conv2d_grad_weight(grad_output, x, grad_weight, p):
 def conv2d_grad_bias(grad_output, grad_bias, p):
     """grad_bias (k,) = grad_output (n, k, out_h, out_w) summed over images and pixels."""
     cdef int nthreads = get_num_threads()
-    cdef float[:, :, :, ::1] gy32
-    cdef double[:, :, :, ::1] gy64
+    cdef const float[:, :, :, ::1] gy32
+    cdef const double[:, :, :, ::1] gy64
     cdef float[::1] gb32
     cdef double[::1] gb64
     cdef Py_ssize_t plane = p.out_h * p.out_w

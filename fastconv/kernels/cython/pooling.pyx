@@ -579,7 +579,7 @@ cdef Pool _pool(p):
     return g
 
 
-cdef void _max_pool2d_forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, indices, p,
+cdef void _max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, indices, p,
                               int nthreads):
     cdef Pool g = _pool(p)
     cdef int64_t[:, :, :, ::1] idx_v
@@ -591,20 +591,20 @@ cdef void _max_pool2d_forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] y
         _max_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], at, &g, nthreads)
 
 
-cdef void _max_pool2d_backward(floating[:, :, :, ::1] gy, int64_t[:, :, :, ::1] idx,
+cdef void _max_pool2d_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
                                floating[:, :, :, ::1] gx, p, int nthreads):
     cdef Pool g = _pool(p)
     with nogil:
         _max_backward(&gy[0, 0, 0, 0], &idx[0, 0, 0, 0], &gx[0, 0, 0, 0], &g, nthreads)
 
 
-cdef void _avg_pool2d_forward(floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, p, int nthreads):
+cdef void _avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, p, int nthreads):
     cdef Pool g = _pool(p)
     with nogil:
         _avg_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &g, nthreads)
 
 
-cdef void _avg_pool2d_backward(floating[:, :, :, ::1] gy, floating[:, :, :, ::1] gx, p,
+cdef void _avg_pool2d_backward(const floating[:, :, :, ::1] gy, floating[:, :, :, ::1] gx, p,
                                int nthreads):
     cdef Pool g = _pool(p)
     with nogil:
