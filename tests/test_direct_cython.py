@@ -117,6 +117,38 @@ def test_convolution_propagates_nan_and_inf():
     assert np.isnan(y[0, :, 1:4, 2:5]).all() and np.isinf(y[0, :, 5:8, 6:9]).all()
 
 
+NONFINITE_CONVS = [
+    ((2, 3, 9, 8), (4, 3, 3, 3), dict(padding=1)),
+    ((2, 3, 9, 8), (4, 3, 3, 3), dict(stride=2, padding=1)),
+    ((1, 2, 10, 10), (2, 1, 3, 3), dict(groups=2, padding=1)),
+    ((3, 1, 12, 12), (5, 1, 3, 3), {}),
+    ((2, 1, 11, 13), (3, 1, 5, 5), dict(padding=2)),
+]
+
+
+def _same_nonfinite(got, want, dtype, what):
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions")
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=f"{what}: Inf positions")
+    finite = np.isfinite(want)
+    assert_close(np.where(finite, got, 0).astype(dtype), np.where(finite, want, 0), dtype, "direct", what)
+
+
+@pytest.mark.parametrize("xshape,wshape,kw", NONFINITE_CONVS)
+def test_gradients_with_nonfinite_values_match_oracle(xshape, wshape, kw):
+    """Inf/NaN in x reach grad_weight, Inf in the weights reach grad_input, exactly where the
+    oracle (and PyTorch) put them: no 0 * inf from padding or the kernels' extra columns."""
+    x, w, b, gy = _conv_arrays(xshape, wshape, "float64", seed=2, **kw)
+    x.reshape(-1)[::17] = np.inf
+    x.reshape(-1)[5::23] = np.nan
+    w_inf = w.copy()
+    w_inf.reshape(-1)[::7] = -np.inf
+    with np.errstate(invalid="ignore"):
+        _, gx_ref, gw_ref, _ = _conv_reference(x, w_inf, b, gy, **kw)
+    _, gx, gw, _ = _conv_all(x, w_inf, b, gy, **kw)
+    _same_nonfinite(gw, gw_ref, "float64", "grad_weight")
+    _same_nonfinite(gx, gx_ref, "float64", "grad_input")
+
+
 # ---------------------------------------------------------------- pooling: NaN, Inf, ties
 
 def _pool_reference(x, kernel, stride, padding):

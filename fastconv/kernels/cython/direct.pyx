@@ -79,6 +79,7 @@ cdef struct Geometry:
     bint copy                         # padded copies needed (else the source is read in place)
     bint plane3x3                     # one input channel per group, 3x3, stride/dilation 1
     bint phased                       # stride > 1: the source is split into phase planes
+    bint rows                         # grad_weight: dot products row by row (see below)
 
 
 # ---------------------------------------------------------------- helpers
@@ -949,7 +950,7 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
         gy_blk = gy + (n * g.k + k0) * out_plane
         gp = gy_blk
         gstride = out_plane
-        if g.wp != g.out_w:
+        if g.wp != g.out_w and not g.rows:
             for kk in range(nk):
                 _copy_interior(gy_blk + kk * out_plane, g.out_h, g.out_w, gws + kk * gplane,
                              g.out_h, g.wp, 0, 0)
@@ -973,15 +974,28 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
             else:
                 base = x_img + cc * in_plane
             ntaps = ncb * rs
-            length = (g.out_h - 1) * g.wp + g.out_w
-            kk = 0
-            while kk + 4 <= nk:
-                _dot4(gp + kk * gstride, gstride, base, toff, ntaps, length,
-                      out + kk * crs + cc * rs, crs)
-                kk += 4
-            while kk < nk:
-                _dot1(gp + kk * gstride, base, toff, ntaps, length, out + kk * crs + cc * rs)
-                kk += 1
+            if g.rows:
+                # Exact pairs only: one dot product per output row (no extra columns).
+                for oh in range(g.out_h):
+                    kk = 0
+                    while kk + 4 <= nk:
+                        _dot4(gp + kk * gstride + oh * g.out_w, gstride, base + oh * g.wp, toff,
+                              ntaps, g.out_w, out + kk * crs + cc * rs, crs)
+                        kk += 4
+                    while kk < nk:
+                        _dot1(gp + kk * gstride + oh * g.out_w, base + oh * g.wp, toff, ntaps,
+                              g.out_w, out + kk * crs + cc * rs)
+                        kk += 1
+            else:
+                length = (g.out_h - 1) * g.wp + g.out_w
+                kk = 0
+                while kk + 4 <= nk:
+                    _dot4(gp + kk * gstride, gstride, base, toff, ntaps, length,
+                          out + kk * crs + cc * rs, crs)
+                    kk += 4
+                while kk < nk:
+                    _dot1(gp + kk * gstride, base, toff, ntaps, length, out + kk * crs + cc * rs)
+                    kk += 1
             cc += ncb
 
 
@@ -1086,6 +1100,7 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
     g.kbt = g.kg
     g.nkb = 1
     g.nc = 1
+    g.rows = False
     return g
 
 
@@ -1122,7 +1137,10 @@ cdef void _conv2d_grad_input(const floating[:, :, :, ::1] gy, const floating[:, 
     cdef floating[::1] ws_v
     cdef const floating[:, :, :, ::1] wt
     dtype = np.float32 if floating is float else np.float64
-    if p.stride_h == 1 and p.stride_w == 1:
+    # The gather multiplies the zero border of grad_output by the weights: exact for finite
+    # weights, but 0 * inf = NaN where PyTorch has none. Non-finite weights take the scatter,
+    # which only ever multiplies real grad_output values.
+    if p.stride_h == 1 and p.stride_w == 1 and np.isfinite(np.asarray(w)).all():
         # gx = gy (zero-padded by the kernel extent minus the forward padding) correlated with
         # the flipped filters, transposed to (c, k/groups, r, s) within each group.
         hp = p.h + p.dil_h * (p.r - 1)
@@ -1138,7 +1156,7 @@ cdef void _conv2d_grad_input(const floating[:, :, :, ::1] gy, const floating[:, 
     g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s, p.stride_h, p.stride_w,
                   p.dil_h, p.dil_w, p.pad_top, p.pad_left,
                   p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right, p.out_h, p.out_w)
-    ws_stride = g.ps       # the phase planes of one padded plane (strides > 1 are phased)
+    ws_stride = g.ps       # one padded plane (as phase planes when the stride is > 1)
     ws_v = np.empty(nthreads * ws_stride, dtype=dtype)
     with nogil:
         _grad_input_scatter(&g, &gy[0, 0, 0, 0], &w[0, 0, 0, 0], &gx[0, 0, 0, 0], &ws_v[0],
@@ -1167,6 +1185,10 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
     g.kbt = min(4, g.kg)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
     g.nc = _batch_chunks(g.n, g.groups, g.kg, gw.size)
+    # The wide-row dot products pair the zero extra columns of grad_output with real input
+    # values: exact for finite inputs, but 0 * inf would be a NaN that PyTorch does not
+    # produce. An input holding Inf/NaN takes the row-by-row dot products instead.
+    g.rows = g.wp != g.out_w and not g.plane3x3 and not np.isfinite(np.asarray(x)).all()
     dtype = np.float32 if floating is float else np.float64
     toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
