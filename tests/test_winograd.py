@@ -107,16 +107,6 @@ def test_transform_matrices_reject_wrong_point_count():
         tables.transform_matrices_exact(2, 3, (0, 1, 1))
 
 
-def test_sparse_rows_list_exactly_the_nonzeros():
-    bt = tables.MATRICES[4][2]
-    idx, val, cnt = tables.sparse_rows(bt)
-    rebuilt = np.zeros_like(bt)
-    for i in range(bt.shape[0]):
-        rebuilt[i, idx[i, :cnt[i]]] = val[i, :cnt[i]]
-    np.testing.assert_array_equal(rebuilt, bt)
-    assert cnt.sum() == np.count_nonzero(bt)
-
-
 def test_filters_channel_last_is_the_flipped_transposed_filter_for_grad_input():
     rng = np.random.default_rng(2)
     w = rng.standard_normal((6, 2, 3, 3))          # K=6, C/g=2, groups=3

@@ -98,10 +98,6 @@ POINTS: Dict[int, Tuple[Fraction, ...]] = {
     4: (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2)),
 }
 
-#: Output tile sizes with registered algorithms: ``winograd_f23`` -> 2, ``winograd_f43`` -> 4.
-TILE_SIZES = {"winograd_f23": 2, "winograd_f43": 4}
-
-
 def _poly_from_roots(roots: Sequence[Fraction]) -> list:
     """Coefficients (constant term first) of prod (x - root)."""
     coeffs = [Fraction(1)]
@@ -151,25 +147,6 @@ MATRICES: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {m: transform_m
 for _mats in MATRICES.values():
     for _mat in _mats:
         _mat.setflags(write=False)
-
-
-def sparse_rows(matrix: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The non-zeros of each row of ``matrix``: ``(index int64, value float64, count int64)``.
-
-    ``index[i, :count[i]]`` are the columns of row i's non-zeros and ``value[i, :count[i]]``
-    their values (padding beyond ``count`` is 0). The kernels apply the transforms as sums over
-    these lists only, so the zeros of ``B^T`` and ``A^T`` cost nothing.
-    """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    count = (matrix != 0).sum(axis=1).astype(np.int64)
-    width = max(1, int(count.max()))
-    index = np.zeros((matrix.shape[0], width), dtype=np.int64)
-    value = np.zeros((matrix.shape[0], width), dtype=np.float64)
-    for i, row in enumerate(matrix):
-        nz = np.flatnonzero(row)
-        index[i, :len(nz)] = nz
-        value[i, :len(nz)] = row[nz]
-    return index, value, count
 
 
 def filters_channel_last(weight: np.ndarray, groups: int, grad_input: bool) -> np.ndarray:
