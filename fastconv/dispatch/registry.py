@@ -11,8 +11,10 @@ OPS = CONV_OPS + POOL_OPS
 
 CONV_ALGOS = ("direct", "im2col", "winograd_f23", "winograd_f43", "reference")
 POOL_ALGOS = ("direct", "reference")
-# A name that stands for several registered algorithms; auto picks among them.
-ALGO_ALIASES = {"winograd": ("winograd_f23", "winograd_f43")}
+# A name that stands for several registered algorithms, tried in this order: F(4x4,3x3) first,
+# it was faster than F(2x2,3x3) on every measured layer and its float32 error stays below
+# 1e-5 relative (the error table in fastconv/kernels/winograd_tables.py).
+ALGO_ALIASES = {"winograd": ("winograd_f43", "winograd_f23")}
 BACKENDS = ("cython", "numba", "numpy")
 
 
