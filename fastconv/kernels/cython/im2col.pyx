@@ -313,7 +313,7 @@ cdef void _fold(const floating* col, floating* gx, Py_ssize_t n0, Py_ssize_t nb,
                 const Geometry* g, int nthreads) noexcept nogil:
     """col2im of output rows ``[oy0, oy1)``: add their col entries onto the input rows they read.
 
-    ``band = (oy0, oy1, iy0, iy1, zero_from)`` (``_band_input_rows``): the units are input
+    ``band = (oy0, oy1, iy0, iy1, zero_from)`` (``_band_table``): the units are input
     rows ``[iy0, iy1)``; rows from ``zero_from`` on are seen for the first time and start at
     zero. ``col`` holds rows ``(c, i, j)`` of ``(oy1 - oy0) * OW`` entries, laid out like
     ``_unfold``'s. One parallel unit per (image, channel, input row): it owns that row of
