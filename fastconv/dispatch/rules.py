@@ -47,6 +47,24 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
     return None
 
 
+#: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
+#: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread):
+#:
+#: ============================  ==========  ==========  ===========================
+#: layer (reduction c/g*r*s)      direct      im2col      winograd_f43
+#: ============================  ==========  ==========  ===========================
+#: lenet_conv2 6->16 5x5 (150)   0.74 fwd    0.44 fwd    -
+#: cifar_conv1 3->32 3x3 (27)    0.76 fwd    < direct    -
+#: mnist_conv2 32->64 3x3 (288)  -           0.61 g_in   0.46-0.56 (11x11 output)
+#: resnet 64/128/256 3x3         -           -           1.06-1.32 fwd, 1.52-1.77 at 2t
+#: ============================  ==========  ==========  ===========================
+#:
+#: Hence: direct up to a reduction of 160 (where its register tiles beat a GEMM with few
+#: rows), Winograd only from 64 channels per group (fewer starve its 16/36 GEMMs).
+DIRECT_MAX_REDUCTION = 160
+WINOGRAD_MIN_CHANNELS = 64
+
+
 def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     """Algorithms to try for ``algo="auto"``, best first, each with the rule that put it there."""
     if isinstance(params, PoolParams):
@@ -58,13 +76,13 @@ def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     if p.is_depthwise or p.c_per_group == 1:
         why = "one input channel per group: no reduction for a GEMM to amortise"
         return [("direct", why), ("im2col", "fallback")]
-    if reduction < 32:
-        why = f"tiny reduction (c/groups*r*s = {reduction}): GEMM packing costs more than it saves"
+    if reduction <= DIRECT_MAX_REDUCTION:
+        why = f"small reduction (c/groups*r*s = {reduction} <= {DIRECT_MAX_REDUCTION}): direct beats a GEMM"
         return [("direct", why), ("im2col", "fallback")]
     order = []
-    if op != "conv2d_grad_weight" and unsupported_reason(op, "winograd_f23", p) is None \
-            and p.c_per_group >= 16 and p.k_per_group >= 16:
-        why = "3x3 stride 1 with >= 16 channels per group: Winograd needs fewer multiplies"
+    if op != "conv2d_grad_weight" and unsupported_reason(op, "winograd_f43", p) is None \
+            and min(p.c_per_group, p.k_per_group) >= WINOGRAD_MIN_CHANNELS:
+        why = f"3x3 stride 1 with >= {WINOGRAD_MIN_CHANNELS} channels per group: Winograd needs fewer multiplies"
         order += [("winograd_f43", why), ("winograd_f23", why)]
     order += [("im2col", f"reduction c/groups*r*s = {reduction} is GEMM-sized"), ("direct", "fallback")]
     return order
