@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv.kernels import im2col_plan
 from fastconv import limits
 from fastconv.checks import conv_params
 
@@ -219,12 +220,13 @@ def test_workspace_reused_across_calls_and_shapes(backend):
         again, _ = _run_all(case, dtype, backend, seed=0)
         for a, b in zip(again, first):
             np.testing.assert_array_equal(a, b)
-    # One buffer per dtype, large enough for the biggest call, was kept and reused.
-    buffers = module._cache.buffers
+    # One buffer per dtype (shared by both backends), large enough for the biggest call, was
+    # kept and reused.
+    buffers = im2col_plan._buffers.buffers
     assert set(buffers) == {"f", "d"}
     held = buffers["d"]
     _run_all(small, "float64", backend)
-    assert module._cache.buffers["d"] is held
+    assert im2col_plan._buffers.buffers["d"] is held
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,0 +1,115 @@
+"""How an im2col call walks the batch, and its scratch buffers: shared by both backends.
+
+The Numba (``kernels/numba/im2col.py``) and Cython (``kernels/cython/im2col.pyx``) kernels
+plan a call identically (see their module docstrings for the layouts); only the loops and
+the GEMM calls differ. Workspace buffers are kept per thread and dtype.
+"""
+import threading
+from collections import namedtuple
+
+import numpy as np
+
+from .. import limits
+
+#: Below this many output pixels per image, the images of a chunk share one wide GEMM.
+WIDE_BELOW_PIXELS = 512
+#: A wide chunk holds enough images for about this many GEMM columns: wider GEMMs ran no
+#: faster (OpenBLAS, 1 thread: e.g. 64x288 by 1452 columns 71-81 GFLOP/s, by 3872 65-71).
+WIDE_COLUMNS = 1536
+#: A per-image chunk is cut down to about this much workspace (at least one image) so the
+#: column matrix is still in cache when the GEMM reads it.
+CACHE_TARGET_BYTES = 2 * 2**20
+
+
+def is_plain_pointwise(p):
+    """1x1, stride 1, no padding: the input is its own column matrix."""
+    return p.is_pointwise and p.stride_h == 1 and p.stride_w == 1
+
+
+#: How a call walks the batch (see the module docstring): ``wide`` (images side by side in
+#: one GEMM, else one GEMM per image or per band), ``chunk`` (images per pass), ``rows``
+#: (output rows per band; out_h for whole images), and the workspace sizes in elements of
+#: the column matrix and of the wide layout's (K, chunk * P) scatter/gather matrix.
+Plan = namedtuple("Plan", "wide chunk rows col_elems extra_elems")
+
+
+def plan(p):
+    """The layout, chunk and band size of a call, and its workspace sizes."""
+    pixels = p.out_h * p.out_w
+    itemsize = np.dtype(p.dtype).itemsize
+    budget = limits.workspace_limit_bytes()
+    crs_all = p.c * p.r * p.s
+    if pixels < WIDE_BELOW_PIXELS and p.n > 1:
+        per_image_bytes = (crs_all + p.k) * pixels * itemsize
+        chunk = max(1, min(p.n, budget // per_image_bytes, -(-WIDE_COLUMNS // pixels)))
+        return Plan(True, chunk, p.out_h, crs_all * pixels * chunk, p.k * pixels * chunk)
+    target = min(budget, CACHE_TARGET_BYTES)
+    row_bytes = crs_all * p.out_w * itemsize  # column matrix of one output row
+    if row_bytes * p.out_h > target:
+        rows = max(1, min(p.out_h, target // row_bytes))
+        return Plan(False, 1, rows, crs_all * p.out_w * rows, 0)
+    chunk = max(1, min(p.n, target // (row_bytes * p.out_h)))
+    return Plan(False, chunk, p.out_h, crs_all * pixels * chunk, 0)
+
+
+def tap_columns(p):
+    """(S, 2) array: for each kernel column j, the output columns ``[lo, hi)`` it reads inside
+    the image (the others read padding)."""
+    taps = np.empty((p.s, 2), np.intp)
+    for j in range(p.s):
+        off = j * p.dil_w - p.pad_left
+        lo = 0 if off >= 0 else min(p.out_w, (-off + p.stride_w - 1) // p.stride_w)
+        last = p.w - 1 - off
+        hi = 0 if last < 0 else min(p.out_w, last // p.stride_w + 1)
+        taps[j] = lo, max(lo, hi)
+    return taps
+
+
+def band_table(p, rows):
+    """(bands, 5) array, one row ``(oy0, oy1, iy0, iy1, zero_from)`` per band of output rows.
+
+    A band covers output rows ``[oy0, oy1)``; its fold (grad_input) visits input rows
+    ``[iy0, iy1)``: the rows its taps read, plus any row not visited by an earlier band up
+    to them (read by no tap: left at zero); the last band visits all remaining rows. Rows
+    from ``zero_from`` on were not visited before and start at zero.
+    """
+    table = []
+    done = 0
+    for oy0 in range(0, p.out_h, rows):
+        oy1 = min(p.out_h, oy0 + rows)
+        lo = max(0, oy0 * p.stride_h - p.pad_top)
+        if oy1 == p.out_h:
+            hi = p.h
+        else:
+            hi = min(p.h, (oy1 - 1) * p.stride_h - p.pad_top + (p.r - 1) * p.dil_h + 1)
+        table.append((oy0, oy1, min(lo, done), max(hi, done), done))
+        done = max(hi, done)
+    return np.array(table, np.intp)
+
+
+_buffers = threading.local()
+
+
+def workspace(nelems, dtype):
+    """A scratch array of ``nelems`` elements, reused between calls on this thread."""
+    dtype = np.dtype(dtype)
+    buffers = getattr(_buffers, "buffers", None)
+    if buffers is None:
+        buffers = _buffers.buffers = {}
+    buf = buffers.get(dtype.char)
+    if buf is not None and buf.size >= nelems:
+        return buf[:nelems]
+    nbytes = nelems * dtype.itemsize
+    if nbytes > limits.workspace_limit_bytes():
+        # One image that alone exceeds the budget: allocate for this call only.
+        limits.check_allocation((nelems,), dtype.itemsize, "im2col workspace")
+        return np.empty(nelems, dtype)
+    buf = np.empty(nelems, dtype)
+    buffers[dtype.char] = buf
+    return buf
+
+
+def workspace_cache_bytes():
+    """Bytes held by this thread's workspace cache (for tests and diagnostics)."""
+    buffers = getattr(_buffers, "buffers", None) or {}
+    return sum(b.nbytes for b in buffers.values())
