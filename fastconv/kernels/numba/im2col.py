@@ -20,43 +20,8 @@ BLAS). Measured on the development machine (1 thread): NumPy's OpenBLAS 0.3.31 r
 GEMM shapes 15-25% faster than SciPy's OpenBLAS 0.3.30, which is what ``np.dot`` inside
 ``@njit`` calls; the Python overhead is a few calls per batch chunk.
 
-Layouts. Two column layouts, chosen per call by the number of output pixels ``P``:
-
-* per image (``P >= WIDE_BELOW_PIXELS``): ``col`` is ``(chunk, C R S, rows * OW)``; each
-  image and group is one GEMM that writes straight into ``y`` (and reads ``grad_output``
-  in place). A large image is cut into bands of ``rows`` output rows so that its column
-  matrix stays within ``CACHE_TARGET_BYTES``: the band is still in cache when the GEMM
-  reads it, and GEMMs of about a thousand columns ran as fast as or faster than whole
-  images (ResNet 64@56x56, plain and dilated, 1 thread: 0-14% less time for the forward
-  pass and the weight gradient). For grad_input each band's columns are folded at once
-  onto the input rows they touch; rows shared with the previous band keep their sums
-  (``_band_table``).
-* wide (``P < WIDE_BELOW_PIXELS``, small images such as MNIST or late ResNet stages): ``col``
-  is ``(C R S, chunk * P)`` so one GEMM per group covers about ``WIDE_COLUMNS`` columns;
-  per-image GEMMs would be too thin for BLAS to run at speed. The forward result is then
-  scattered into ``y`` (adding the bias on the way), and the gradients first gather
-  ``grad_output`` of the chunk into a ``(K, chunk * P)`` matrix.
-
-A 1x1, stride-1, unpadded convolution needs no unfolding at all: the input of one image is
-already the ``(C, H W)`` column matrix, so each image and group is one GEMM on the arrays as
-they are (``W @ X``, ``W^T @ gY``, and ``X @ gY^T`` summed over images for the weight).
-
-Workspace policy. The column matrix (plus, in the wide layout, the ``(K, chunk * P)``
-scatter/gather matrix) never exceeds ``fastconv.limits.workspace_limit_bytes()`` (64 MiB by
-default; ``fastconv.set_workspace_limit`` / ``FASTCONV_WORKSPACE_MB``), with one exception
-below: the batch is processed in chunks of ``chunk`` images, the last chunk possibly
-shorter, with ``chunk = clamp(wanted, 1, min(N, budget // bytes_per_image))``. ``wanted``
-is ``ceil(WIDE_COLUMNS / P)`` images in the wide layout and ``min(budget,
-CACHE_TARGET_BYTES) // bytes_per_image`` in the per-image layout. An image whose column
-matrix is larger than that is processed alone, in bands of as many output rows as fit
-(``_plan``). The exception: one image of the wide layout, or one output row, whose
-matrices alone exceed the budget still runs (a chunk of one image, a band of one row);
-only ``fastconv.limits.max_allocation_bytes()`` can refuse it. Workspaces within the
-budget are kept in a per-thread cache (``threading.local``: one buffer per thread and
-dtype, grown when a call needs more) and reused by later calls; a kernel never calls
-another kernel, so a buffer is never in use twice at once. Over-budget workspaces are
-freed after their call. (The weight gradient's small transposed accumulators, the size of
-the weight, are allocated per call.)
+Layouts, chunking and the workspace policy are shared by both backends and described in
+``fastconv/kernels/im2col_plan.py``.
 
 Threads: every parallel loop is a ``prange`` over (image, channel, row) units that each own
 their output, so results do not depend on the thread count. BLAS is never called inside a
