@@ -140,11 +140,11 @@ def _check(backend, algo, x_shape, k, padding=0, groups=1, dtype="float64", seed
     y_ref = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64),
                             None if b is None else b.astype(np.float64), **kw, algo="reference")
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
-    gx = fastconv.conv2d_backward(gy, x, w, **kw, needs=("input",), algo=algo, backend=backend)[0]
-    gx_ref = fastconv.conv2d_backward(gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
-                                      **kw, needs=("input",), algo="reference")[0]
+    gx, gw = fastconv.conv2d_backward(gy, x, w, **kw, needs=("input", "weight"), algo=algo, backend=backend)[:2]
+    gx_ref, gw_ref = fastconv.conv2d_backward(gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+                                              **kw, needs=("input", "weight"), algo="reference")[:2]
     tol = tolerance(dtype, algo)
-    for got, ref, what in ((y, y_ref, "forward"), (gx, gx_ref, "grad_input")):
+    for got, ref, what in ((y, y_ref, "forward"), (gx, gx_ref, "grad_input"), (gw, gw_ref, "grad_weight")):
         assert got.dtype == np.dtype(dtype) and got.shape == ref.shape
         err = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
         assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
@@ -162,7 +162,7 @@ def _check(backend, algo, x_shape, k, padding=0, groups=1, dtype="float64", seed
     ((1, 2, 3, 3), 2, 0),          # a single output pixel
     ((2, 2, 4, 4), 3, 3),          # padding beyond the filter: grad_input crops the far rows
 ])
-def test_forward_and_grad_input_match_reference(backend, algo, dtype, shape, k, padding):
+def test_forward_and_gradients_match_reference(backend, algo, dtype, shape, k, padding):
     _check(backend, algo, shape, k, padding, dtype=dtype)
 
 
@@ -197,6 +197,10 @@ def test_asymmetric_padding_through_the_kernel_contract(backend, algo, pads):
     getattr(mod, f"conv2d_grad_input_f{ALGOS[algo]}3")(gy, w, gx, p)
     reference.conv2d_grad_input(gy, w, gx_ref, p)
     np.testing.assert_allclose(gx, gx_ref, rtol=0, atol=1e-10 * np.abs(gx_ref).max())
+    gw, gw_ref = np.empty(w.shape), np.empty(w.shape)
+    getattr(mod, f"conv2d_grad_weight_f{ALGOS[algo]}3")(gy, x, gw, p)
+    reference.conv2d_grad_weight(gy, x, gw_ref, p)
+    np.testing.assert_allclose(gw, gw_ref, rtol=0, atol=1e-10 * np.abs(gw_ref).max())
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
@@ -208,12 +212,16 @@ def test_tiny_workspace_splits_into_chunks_with_the_same_result(backend, algo):
     limits.set_workspace_limit(1)       # one tile row per chunk
     try:
         chunked = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
-        gx = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+        gx, gw = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input", "weight"), algo=algo,
+                                          backend=backend)[:2]
     finally:
         limits.set_workspace_limit(None)
-    gx_whole = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+    gx_whole, gw_whole = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input", "weight"), algo=algo,
+                                                  backend=backend)[:2]
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
     np.testing.assert_allclose(gx, gx_whole, rtol=1e-6, atol=1e-6 * np.abs(gx_whole).max())
+    # grad_weight sums the chunks' GEMMs: same terms, another order.
+    np.testing.assert_allclose(gw, gw_whole, rtol=1e-5, atol=1e-5 * np.abs(gw_whole).max())
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
@@ -227,8 +235,9 @@ def test_one_and_two_threads_give_the_same_result(backend, algo):
         for n in (1, 2):
             fastconv.set_num_threads(n)
             y = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
-            gx = fastconv.conv2d_backward(y, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
-            results.append((y, gx))
+            gx, gw = fastconv.conv2d_backward(y, x, w, padding=1, needs=("input", "weight"), algo=algo,
+                                              backend=backend)[:2]
+            results.append((y, gx, gw))
     finally:
         fastconv.set_num_threads(saved)
     for a, b in zip(*results):

@@ -20,10 +20,6 @@ DELEGATES = {
     ("conv2d_grad_bias", "im2col"): "direct",
     ("conv2d_grad_bias", "winograd_f23"): "direct",
     ("conv2d_grad_bias", "winograd_f43"): "direct",
-    # Winograd only pays off for the two convolutions with a 3x3 filter; the weight gradient
-    # (a correlation of x with grad_output) is an im2col GEMM.
-    ("conv2d_grad_weight", "winograd_f23"): "im2col",
-    ("conv2d_grad_weight", "winograd_f43"): "im2col",
 }
 
 

@@ -42,12 +42,12 @@ _MODULES = [
     (f"{_NB}.pooling",     "direct",       "numba",  _POOL, ""),
     (f"{_CY}.im2col",      "im2col",       "cython", _GEMM_PASSES, ""),
     (f"{_NB}.im2col",      "im2col",       "numba",  _GEMM_PASSES, ""),
-    # Winograd: one module per backend holds both tile sizes; grad_weight is delegated to
-    # im2col (fastconv.dispatch.rules.DELEGATES), grad_bias to direct.
-    (f"{_CY}.winograd",    "winograd_f23", "cython", ("conv2d_forward", "conv2d_grad_input"), "_f23"),
-    (f"{_CY}.winograd",    "winograd_f43", "cython", ("conv2d_forward", "conv2d_grad_input"), "_f43"),
-    (f"{_NB}.winograd",    "winograd_f23", "numba",  ("conv2d_forward", "conv2d_grad_input"), "_f23"),
-    (f"{_NB}.winograd",    "winograd_f43", "numba",  ("conv2d_forward", "conv2d_grad_input"), "_f43"),
+    # Winograd: one module per backend holds both tile sizes; grad_bias is delegated to
+    # direct (fastconv.dispatch.rules.DELEGATES).
+    (f"{_CY}.winograd",    "winograd_f23", "cython", _GEMM_PASSES, "_f23"),
+    (f"{_CY}.winograd",    "winograd_f43", "cython", _GEMM_PASSES, "_f43"),
+    (f"{_NB}.winograd",    "winograd_f23", "numba",  _GEMM_PASSES, "_f23"),
+    (f"{_NB}.winograd",    "winograd_f43", "numba",  _GEMM_PASSES, "_f43"),
 ]
 
 #: (op, algo, backend, "module:function") for every kernel.

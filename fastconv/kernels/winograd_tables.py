@@ -149,6 +149,52 @@ for _mats in MATRICES.values():
         _mat.setflags(write=False)
 
 
+def grad_output_transform(m: int) -> np.ndarray:
+    """The a x a matrix that turns an m x m grad_output tile into ``dL/dM = A dY A^T``.
+
+    ``A`` (a x m) padded with zero columns to a x a, so that the input-transform kernels
+    (which read overlapping a x a windows at stride m) compute it: the window's last two rows
+    and columns, which belong to the next tile, meet zero coefficients.
+    """
+    at = MATRICES[m][0]
+    a = at.shape[1]
+    t = np.zeros((a, a))
+    t[:, :m] = at.T
+    t.setflags(write=False)
+    return t
+
+
+def input_transform_offsets(m: int, n_tw: int, groups: int, cg: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(slot_of_col, down_offs, across_offs)`` of the input-transform kernels, as intp.
+
+    A tile row's input rows are staged channel-last with column ``s*m + ph`` at slot
+    ``ph*S + s`` (``S = n_tw + 1``), so the j-th columns of all tiles form one contiguous run:
+    ``down_offs[i]`` is where staged row i starts, ``across_offs[j]`` where column j's run
+    starts within a row (``cg`` channels per group, ``groups`` groups).
+    """
+    a = m + 2
+    slots = n_tw + 1
+    cols = np.arange(m * slots)
+    slot_of_col = ((cols % m) * slots + cols // m).astype(np.intp)
+    down = (np.arange(a) * (groups * m * slots * cg)).astype(np.intp)
+    across = np.array([((j % m) * slots + j // m) * cg for j in range(a)], dtype=np.intp)
+    return slot_of_col, down, across
+
+
+def weight_gradient(dm: np.ndarray, m: int) -> np.ndarray:
+    """grad_weight (K, C/g, 3, 3) float64 from ``dm = dL/dU`` (a*a, G, C/G, K/G).
+
+    The adjoint of the filter transform ``U = G f G^T``: ``dL/df = G^T dL/dU G`` per
+    (input, output) channel pair, in float64.
+    """
+    g = MATRICES[m][1]
+    a = g.shape[0]
+    groups, cg, kg = dm.shape[1:]
+    d = dm.astype(np.float64).reshape(a, a, groups, cg, kg)
+    w = np.einsum("pi,qj,pqgck->gkcij", g, g, d, optimize=True)
+    return w.reshape(groups * kg, cg, 3, 3)
+
+
 def filters_channel_last(weight: np.ndarray, groups: int, grad_input: bool) -> np.ndarray:
     """The 3x3 filters of the convolution to run, as float64 ``(groups, C_in/groups, 3, 3, C_out/groups)``.
 

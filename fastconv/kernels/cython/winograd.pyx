@@ -397,6 +397,22 @@ def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floa
                      <floating>0, &mm[xi, g, 0, 0], kg)
 
 
+def _batched_gemm_tn(const floating[:, :, :, ::1] v, const floating[:, :, :, ::1] d,
+                     floating[:, :, :, ::1] dm):
+    """dm[xi, g] += v[xi, g]^T @ d[xi, g] for every position xi and group g (BLAS, serial loop).
+
+    v (a*a, G, T, C/G), d (a*a, G, T, K/G), dm (a*a, G, C/G, K/G): the weight gradient in
+    the transformed domain, summed over the chunk's tiles (the transpose is a BLAS flag).
+    """
+    cdef int nt = v.shape[2], cg = v.shape[3], kg = d.shape[3]
+    cdef Py_ssize_t xi, g
+    with nogil:
+        for xi in range(v.shape[0]):
+            for g in range(v.shape[1]):
+                gemm(True, False, cg, kg, nt, <floating>1, &v[xi, g, 0, 0], cg, &d[xi, g, 0, 0], kg,
+                     <floating>1, &dm[xi, g, 0, 0], kg)
+
+
 # ---------------------------------------------------------------- output transform
 
 cdef void _output_row(const floating* mm, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t kg,
@@ -487,16 +503,11 @@ def _winograd_conv(x, u, bias, y, pad_top, pad_left, m):
     aa = a * a
     n_th = -(-oh // m)
     n_tw = -(-ow // m)
-    slots = n_tw + 1
     total_rows = n * n_th
     at, _, bt = (mat.astype(x.dtype) for mat in tables.MATRICES[m])
     bias = bias if bias is not None else np.zeros(k_out, dtype=x.dtype)
-    # Offsets of the transforms' inputs in the flat scratch and M arrays (see the row functions).
-    cols = np.arange(m * slots)
-    slot_of_col = ((cols % m) * slots + cols // m).astype(np.intp)
     cg, kg = c_in // groups, k_out // groups
-    in_down = (np.arange(a) * (groups * m * slots * cg)).astype(np.intp)
-    in_across = np.array([((j % m) * slots + j // m) * cg for j in range(a)], dtype=np.intp)
+    slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, cg)
     out_across = (np.arange(a) * (k_out * n_tw)).astype(np.intp)
     rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
                                  limits.workspace_limit_bytes(), u.nbytes)
@@ -511,6 +522,46 @@ def _winograd_conv(x, u, bias, y, pad_top, pad_left, m):
                          nthreads)
         _batched_gemm(v, u, mm)
         _output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, nthreads)
+
+
+def _winograd_grad_weight(grad_output, x, grad_weight, pad_top, pad_left, m):
+    """grad_weight (K, C/G, 3, 3) of the 3x3 stride-1 correlation y = x (*) w, by F(m x m, 3x3).
+
+    The adjoint of the forward: per chunk of tile rows, V = B^T d B of x's tiles (as in the
+    forward) and D = A dY A^T of grad_output's tiles; dL/dU[xi] = sum over tiles of
+    V[xi]^T D[xi] (one GEMM per position, accumulated over chunks); grad_weight = G^T dL/dU G
+    (``winograd_tables.weight_gradient``, float64).
+    """
+    nthreads = threads.get_num_threads()
+    n, c_in = x.shape[0], x.shape[1]
+    k_out, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
+    cg = grad_weight.shape[1]
+    groups = c_in // cg
+    kg = k_out // groups
+    a = m + 2
+    aa = a * a
+    n_th = -(-oh // m)
+    n_tw = -(-ow // m)
+    total_rows = n * n_th
+    bt = tables.MATRICES[m][2].astype(x.dtype)
+    dt = tables.grad_output_transform(m).astype(x.dtype)
+    slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, cg)
+    _, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, kg)
+    rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
+                                 limits.workspace_limit_bytes())
+    v_buf = _WORKSPACE.get("V", aa * c_in * rows * n_tw, x.dtype)
+    d_buf = _WORKSPACE.get("M", aa * k_out * rows * n_tw, x.dtype)
+    dm = np.zeros((aa, groups, cg, kg), dtype=x.dtype)
+    for r0 in range(0, total_rows, rows):
+        nt = min(rows, total_rows - r0) * n_tw
+        v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, cg)
+        d = d_buf[:aa * k_out * nt].reshape(aa, groups, nt, kg)
+        _input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                         nthreads)
+        _input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, slot_of_col, gy_down, gy_across,
+                         nthreads)
+        _batched_gemm_tn(v, d, dm)
+    grad_weight[...] = tables.weight_gradient(dm, m)
 
 
 def _forward(x, weight, bias, y, params, m):
@@ -549,3 +600,13 @@ def conv2d_grad_input_f23(grad_output, weight, grad_input, params):
 def conv2d_grad_input_f43(grad_output, weight, grad_input, params):
     """grad_input (N, C, H, W) from grad_output (N, K, OH, OW) and weight (K, C/g, 3, 3), by F(4x4,3x3)."""
     _grad_input(grad_output, weight, grad_input, params, 4)
+
+
+def conv2d_grad_weight_f23(grad_output, x, grad_weight, params):
+    """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(2x2,3x3)."""
+    _winograd_grad_weight(grad_output, x, grad_weight, params.pad_top, params.pad_left, 2)
+
+
+def conv2d_grad_weight_f43(grad_output, x, grad_weight, params):
+    """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(4x4,3x3)."""
+    _winograd_grad_weight(grad_output, x, grad_weight, params.pad_top, params.pad_left, 4)
