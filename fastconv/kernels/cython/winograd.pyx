@@ -251,6 +251,88 @@ cdef inline void _apply(const floating* c, Py_ssize_t n_out, Py_ssize_t n_in, co
             fc_lin42_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
 
 
+# ---------------------------------------------------------------- layout changes
+# fc_transpose_<f|d>: dst[j*ds + i] = src[i*ss + j] for i < rows, j < cols. The NCHW <->
+# channel-last moves of both transforms; element by element they were most of the transforms'
+# time (strided scalar loads or stores), so float32 moves 8x8 blocks through AVX registers
+# (unpack/shuffle/permute) when the compiler targets AVX, and the edges element by element.
+cdef extern from *:
+    """
+    #if defined(__AVX__)
+    #include <immintrin.h>
+    #endif
+    static void fc_transpose_f(const float *src, Py_ssize_t ss, float *dst, Py_ssize_t ds, Py_ssize_t rows, Py_ssize_t cols) {
+        Py_ssize_t i = 0, j, ii;
+    #if defined(__AVX__)
+        for (; i + 8 <= rows; i += 8) {
+            for (j = 0; j + 8 <= cols; j += 8) {
+                const float *s = src + i * ss + j;
+                float *d = dst + j * ds + i;
+                __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ss);
+                __m256 r2 = _mm256_loadu_ps(s + 2 * ss), r3 = _mm256_loadu_ps(s + 3 * ss);
+                __m256 r4 = _mm256_loadu_ps(s + 4 * ss), r5 = _mm256_loadu_ps(s + 5 * ss);
+                __m256 r6 = _mm256_loadu_ps(s + 6 * ss), r7 = _mm256_loadu_ps(s + 7 * ss);
+                __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+                __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+                __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+                __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+                __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+                __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+                __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+                __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+                _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+                _mm256_storeu_ps(d + ds, _mm256_permute2f128_ps(u1, u5, 0x20));
+                _mm256_storeu_ps(d + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
+                _mm256_storeu_ps(d + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
+                _mm256_storeu_ps(d + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
+                _mm256_storeu_ps(d + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
+                _mm256_storeu_ps(d + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
+                _mm256_storeu_ps(d + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
+            }
+            for (; j < cols; j++)
+                for (ii = i; ii < i + 8; ii++)
+                    dst[j * ds + ii] = src[ii * ss + j];
+        }
+    #endif
+        for (; i < rows; i++)
+            for (j = 0; j < cols; j++)
+                dst[j * ds + i] = src[i * ss + j];
+    }
+    static void fc_prefetch_rows(const char *base, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t row_bytes) {
+        for (Py_ssize_t r = 0; r < n_rows; r++)
+            for (Py_ssize_t b = 0; b < row_bytes; b += 64)
+                __builtin_prefetch(base + r * stride + b, 0, 3);
+    }
+    static void fc_prefetch_rows_for_write(char *base, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t row_bytes) {
+        for (Py_ssize_t r = 0; r < n_rows; r++)
+            for (Py_ssize_t b = 0; b < row_bytes; b += 64)
+                __builtin_prefetch(base + r * stride + b, 1, 3);
+    }
+    static void fc_transpose_d(const double *src, Py_ssize_t ss, double *dst, Py_ssize_t ds, Py_ssize_t rows, Py_ssize_t cols) {
+        for (Py_ssize_t i = 0; i < rows; i++)
+            for (Py_ssize_t j = 0; j < cols; j++)
+                dst[j * ds + i] = src[i * ss + j];
+    }
+    """
+    void fc_transpose_f(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t ds, Py_ssize_t rows, Py_ssize_t cols) nogil
+    void fc_transpose_d(const double* src, Py_ssize_t ss, double* dst, Py_ssize_t ds, Py_ssize_t rows, Py_ssize_t cols) nogil
+    void fc_prefetch_rows(const char* base, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t row_bytes) nogil
+    void fc_prefetch_rows_for_write(char* base, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t row_bytes) nogil
+
+
+cdef inline void _transpose(const floating* src, Py_ssize_t ss, floating* dst, Py_ssize_t ds,
+                            Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """dst[j*ds + i] = src[i*ss + j] for i < rows, j < cols."""
+    if floating is float:
+        fc_transpose_f(src, ss, dst, ds, rows, cols)
+    else:
+        fc_transpose_d(src, ss, dst, ds, rows, cols)
+
+
 # ---------------------------------------------------------------- filter transform
 
 def _filter_transform(const double[:, :, :, :, ::1] f, const double[:, ::1] g,
@@ -295,7 +377,7 @@ def _transformed_filters(weight, m, groups, grad_input):
 
 # ---------------------------------------------------------------- input transform
 
-cdef void _input_row(const floating* x, Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
+cdef void _input_row(const floating* x, Py_ssize_t n_img, Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
                      floating* v, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t cg,
                      Py_ssize_t row, Py_ssize_t grow, Py_ssize_t pad_top, Py_ssize_t pad_left,
                      Py_ssize_t n_th, Py_ssize_t n_tw, const floating* bt, Py_ssize_t a,
@@ -333,17 +415,25 @@ cdef void _input_row(const floating* x, Py_ssize_t c_in, Py_ssize_t h, Py_ssize_
             for z in range(plane):
                 dst[z] = 0
             continue
-        out = line + lo * c_in
-        for c in range(c_in):               # contiguous reads, stores strided by C (in L1)
-            src = x + ((img * c_in + c) * h + yy) * w + lo - pad_left
-            for k in range(hi - lo):
-                out[k * c_in + c] = src[k]
+        # The row of every channel, channel-last: line[col, c] = x[img, c, yy, col - pad_left].
+        _transpose(x + (img * c_in * h + yy) * w + lo - pad_left, h * w, line + lo * c_in, c_in,
+                   c_in, hi - lo)
         for col in range(cols):             # columns to their phase slots, one vector each
             for grp in range(groups):
                 src = line + col * c_in + grp * cg
                 out = dst + grp * gsize + slot_of_col[col] * cg
                 for z in range(cg):
                     out[z] = src[z]
+    # The input rows the next tile row adds, one request per cache line of every channel's
+    # row: the channel-strided reads above wait on memory otherwise (the prefetchers do not
+    # follow C interleaved streams), and the arithmetic below hides the fetch.
+    img = (grow + 1) // n_th
+    y0 = (grow + 1 - img * n_th) * m - pad_top
+    i = 0 if y0 + pad_top == 0 else a - m
+    if img < n_img:
+        for yy in range(max(y0 + i, 0), min(y0 + a, h)):
+            fc_prefetch_rows(<const char*>(x + (img * c_in * h + yy) * w), h * w * sizeof(floating), c_in,
+                             w * sizeof(floating))
     # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
     _apply(bt, a, a, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
     # Across each tile's columns, all tiles of the row at once:
@@ -375,7 +465,7 @@ def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, P
     cdef floating[:, ::1] scratch_all = np.empty((nthreads, (2 * a + 1) * plane), dtype=dtype)
     for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
         scratch = &scratch_all[omp_get_thread_num(), 0]
-        _input_row(&x[0, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &v[0, 0, 0, 0], groups, nt, cg,
+        _input_row(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3], &v[0, 0, 0, 0], groups, nt, cg,
                    row, row_start + row, pad_top, pad_left, n_th, n_tw, &bt[0, 0], a,
                    &slot_of_col[0], cols, &down_offs[0], &across_offs[0],
                    scratch, scratch + (a + 1) * plane)
@@ -436,7 +526,11 @@ cdef void _output_row(const floating* mm, Py_ssize_t groups, Py_ssize_t nt, Py_s
     cdef Py_ssize_t q, grp, i, j, tw, k, ox
     cdef floating* out
     cdef const floating* src
-    cdef floating beta
+    # This tile row's output rows of every channel, for writing (as the input transform does
+    # for its reads): the transposed stores below touch K lines per output row.
+    for i in range(min(m, oh - y0)):
+        fc_prefetch_rows_for_write(<char*>(y + (img * k_out * oh + y0 + i) * ow), oh * ow * sizeof(floating),
+                                   k_out, ow * sizeof(floating))
     # Down the tiles' rows: s1[i, q, g] = sum_p A^T[i, p] M[p*a + q, g, tiles of the row].
     for q in range(a):
         for grp in range(groups):
@@ -445,9 +539,9 @@ cdef void _output_row(const floating* mm, Py_ssize_t groups, Py_ssize_t nt, Py_s
     # Across: yt[i, j] = sum_q A^T[j, q] s1[i, q].
     for i in range(m):
         _apply(at, m, a, s1, i * a * plane, across_offs, 0, yt, i * m * plane, plane, 0, 1, plane)
-    # To NCHW, one output row at a time: the tiles' columns to a [ox][k] line (vector copies),
-    # then each channel's row from it adding the bias (contiguous stores). The last tile
-    # row/column drops what falls outside the output.
+    # To NCHW, one output row at a time: the tiles' columns plus the bias to a [ox][k] line
+    # (vector operations), then transposed into every channel's row. The last tile row/column
+    # drops what falls outside the output.
     for i in range(min(m, oh - y0)):
         for j in range(m):
             for tw in range(n_tw):
@@ -455,13 +549,8 @@ cdef void _output_row(const floating* mm, Py_ssize_t groups, Py_ssize_t nt, Py_s
                     src = yt + (i * m + j) * plane + grp * run + tw * kg
                     out = line + (tw * m + j) * k_out + grp * kg
                     for k in range(kg):
-                        out[k] = src[k]
-        for k in range(k_out):
-            out = y + ((img * k_out + k) * oh + y0 + i) * ow
-            beta = bias[k]
-            src = line + k
-            for ox in range(ow):
-                out[ox] = src[ox * k_out] + beta
+                        out[k] = src[k] + bias[grp * kg + k]
+        _transpose(line, k_out, y + (img * k_out * oh + y0 + i) * ow, oh * ow, ow, k_out)
 
 
 def _output_transform(const floating[:, :, :, ::1] mm, floating[:, :, :, ::1] y, const floating[::1] bias,
