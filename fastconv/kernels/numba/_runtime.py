@@ -1,5 +1,9 @@
 """What every Numba kernel module shares: the JIT options and the per-call thread setting."""
 import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ... import threads
 
@@ -15,3 +19,30 @@ def use_configured_threads() -> None:
     Numba keeps this setting per calling thread, so kernels call it on every entry.
     """
     numba.set_num_threads(threads.numba_threads())
+
+
+@intrinsic
+def prefetch(typingctx, array, index, for_write):
+    """Ask the CPU to bring the cache line of ``array.flat[index]`` closer (``llvm.prefetch``).
+
+    A hint only: no fault, no result. ``for_write`` must be a literal ``True``/``False``.
+    Kernels use it where their reads or writes are strided across channels, a pattern the
+    hardware prefetchers do not follow.
+    """
+    if not isinstance(for_write, types.BooleanLiteral):
+        return None
+    rw = int(for_write.literal_value)
+
+    def codegen(context, builder, sig, args):
+        array_type = sig.args[0]
+        ary = context.make_array(array_type)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, array_type, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        # (address, read 0 / write 1, locality 3 = keep in all cache levels, data cache 1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index, for_write), codegen

@@ -54,7 +54,7 @@ from numba import njit, prange
 
 from ... import limits, threads
 from .. import winograd_tables as tables
-from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
+from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, prefetch, use_configured_threads
 
 _FILTER_CACHE = tables.FilterTransformCache()
 _WORKSPACE = tables.WorkspacePool()
@@ -230,6 +230,40 @@ def _apply(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer
         _lin42(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
 
 
+# ---------------------------------------------------------------- layout changes
+# The NCHW <-> channel-last moves of both transforms. Element by element they were most of the
+# transforms' time (strided scalar loads or stores waiting on memory), so the transposes move
+# 8 rows at a time (eight independent read streams, contiguous 8-element stores) and the rows
+# a tile row will touch are prefetched one cache line at a time.
+
+@njit(**JIT_OPTIONS)
+def _transpose(src, s_base, ss, dst, d_base, ds, rows, cols):
+    """dst[d_base + j*ds + i] = src[s_base + i*ss + j] for i < rows, j < cols (flat arrays)."""
+    i0 = 0
+    while i0 + 8 <= rows:
+        for j in range(cols):
+            d = d_base + j * ds + i0
+            s = s_base + i0 * ss + j
+            for ii in range(8):
+                dst[d + ii] = src[s + ii * ss]
+        i0 += 8
+    for i in range(i0, rows):
+        for j in range(cols):
+            dst[d_base + j * ds + i] = src[s_base + i * ss + j]
+
+
+@njit(**JIT_OPTIONS)
+def _prefetch_rows(flat, base, stride, n_rows, row_len, for_write):
+    """Prefetch n_rows rows of row_len elements, ``stride`` apart from ``base``, of ``flat``."""
+    step = max(64 // flat.itemsize, 1)
+    for r in range(n_rows):
+        for b in range(0, row_len, step):
+            if for_write:
+                prefetch(flat, base + r * stride + b, True)
+            else:
+                prefetch(flat, base + r * stride + b, False)
+
+
 # ---------------------------------------------------------------- input transform
 
 @njit(**JIT_OPTIONS)
@@ -256,6 +290,7 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
     lo = min(max(pad_left, 0), cols)        # columns [lo, hi) hold image pixels
     hi = max(min(w + pad_left, cols), lo)
     line = xr[a * plane:]                   # one input row, [col][c]
+    xf = x.reshape(-1)
     for z in range(lo * c_in):
         line[z] = 0
     for z in range(hi * c_in, cols * c_in):
@@ -267,17 +302,22 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
             for z in range(plane):
                 dst[z] = 0
             continue
-        inside = line[lo * c_in:hi * c_in]
-        for c in range(c_in):               # contiguous reads, stores strided by C (in L1)
-            src = x[img, c, yy, lo - pad_left:hi - pad_left]
-            for k in range(hi - lo):
-                inside[k * c_in + c] = src[k]
+        # The row of every channel, channel-last: line[col, c] = x[img, c, yy, col - pad_left].
+        _transpose(xf, (img * c_in * h + yy) * w + lo - pad_left, h * w, line, lo * c_in, c_in, c_in, hi - lo)
         for col in range(cols):             # columns to their phase slots, one vector each
             for grp in range(groups):
                 src = line[col * c_in + grp * cg:col * c_in + (grp + 1) * cg]
                 out = dst[grp * gsize + slot_of_col[col] * cg:grp * gsize + (slot_of_col[col] + 1) * cg]
                 for z in range(cg):
                     out[z] = src[z]
+    # The input rows the next tile row adds, for every channel: the channel-strided reads
+    # above wait on memory otherwise, and the arithmetic below hides the fetch.
+    img = (grow + 1) // n_th
+    y0 = (grow + 1 - img * n_th) * m - pad_top
+    first = 0 if y0 + pad_top == 0 else a - m
+    if img < x.shape[0]:
+        for yy in range(max(y0 + first, 0), min(y0 + a, h)):
+            _prefetch_rows(xf, (img * c_in * h + yy) * w, h * w, c_in, w, False)
     # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
     _apply(bt, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
     # Across each tile's columns, all tiles of the row at once:
@@ -353,6 +393,14 @@ def _output_row(mm, y, bias, row, grow, n_th, n_tw, at, down_offs, across_offs, 
     run = n_tw * kg                     # one group of one tile row in M
     plane = groups * run                # s1[i, q] / yt[i, j]
     mf = mm.reshape(-1)
+    yf = y.reshape(-1)
+    img = grow // n_th
+    y0 = (grow - img * n_th) * m
+    k_out = groups * kg
+    # This tile row's output rows of every channel, for writing (as the input transform does
+    # for its reads): the transposed stores below touch K lines per output row.
+    for i in range(min(m, oh - y0)):
+        _prefetch_rows(yf, (img * k_out * oh + y0 + i) * ow, oh * ow, k_out, ow, True)
     # Down the tiles' rows: s1[i, q, g] = sum_p A^T[i, p] M[p*a + q, g, tiles of the row].
     for q in range(a):
         for grp in range(groups):
@@ -361,26 +409,19 @@ def _output_row(mm, y, bias, row, grow, n_th, n_tw, at, down_offs, across_offs, 
     # Across: yt[i, j] = sum_q A^T[j, q] s1[i, q].
     for i in range(m):
         _apply(at, s1, i * a * plane, across_offs, 0, yt, i * m * plane, plane, 0, 1, plane)
-    # To NCHW, one output row at a time: the tiles' columns to a [ox][k] line (vector copies),
-    # then each channel's row from it adding the bias (contiguous stores). The last tile
-    # row/column drops what falls outside the output.
-    img = grow // n_th
-    y0 = (grow - img * n_th) * m
-    k_out = groups * kg
+    # To NCHW, one output row at a time: the tiles' columns plus the bias to a [ox][k] line
+    # (vector operations), then transposed into every channel's row. The last tile row/column
+    # drops what falls outside the output.
     for i in range(min(m, oh - y0)):
         for j in range(m):
             for tw in range(n_tw):
                 for grp in range(groups):
                     src = yt[(i * m + j) * plane + grp * run + tw * kg:(i * m + j) * plane + grp * run + (tw + 1) * kg]
                     out = line[(tw * m + j) * k_out + grp * kg:(tw * m + j) * k_out + (grp + 1) * kg]
+                    beta = bias[grp * kg:(grp + 1) * kg]
                     for k in range(kg):
-                        out[k] = src[k]
-        for k in range(k_out):
-            out = y[img, k, y0 + i]
-            beta = bias[k]
-            src = line[k:]
-            for ox in range(ow):
-                out[ox] = src[ox * k_out] + beta
+                        out[k] = src[k] + beta[k]
+        _transpose(line, 0, k_out, yf, (img * k_out * oh + y0 + i) * ow, oh * ow, ow, k_out)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
