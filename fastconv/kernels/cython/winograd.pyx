@@ -619,7 +619,7 @@ def _winograd_grad_weight(grad_output, x, grad_weight, pad_top, pad_left, m):
     The adjoint of the forward: per chunk of tile rows, V = B^T d B of x's tiles (as in the
     forward) and D = A dY A^T of grad_output's tiles; dL/dU[xi] = sum over tiles of
     V[xi]^T D[xi] (one GEMM per position, accumulated over chunks); grad_weight = G^T dL/dU G
-    (``winograd_tables.weight_gradient``, float64).
+    (``winograd_tables.weight_gradient``).
     """
     nthreads = threads.get_num_threads()
     n, c_in = x.shape[0], x.shape[1]

@@ -44,7 +44,7 @@ grad_weight is the adjoint of the forward. The forward is linear in U, so
 ``dL/dU[xi] = sum over tiles of V[xi]^T (A dY A^T)[xi]`` -- the input transform of x (as in
 the forward) and of grad_output (with A, zero-padded to a x a, in place of B^T: the windows'
 last two rows and columns belong to the next tile and meet zero coefficients), then one GEMM
-per position summed over the chunks -- and ``dL/dw = G^T dL/dU G`` in float64. Partial
+per position summed over the chunks -- and ``dL/dw = G^T dL/dU G``. Partial
 tiles are exact: the outputs beyond the edge have zero gradient.
 """
 import numpy as np
@@ -486,7 +486,7 @@ def _winograd_grad_weight(grad_output, x, grad_weight, pad_top, pad_left, m):
     The adjoint of the forward: per chunk of tile rows, V = B^T d B of x's tiles (as in the
     forward) and D = A dY A^T of grad_output's tiles; dL/dU[xi] = sum over tiles of
     V[xi]^T D[xi] (one GEMM per position, accumulated over chunks); grad_weight = G^T dL/dU G
-    (``winograd_tables.weight_gradient``, float64).
+    (``winograd_tables.weight_gradient``).
     """
     use_configured_threads()
     workers = threads.numba_threads()
