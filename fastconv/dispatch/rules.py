@@ -43,22 +43,27 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
     return None
 
 
-#: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
-#: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread):
+#: Measured with ``fastconv bench --ops conv --threads 1 --compare torch --repeats 5 --budget 1``
+#: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread, best
+#: backend of each algorithm; forward / grad_input / grad_weight):
 #:
-#: ============================  ==========  ==========  ===========================
-#: layer (reduction c/g*r*s)      direct      im2col      winograd_f43
-#: ============================  ==========  ==========  ===========================
-#: lenet_conv2 6->16 5x5 (150)   0.74 fwd    0.44 fwd    -
-#: cifar_conv1 3->32 3x3 (27)    0.76 fwd    < direct    -
-#: mnist_conv2 32->64 3x3 (288)  -           0.61 g_in   0.46-0.56 (11x11 output)
-#: resnet 64/128/256 3x3         -           -           1.06-1.32 fwd, 1.52-1.77 at 2t
-#: ============================  ==========  ==========  ===========================
+#: ============================  ==================  ==================  ===================
+#: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
+#: ============================  ==================  ==================  ===================
+#: cifar_conv1 3->32 3x3 (27)    0.74/1.24/0.76      0.86/1.38/0.79      0.54/0.73/0.25
+#: lenet_conv2 6->16 5x5 (150)   0.88/0.65/0.79      0.62/0.68/0.78      -
+#: stem 3->64 7x7 s2 (147)       0.55/0.64/0.53      0.75/2.54/1.00      -
+#: mnist_conv2 32->64 3x3 (288)  -                   0.71/0.69/0.86      1.18/0.79/1.05
+#: resnet 64/128/256 3x3         -                   0.50-0.73           1.13-1.71
+#: ============================  ==================  ==================  ===================
 #:
-#: Hence: direct up to a reduction of 160 (where its register tiles beat a GEMM with few
-#: rows), Winograd only from 64 channels per group (fewer starve its 16/36 GEMMs).
+#: Hence: direct up to a reduction of 160 with filters up to 5x5 (its register tiles beat a
+#: GEMM with few rows; a 7x7 filter's 49 taps do not fit them), Winograd F(4x4,3x3) for all
+#: three passes of 3x3 stride-1 layers from 32 channels per group (3 channels starve its
+#: 36 GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
-WINOGRAD_MIN_CHANNELS = 64
+DIRECT_MAX_TAPS = 25
+WINOGRAD_MIN_CHANNELS = 32
 
 
 def auto_algos(op: str, params) -> List[Tuple[str, str]]:
@@ -72,11 +77,12 @@ def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     if p.is_depthwise or p.c_per_group == 1:
         why = "one input channel per group: no reduction for a GEMM to amortise"
         return [("direct", why), ("im2col", "fallback")]
-    if reduction <= DIRECT_MAX_REDUCTION:
-        why = f"small reduction (c/groups*r*s = {reduction} <= {DIRECT_MAX_REDUCTION}): direct beats a GEMM"
+    if reduction <= DIRECT_MAX_REDUCTION and p.r * p.s <= DIRECT_MAX_TAPS:
+        why = (f"small reduction (c/groups*r*s = {reduction} <= {DIRECT_MAX_REDUCTION}, "
+               f"{p.r}x{p.s} filter): direct beats a GEMM")
         return [("direct", why), ("im2col", "fallback")]
     order = []
-    if op != "conv2d_grad_weight" and unsupported_reason(op, "winograd_f43", p) is None \
+    if unsupported_reason(op, "winograd_f43", p) is None \
             and min(p.c_per_group, p.k_per_group) >= WINOGRAD_MIN_CHANNELS:
         why = f"3x3 stride 1 with >= {WINOGRAD_MIN_CHANNELS} channels per group: Winograd needs fewer multiplies"
         order += [("winograd_f43", why), ("winograd_f23", why)]
