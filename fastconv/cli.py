@@ -16,7 +16,10 @@ SUBCOMMANDS = {
 
 def info_main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="fastconv info", description=SUBCOMMANDS["info"][1])
-    parser.parse_args(argv)
+    parser.add_argument("--startup", choices=("warm", "cold"), default=None,
+                        help="also time `import fastconv` and each conv kernel's first call in a "
+                             "fresh process, with Numba's cache as it is (warm) or empty (cold)")
+    args = parser.parse_args(argv)
     import numpy
 
     import fastconv
@@ -35,6 +38,10 @@ def info_main(argv: List[str]) -> int:
     for row in fastconv.list_kernels(load=True):
         state = "ok" if row["available"] else f"unavailable: {row['reason']}"
         print(f"  {row['op']:<20} {row['algo']:<13} {row['backend']:<7} {state}")
+    if args.startup:
+        from fastconv.benchmarks import startup
+
+        print("\n".join(startup.report(args.startup)))
     return 0
 
 
