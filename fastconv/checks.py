@@ -277,10 +277,12 @@ def pool_indices(indices, expected_shape, plane_size: int) -> np.ndarray:
                         "(as returned by max_pool2d(..., return_indices=True))")
     if indices.shape != tuple(expected_shape):
         raise ValueError(f"indices has shape {indices.shape}: expected {tuple(expected_shape)}")
-    if indices.size:
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= plane_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"indices holds {bad}: expected flat offsets in [0, {plane_size}) "
-                             "into each H*W plane of x")
-    return np.ascontiguousarray(indices, dtype=np.int64)
+    checked = np.ascontiguousarray(indices, dtype=np.int64)
+    # One pass: viewed as uint64 a negative index is huge, so the largest value alone tells
+    # whether any index lies outside [0, plane_size) (min() and max() would be two passes).
+    if checked.size and int(checked.view(np.uint64).max()) >= plane_size:
+        low, high = int(indices.min()), int(indices.max())  # the error path only
+        bad = low if low < 0 else high
+        raise ValueError(f"indices holds {bad}: expected flat offsets in [0, {plane_size}) "
+                         "into each H*W plane of x")
+    return checked

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import checks
 from .dispatch import select
+from .params import PoolParams
 
 IntOrPair = Union[int, Tuple[int, int]]
 
@@ -98,7 +99,20 @@ def avg_pool2d_backward(grad_output, x_shape, kernel_size: IntOrPair, stride: Op
 def global_avg_pool2d(x, *, algo: str = "auto", backend: str = "auto") -> np.ndarray:
     """Mean over each H x W plane: x (N, C, H, W) -> (N, C, 1, 1)."""
     x = checks.float_view(x, "x", ndim=4)
-    return avg_pool2d(x, x.shape[2:], algo=algo, backend=backend)
+    n, c, h, w = x.shape
+    if not (c and h and w):
+        return avg_pool2d(x, x.shape[2:], algo=algo, backend=backend)  # raises the usual error
+    # The window is the whole plane, so ``pool_params``'s checks all hold: building the params
+    # directly saves ~15 us a call, as much as the kernel takes on a 8x256x14x14 input. The
+    # result is smaller than x, so it needs no allocation check.
+    x = checks.contiguous(x, "x")
+    p = PoolParams(n=n, c=c, h=h, w=w, kernel_h=h, kernel_w=w, stride_h=h, stride_w=w, pad_h=0,
+                   pad_w=0, count_include_pad=True, dtype=x.dtype.name)
+    kernel = select("avg_pool2d_forward", p, algo, backend)
+    y = np.empty((n, c, 1, 1), dtype=x.dtype)
+    if n:
+        kernel.function(x, y, p)
+    return y
 
 
 def global_avg_pool2d_backward(grad_output, x_shape, *, algo: str = "auto", backend: str = "auto") -> np.ndarray:

@@ -1,0 +1,126 @@
+"""Fast paths of the pooling ops: global average pooling (lean public path, vector partial
+sums), the one-pass index check of max-pool backward, and max-pool backward with indices
+that are not window maxima (any offset in the plane must still receive its gradient)."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+from fastconv.checks import pool_params
+from fastconv.threads import get_num_threads
+
+BACKENDS = ("cython", "numba")
+
+
+@pytest.fixture
+def restore_threads():
+    n = get_num_threads()
+    yield
+    fastconv.set_num_threads(n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 3, 14, 14), (1, 2, 1, 1), (1, 3, 1, 9),
+                                   (1, 2, 3, 5), (1, 2, 150, 151)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_average_matches_float64_mean(backend, shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    # An offset makes the float32 sums long and the cancellation visible in the error.
+    x = (rng.standard_normal(shape) + 3.0).astype(dtype)
+    y = fastconv.global_avg_pool2d(x, backend=backend)
+    assert y.shape == shape[:2] + (1, 1) and y.dtype == dtype
+    want = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_global_average_propagates_nan_and_inf(backend):
+    x = np.ones((1, 4, 7, 7), np.float32)
+    x[0, 0, 6, 6] = np.nan           # in the tail (49 = 6 x 8 + 1)
+    x[0, 1, 0, 0] = np.inf
+    x[0, 2, 1, 1] = np.inf
+    x[0, 2, 5, 5] = -np.inf
+    y = fastconv.global_avg_pool2d(x, backend=backend).ravel()
+    assert np.isnan(y[0]) and y[1] == np.inf and np.isnan(y[2]) and y[3] == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_global_average_contiguous_copy_and_errors(backend):
+    x = np.random.default_rng(0).standard_normal((4, 3, 9, 9))
+    view = x.transpose(1, 0, 2, 3)   # not contiguous: copied once
+    np.testing.assert_allclose(fastconv.global_avg_pool2d(view, backend=backend),
+                               view.mean(axis=(2, 3), keepdims=True), rtol=1e-13)
+    with pytest.raises(ValueError):  # the same error as avg_pool2d with a 0x3 window
+        fastconv.global_avg_pool2d(np.zeros((1, 2, 0, 3)), backend=backend)
+    assert fastconv.global_avg_pool2d(np.zeros((0, 2, 3, 3)), backend=backend).shape == (0, 2, 1, 1)
+
+
+@pytest.mark.parametrize("bad,shown", [(-1, -1), (16, 16), (-(2 ** 62), -(2 ** 62)), (2 ** 40, 2 ** 40)])
+def test_pool_indices_one_pass_check_names_the_bad_value(bad, shown):
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    idx = idx.copy()
+    idx[0, 1, 1, 0] = bad
+    with pytest.raises(ValueError, match=rf"indices holds {shown}: expected flat offsets in \[0, 16\)"):
+        fastconv.max_pool2d_backward(y, x, 2, indices=idx)
+
+
+def test_pool_indices_other_integer_dtypes_are_accepted():
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6))
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    want = fastconv.max_pool2d_backward(y, x, 2, indices=idx)
+    for dtype in (np.int32, np.uint16, np.uint64):
+        np.testing.assert_array_equal(fastconv.max_pool2d_backward(y, x, 2, indices=idx.astype(dtype)), want)
+    with pytest.raises(ValueError, match="indices holds 36"):
+        fastconv.max_pool2d_backward(y, x, 2, indices=np.full(idx.shape, 36, np.uint64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7), (26, 26), (11, 11), (2, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_backward_2x2_matches_reference(backend, hw, dtype):
+    rng = np.random.default_rng(hw[0] * 31 + hw[1])
+    x = rng.standard_normal((3, 4) + hw).astype(dtype)
+    x[0, 0, 0, :2] = np.nan          # NaN windows and ties too
+    x[1, 1] = np.round(x[1, 1])
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True, backend=backend)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    p = pool_params(x.shape, 2, None, 0, True, dtype)
+    want = np.empty(x.shape, dtype)
+    reference.max_pool2d_backward(gy, idx, want, p)
+    got = fastconv.max_pool2d_backward(gy, x, 2, indices=idx, backend=backend)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_backward_2x2_indices_outside_their_window_still_accumulate(backend):
+    # Indices need not come from max_pool2d: any offset in the plane is valid and adds there.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    gy = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    idx = rng.integers(0, 36, size=gy.shape)
+    idx[1, 2] = 7                    # a whole plane sending everything to one element
+    p = pool_params(x.shape, 2, None, 0, True, np.float32)
+    want = np.empty(x.shape, np.float32)
+    reference.max_pool2d_backward(gy, idx, want, p)
+    got = fastconv.max_pool2d_backward(gy, x, 2, indices=idx, backend=backend)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_do_not_depend_on_thread_count(backend, restore_threads):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 16, 26, 26)).astype(np.float32)
+    g = rng.standard_normal((4, 16, 56, 56)).astype(np.float32)
+    results = []
+    for n in (1, 2):
+        fastconv.set_num_threads(n)
+        y, idx = fastconv.max_pool2d(x, 2, return_indices=True, backend=backend)
+        gx = fastconv.max_pool2d_backward(y, x, 2, indices=idx, backend=backend)
+        y3, idx3 = fastconv.max_pool2d(g, 3, 2, 1, return_indices=True, backend=backend)
+        gx3 = fastconv.max_pool2d_backward(y3, g, 3, 2, 1, indices=idx3, backend=backend)
+        results.append((y, gx, gx3, fastconv.global_avg_pool2d(g, backend=backend),
+                        fastconv.global_avg_pool2d(x, backend=backend)))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
