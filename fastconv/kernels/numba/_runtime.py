@@ -8,7 +8,9 @@ from numba.extending import intrinsic
 from ... import threads
 
 #: ``cache=True`` compiles once per machine; ``nogil`` lets callers overlap work. No
-#: ``fastmath``: its nnan/ninf assumptions would break NaN/Inf propagation.
+#: ``fastmath=True``: its nnan/ninf assumptions would break NaN/Inf propagation. A reduction
+#: may ask for ``fastmath={"reassoc"}`` alone (reordering a sum keeps NaN/Inf intact and lets
+#: it vectorise), saying so where it does.
 JIT_OPTIONS = dict(cache=True, nogil=True)
 PARALLEL_JIT_OPTIONS = dict(JIT_OPTIONS, parallel=True)
 
