@@ -22,8 +22,9 @@ def test_kernel(benchmark, layer, op, algo, backend):
     arrays = layer.arrays()
     if algo == "torch":
         competitors.set_threads("torch", THREADS)
-        fn = (competitors.conv_op("torch", layer, op, *arrays) if isinstance(layer, ConvLayer)
-              else competitors.pool_op("torch", layer, op, *arrays))
+        fn = competitors.pinned("torch", THREADS,
+                                competitors.conv_op("torch", layer, op, *arrays) if isinstance(layer, ConvLayer)
+                                else competitors.pool_op("torch", layer, op, *arrays))
     else:
         fn = _fastconv_call(layer, op, arrays, algo, backend)
     fn()  # JIT compilation and buffer set-up stay out of the timing

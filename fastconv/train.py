@@ -180,6 +180,7 @@ class TorchRun:
         import torch
 
         torch.set_num_threads(threads)
+        self.threads = threads
         torch.manual_seed(seed)  # its dropout masks
         self.torch = torch
         self.model = torch_model(model)
@@ -190,7 +191,14 @@ class TorchRun:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def _pin_threads(self) -> None:
+        # Numba's OpenMP layer moves the OpenMP thread setting PyTorch reads (see
+        # fastconv.benchmarks.competitors.pinned): restore it before every step.
+        if self.torch.get_num_threads() != self.threads:
+            self.torch.set_num_threads(self.threads)
+
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        self._pin_threads()
         self.model.train()
         self.optimizer.zero_grad()
         loss = self.loss_fn(self.model(self.torch.from_numpy(x)), self.torch.from_numpy(y))
@@ -199,6 +207,7 @@ class TorchRun:
         return float(loss.item())
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        self._pin_threads()
         self.model.eval()
         with self.torch.no_grad():
             return self.model(self.torch.from_numpy(x)).numpy()

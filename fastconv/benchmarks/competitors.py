@@ -39,6 +39,24 @@ def set_threads(name: str, n: int) -> None:
             pass
 
 
+def pinned(name: str, n: int, fn: Callable) -> Callable:
+    """``fn`` that first restores the framework's thread count to ``n`` if it moved.
+
+    Numba's OpenMP threading layer changes the process-wide OpenMP thread setting that
+    PyTorch reads: after the first parallel Numba kernel, ``torch.get_num_threads()`` said 2
+    where 1 had been set, so "1-thread" PyTorch timings silently used both cores.
+    """
+    if name != "torch":
+        return fn
+    import torch
+
+    def call():
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        return fn()
+    return call
+
+
 def conv_op(name: str, layer, op: str, x, w, b, gy) -> Optional[Callable]:
     if name == "torch":
         return _torch_conv(layer, op, x, w, b, gy)

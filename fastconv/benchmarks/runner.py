@@ -140,7 +140,7 @@ def run(args) -> dict:
             fn = (competitors.conv_op(f, layer, op, *arrays) if isinstance(layer, ConvLayer)
                   else competitors.pool_op(f, layer, op, *arrays))
             if fn is not None:
-                candidates[f] = fn
+                candidates[f] = competitors.pinned(f, t, fn)
         medians = interleaved_medians(candidates, repeats=args.repeats, budget_s=args.budget)
         for label, seconds in medians.items():
             gflops = params.flops / seconds / 1e9

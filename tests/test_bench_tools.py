@@ -1,0 +1,44 @@
+"""Benchmark tools: the cold-start report of `fastconv info --startup`, thread pinning of competitors."""
+import pytest
+
+from fastconv.benchmarks import startup
+
+
+def test_measure_times_the_import_and_each_requested_kernel_in_a_fresh_process():
+    rows = startup.measure("warm", kernels=[["reference", "numpy"]])
+    assert [r["what"] for r in rows] == ["import fastconv", "conv2d reference/numpy"]
+    assert all(r["first_s"] > 0 for r in rows)
+    assert rows[1]["second_s"] > 0
+
+
+def test_every_registered_forward_kernel_is_listed_except_the_reference():
+    kernels = startup.conv_forward_kernels()
+    assert ["direct", "cython"] in kernels and ["winograd_f43", "numba"] in kernels
+    assert all(backend != "numpy" for _, backend in kernels)
+
+
+def test_bad_cache_mode_is_refused():
+    with pytest.raises(ValueError, match="numba_cache"):
+        startup.measure("lukewarm")
+
+
+def test_pinned_restores_the_torch_thread_count_that_numba_moves():
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    import fastconv
+    from fastconv.benchmarks import competitors
+
+    saved = (torch.get_num_threads(), fastconv.get_num_threads())
+    try:
+        torch.set_num_threads(1)
+        fastconv.set_num_threads(1)
+        seen = []
+        fn = competitors.pinned("torch", 1, lambda: seen.append(torch.get_num_threads()))
+        x = np.ones((1, 2, 6, 6), np.float32)
+        fastconv.conv2d(x, np.ones((2, 2, 3, 3), np.float32), algo="direct", backend="numba")
+        torch.set_num_threads(2)     # whatever moved it, the wrapped call runs at 1
+        fn()
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(saved[0])
+        fastconv.set_num_threads(saved[1])
