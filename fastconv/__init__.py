@@ -9,6 +9,8 @@ Public calls (NCHW, float32/float64):
 * ``set_num_threads``, ``get_num_threads`` (Numba, OpenMP and BLAS together)
 * ``set_workspace_limit``, ``set_max_allocation_bytes`` (memory limits)
 """
+from . import _waiting  # noqa: F401  (first: thread wait policies before NumPy/BLAS load)
+
 from .conv import conv2d, conv2d_backward
 from .dispatch import UnsupportedError, list_kernels
 from .dispatch.autotune import enable as autotune

@@ -16,11 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-# OpenMP threads that spin-wait after a parallel region (libgomp's default) steal the cores
-# the next BLAS call or Numba region needs; on small machines that turned 10-200 ms calls
-# into 0.1-3.8 s ones. Passive waiting is set before any OpenMP runtime loads, unless the
-# user chose a policy. (It applies to every OpenMP runtime loaded later in the process.)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import _waiting  # noqa: F401  (idle threads wait passively: see fastconv/_waiting.py)
 
 _num_threads = None
 
