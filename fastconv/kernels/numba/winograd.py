@@ -6,7 +6,8 @@ the output tile size, ``a = m + 2`` the input tile size, ``xi = p*a + q`` a posi
 transformed a x a tile.
 
 One call runs, per chunk of tile rows (the chunk keeps the V and M buffers within
-``fastconv.limits.workspace_limit_bytes()``):
+``fastconv.limits.workspace_limit_bytes()``; ``kernels/winograd_plan.py``, shared with the
+Cython twin, plans the chunks and calls these steps):
 
 1. ``_input_transform``: ``V[xi, g, t, c] = (B^T d B)[xi]`` of every overlapping a x a input
    tile ``d`` (out-of-range input reads as zero) -- parallel over tile rows;
@@ -52,12 +53,11 @@ import scipy.linalg.cython_blas  # noqa: F401  (np.dot in @njit calls SciPy's BL
 #                                   so that fastconv's thread limit reaches it when this loads)
 from numba import njit, prange
 
-from ... import limits, threads
-from .. import winograd_tables as tables
+from ... import threads
+from .. import winograd_plan as plan, winograd_tables as tables
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, prefetch, use_configured_threads
 
 _FILTER_CACHE = tables.FilterTransformCache()
-_WORKSPACE = tables.WorkspacePool()
 
 
 # ---------------------------------------------------------------- filter transform
@@ -444,91 +444,23 @@ def _output_transform(mm, y, bias, row_start, n_th, n_tw, at, down_offs, across_
 
 # ---------------------------------------------------------------- the driver
 
-def _winograd_conv(x, u, bias, y, pad_top, pad_left, m):
-    """y (N, K, OH, OW) = 3x3 stride-1 correlation of x (N, C, H, W) with transformed filters u.
+_STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform)
 
-    ``u`` is (a*a, G, C/G, K/G); output (oy, ox) reads the 3x3 input window starting at
-    (oy - pad_top, ox - pad_left), zeros outside x. ``bias`` is (K,) or None.
-    """
+
+def _workers():
     use_configured_threads()
-    workers = threads.numba_threads()
-    n, c_in = x.shape[0], x.shape[1]
-    k_out, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    groups = u.shape[1]
-    a = m + 2
-    aa = a * a
-    n_th = -(-oh // m)
-    n_tw = -(-ow // m)
-    total_rows = n * n_th
-    at, _, bt = (mat.astype(x.dtype) for mat in tables.MATRICES[m])
-    bias = bias if bias is not None else np.zeros(k_out, dtype=x.dtype)
-    cg, kg = c_in // groups, k_out // groups
-    slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, cg)
-    out_across = np.arange(a) * (k_out * n_tw)
-    rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
-                                 limits.workspace_limit_bytes(), u.nbytes)
-    v_buf = _WORKSPACE.get("V", aa * c_in * rows * n_tw, x.dtype)
-    m_buf = _WORKSPACE.get("M", aa * k_out * rows * n_tw, x.dtype)
-    for r0 in range(0, total_rows, rows):
-        nt = min(rows, total_rows - r0) * n_tw
-        v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, cg)
-        mm = m_buf[:aa * k_out * nt].reshape(aa, groups, nt, kg)
-        out_down = np.arange(a) * (a * groups * nt * kg)
-        _input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
-                         workers)
-        _batched_gemm(v, u, mm)
-        _output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, workers)
-
-
-def _winograd_grad_weight(grad_output, x, grad_weight, pad_top, pad_left, m):
-    """grad_weight (K, C/G, 3, 3) of the 3x3 stride-1 correlation y = x (*) w, by F(m x m, 3x3).
-
-    The adjoint of the forward: per chunk of tile rows, V = B^T d B of x's tiles (as in the
-    forward) and D = A dY A^T of grad_output's tiles; dL/dU[xi] = sum over tiles of
-    V[xi]^T D[xi] (one GEMM per position, accumulated over chunks); grad_weight = G^T dL/dU G
-    (``winograd_tables.weight_gradient``).
-    """
-    use_configured_threads()
-    workers = threads.numba_threads()
-    n, c_in = x.shape[0], x.shape[1]
-    k_out, oh, ow = grad_output.shape[1], grad_output.shape[2], grad_output.shape[3]
-    cg = grad_weight.shape[1]
-    groups = c_in // cg
-    kg = k_out // groups
-    a = m + 2
-    aa = a * a
-    n_th = -(-oh // m)
-    n_tw = -(-ow // m)
-    total_rows = n * n_th
-    bt = tables.MATRICES[m][2].astype(x.dtype)
-    dt = tables.grad_output_transform(m).astype(x.dtype)
-    slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, cg)
-    _, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, kg)
-    rows = tables.rows_per_chunk(total_rows, n_tw, c_in, k_out, a, x.dtype.itemsize,
-                                 limits.workspace_limit_bytes())
-    v_buf = _WORKSPACE.get("V", aa * c_in * rows * n_tw, x.dtype)
-    d_buf = _WORKSPACE.get("M", aa * k_out * rows * n_tw, x.dtype)
-    dm = np.zeros((aa, groups, cg, kg), dtype=x.dtype)
-    for r0 in range(0, total_rows, rows):
-        nt = min(rows, total_rows - r0) * n_tw
-        v = v_buf[:aa * c_in * nt].reshape(aa, groups, nt, cg)
-        d = d_buf[:aa * k_out * nt].reshape(aa, groups, nt, kg)
-        _input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
-                         workers)
-        _input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, slot_of_col, gy_down, gy_across,
-                         workers)
-        _batched_gemm_tn(v, d, dm)
-    grad_weight[...] = tables.weight_gradient(dm, m)
+    return threads.numba_threads()
 
 
 def _forward(x, weight, bias, y, params, m):
     u = _transformed_filters(weight, m, params.groups, grad_input=False)
-    _winograd_conv(x, u, bias, y, params.pad_top, params.pad_left, m)
+    plan.convolve(_STEPS, x, u, bias, y, params.pad_top, params.pad_left, m, _workers())
 
 
 def _grad_input(grad_output, weight, grad_input, params, m):
     u = _transformed_filters(weight, m, params.groups, grad_input=True)
-    _winograd_conv(grad_output, u, None, grad_input, 2 - params.pad_top, 2 - params.pad_left, m)
+    plan.convolve(_STEPS, grad_output, u, None, grad_input, 2 - params.pad_top, 2 - params.pad_left, m,
+                  _workers())
 
 
 # ---------------------------------------------------------------- public kernels
@@ -561,9 +493,9 @@ def conv2d_grad_input_f43(grad_output, weight, grad_input, params):
 
 def conv2d_grad_weight_f23(grad_output, x, grad_weight, params):
     """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(2x2,3x3)."""
-    _winograd_grad_weight(grad_output, x, grad_weight, params.pad_top, params.pad_left, 2)
+    plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 2, _workers())
 
 
 def conv2d_grad_weight_f43(grad_output, x, grad_weight, params):
     """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(4x4,3x3)."""
-    _winograd_grad_weight(grad_output, x, grad_weight, params.pad_top, params.pad_left, 4)
+    plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 4, _workers())

@@ -1,0 +1,96 @@
+"""How a Winograd call walks the batch, shared by both backends.
+
+The Numba (``kernels/numba/winograd.py``) and Cython (``kernels/cython/winograd.pyx``)
+modules supply the per-chunk steps (``WinogradSteps``: the input transform, the two batched
+GEMMs and the output transform); this module plans the chunks of tile rows, hands out the
+reused V/M buffers and runs the steps in order, so the plan is written once. Every step is
+a compiled function; the Python loop here runs once per chunk (a few per call).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, NamedTuple, Tuple
+
+import numpy as np
+
+from .. import limits
+from . import winograd_tables as tables
+
+#: V/M buffers reused between calls (per calling thread; see ``WorkspacePool``).
+WORKSPACE = tables.WorkspacePool()
+
+
+class WinogradSteps(NamedTuple):
+    """A backend's per-chunk functions (signatures as in either backend module)."""
+
+    input_transform: Callable
+    batched_gemm: Callable
+    batched_gemm_tn: Callable
+    output_transform: Callable
+
+
+def _tile_chunks(n_images: int, n_th: int, n_tw: int, c: int, k: int, groups: int, m: int, dtype,
+                 filter_bytes: int = 0) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+    """``(first tile row, V (a*a, G, T, C/G), M (a*a, G, T, K/G))`` per chunk of tile rows.
+
+    Chunks are sized by ``winograd_tables.rows_per_chunk`` within the workspace limit; the
+    views come from the reused buffers, so their contents are undefined.
+    """
+    a = m + 2
+    aa = a * a
+    total_rows = n_images * n_th
+    rows = tables.rows_per_chunk(total_rows, n_tw, c, k, a, np.dtype(dtype).itemsize,
+                                 limits.workspace_limit_bytes(), filter_bytes)
+    v_buf = WORKSPACE.get("V", aa * c * rows * n_tw, dtype)
+    m_buf = WORKSPACE.get("M", aa * k * rows * n_tw, dtype)
+    for r0 in range(0, total_rows, rows):
+        nt = min(rows, total_rows - r0) * n_tw
+        yield (r0, v_buf[:aa * c * nt].reshape(aa, groups, nt, c // groups),
+               m_buf[:aa * k * nt].reshape(aa, groups, nt, k // groups))
+
+
+def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m: int, workers: int) -> None:
+    """y (N, K, OH, OW) = 3x3 stride-1 correlation of x (N, C, H, W) with transformed filters u.
+
+    ``u`` is (a*a, G, C/G, K/G); output (oy, ox) reads the 3x3 input window starting at
+    (oy - pad_top, ox - pad_left), zeros outside x. ``bias`` is (K,) or None. Per chunk:
+    V = B^T d B of the input tiles, M[xi] = V[xi] @ U[xi], y = A^T M A + bias.
+    """
+    c_in, (k_out, oh, ow), groups = x.shape[1], y.shape[1:], u.shape[1]
+    a = m + 2
+    n_th, n_tw = -(-oh // m), -(-ow // m)
+    at, _, bt = (mat.astype(x.dtype) for mat in tables.MATRICES[m])
+    bias = bias if bias is not None else np.zeros(k_out, dtype=x.dtype)
+    slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, c_in // groups)
+    out_across = (np.arange(a) * (k_out * n_tw)).astype(np.intp)
+    for r0, v, mm in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype, u.nbytes):
+        out_down = (np.arange(a) * (a * mm[0].size)).astype(np.intp)
+        steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                              workers)
+        steps.batched_gemm(v, u, mm)
+        steps.output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, workers)
+
+
+def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: int, pad_left: int, m: int,
+                    workers: int) -> None:
+    """grad_weight (K, C/G, 3, 3) of the 3x3 stride-1 correlation y = x (*) w, by F(m x m, 3x3).
+
+    The adjoint of ``convolve``: per chunk of tile rows, V = B^T d B of x's tiles (as in the
+    forward) and D = A dY A^T of grad_output's tiles; dL/dU[xi] = sum over tiles of
+    V[xi]^T D[xi] (one GEMM per position, accumulated over chunks); grad_weight = G^T dL/dU G
+    (``winograd_tables.weight_gradient``).
+    """
+    c_in, (k_out, oh, ow), cg = x.shape[1], grad_output.shape[1:], grad_weight.shape[1]
+    groups = c_in // cg
+    n_th, n_tw = -(-oh // m), -(-ow // m)
+    bt = tables.MATRICES[m][2].astype(x.dtype)
+    dt = tables.grad_output_transform(m).astype(x.dtype)
+    slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, cg)
+    _, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups)
+    dm = np.zeros(((m + 2) ** 2, groups, cg, k_out // groups), dtype=x.dtype)
+    for r0, v, d in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype):
+        steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                              workers)
+        steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, slot_of_col, gy_down, gy_across,
+                              workers)
+        steps.batched_gemm_tn(v, d, dm)
+    grad_weight[...] = tables.weight_gradient(dm, m)
