@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import checks
-from .dispatch import select
+from .dispatch import registry, select
 
 IntOrPair = Union[int, Tuple[int, int]]
 Padding = Union[int, Tuple[int, int], str]
@@ -73,14 +73,19 @@ def conv2d_backward(grad_output, x, weight, stride: IntOrPair = 1, padding: Padd
     grad_input = grad_weight = grad_bias = None
     if "input" in kernels:
         grad_input = checks.output_array(None, p.input_shape, dtype)
-        if p.n:
-            kernels["input"].function(grad_output, weight, grad_input, p)
     if "weight" in kernels:
         grad_weight = checks.output_array(None, p.weight_shape, dtype)
-        if p.n:
-            kernels["weight"].function(grad_output, x, grad_weight, p)
-        else:
-            grad_weight[...] = 0  # a sum over an empty batch
+    both = _input_weight_kernel(kernels) if p.n else None
+    if both is not None:
+        both(grad_output, x, weight, grad_input, grad_weight, p)
+    else:
+        if grad_input is not None and p.n:
+            kernels["input"].function(grad_output, weight, grad_input, p)
+        if grad_weight is not None:
+            if p.n:
+                kernels["weight"].function(grad_output, x, grad_weight, p)
+            else:
+                grad_weight[...] = 0  # a sum over an empty batch
     if "bias" in kernels:
         grad_bias = checks.output_array(None, (p.k,), dtype)
         if p.n:
@@ -88,6 +93,18 @@ def conv2d_backward(grad_output, x, weight, stride: IntOrPair = 1, padding: Padd
         else:
             grad_bias[...] = 0
     return grad_input, grad_weight, grad_bias
+
+
+def _input_weight_kernel(kernels):
+    """The kernel computing grad_input and grad_weight in one call, when both picks are the
+    same algorithm and backend and it has one (``registry.FUSED_OPS``); else ``None``."""
+    gi, gw = kernels.get("input"), kernels.get("weight")
+    if gi is None or gw is None or (gi.algo, gi.backend) != (gw.algo, gw.backend):
+        return None
+    entry = registry.lookup("conv2d_grad_input_weight", gi.algo, gi.backend)
+    if entry is None or entry.unavailable_reason() is not None:
+        return None
+    return entry.function()
 
 
 def conv2d_plan(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable, Dict, Union
 
 from . import conv, pooling
-from .dispatch import describe
+from .dispatch import describe, select
 
 _PLANS: Dict[str, Callable] = {
     "conv2d": conv.conv2d_plan,
@@ -32,4 +32,10 @@ def explain(op: Union[str, Callable], *args, **kwargs) -> Explanation:
     if name not in _PLANS:
         raise ValueError(f"op={op!r}: expected one of {sorted(_PLANS)}")
     ops, params, algo, backend = _PLANS[name](*args, **kwargs)
-    return Explanation("\n".join(describe(o, params, algo, backend) for o in ops))
+    lines = [describe(o, params, algo, backend) for o in ops]
+    if {"conv2d_grad_input", "conv2d_grad_weight"} <= set(ops):
+        picks = {name: select(f"conv2d_grad_{name}", params, algo, backend) for name in ("input", "weight")}
+        if conv._input_weight_kernel(picks) is not None:
+            lines.append(f"conv2d_grad_input and conv2d_grad_weight: one call of {picks['input'].algo}/"
+                         f"{picks['input'].backend} conv2d_grad_input_weight (both picks share it)")
+    return Explanation("\n".join(lines))

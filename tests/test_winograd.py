@@ -14,7 +14,7 @@ import pytest
 import fastconv
 from fastconv import limits, reference
 from fastconv.checks import conv_params
-from fastconv.kernels import winograd_tables as tables
+from fastconv.kernels import winograd_plan as plan, winograd_tables as tables
 
 from cases import tolerance
 
@@ -204,20 +204,21 @@ def test_asymmetric_padding_through_the_kernel_contract(backend, algo, pads):
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
-def test_tiny_workspace_splits_into_chunks_with_the_same_result(backend, algo):
+@pytest.mark.parametrize("padding", [0, 1])   # 0: grad_input by the adjoint (overlapping tiles)
+def test_tiny_workspace_splits_into_chunks_with_the_same_result(backend, algo, padding):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 4, 10, 11)).astype(np.float32)
     w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
-    whole = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+    whole = fastconv.conv2d(x, w, padding=padding, algo=algo, backend=backend)
     limits.set_workspace_limit(1)       # one tile row per chunk
     try:
-        chunked = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
-        gx, gw = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input", "weight"), algo=algo,
+        chunked = fastconv.conv2d(x, w, padding=padding, algo=algo, backend=backend)
+        gx, gw = fastconv.conv2d_backward(whole, x, w, padding=padding, needs=("input", "weight"), algo=algo,
                                           backend=backend)[:2]
     finally:
         limits.set_workspace_limit(None)
-    gx_whole, gw_whole = fastconv.conv2d_backward(whole, x, w, padding=1, needs=("input", "weight"), algo=algo,
-                                                  backend=backend)[:2]
+    gx_whole, gw_whole = fastconv.conv2d_backward(whole, x, w, padding=padding, needs=("input", "weight"),
+                                                  algo=algo, backend=backend)[:2]
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
     np.testing.assert_allclose(gx, gx_whole, rtol=1e-6, atol=1e-6 * np.abs(gx_whole).max())
     # grad_weight sums the chunks' GEMMs: same terms, another order.
@@ -225,7 +226,8 @@ def test_tiny_workspace_splits_into_chunks_with_the_same_result(backend, algo):
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
-def test_one_and_two_threads_give_the_same_result(backend, algo):
+@pytest.mark.parametrize("padding", [0, 1])
+def test_one_and_two_threads_give_the_same_result(backend, algo, padding):
     rng = np.random.default_rng(6)
     x = rng.standard_normal((4, 8, 13, 12)).astype(np.float32)
     w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
@@ -234,14 +236,74 @@ def test_one_and_two_threads_give_the_same_result(backend, algo):
     try:
         for n in (1, 2):
             fastconv.set_num_threads(n)
-            y = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
-            gx, gw = fastconv.conv2d_backward(y, x, w, padding=1, needs=("input", "weight"), algo=algo,
+            y = fastconv.conv2d(x, w, padding=padding, algo=algo, backend=backend)
+            gx, gw = fastconv.conv2d_backward(y, x, w, padding=padding, needs=("input", "weight"), algo=algo,
                                               backend=backend)[:2]
             results.append((y, gx, gw))
     finally:
         fastconv.set_num_threads(saved)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(a).max())
+
+
+def test_adjoint_pays_only_with_fewer_tiles():
+    assert plan.adjoint_pays((11, 11), (13, 13), 4)        # 9 tiles per image against 16
+    assert not plan.adjoint_pays((56, 56), (56, 56), 4)    # "same" padding: as many tiles
+    assert plan.adjoint_pays((4, 4), (6, 6), 2)            # 4 F(2x2) tiles against 9
+    assert plan.adjoint_pays((7, 7), (9, 9), 4)            # 4 F(4x4) tiles against 9
+    assert not plan.adjoint_pays((5, 5), (7, 7), 4)        # 4 against 4
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adjoint_grad_input_equals_the_flipped_convolution(backend, algo, dtype, monkeypatch):
+    """Both grad_input formulations, alone and fused with grad_weight, against each other."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 6, 13, 11)).astype(dtype)
+    w = rng.standard_normal((8, 6, 3, 3)).astype(dtype)
+    gy = rng.standard_normal((3, 8, 11, 9)).astype(dtype)
+    run = lambda needs: fastconv.conv2d_backward(gy, x, w, needs=needs, algo=algo, backend=backend)
+    assert plan.adjoint_pays(gy.shape[2:], x.shape[2:], ALGOS[algo])
+    gx_adjoint = run(("input",))[0]
+    gx_fused, gw_fused = run(("input", "weight"))[:2]
+    gw_alone = run(("weight",))[1]
+    monkeypatch.setattr(plan, "adjoint_pays", lambda *args: False)
+    gx_flipped = run(("input",))[0]
+    np.testing.assert_array_equal(gx_fused, gx_adjoint)
+    tol = 10 * np.finfo(dtype).eps
+    np.testing.assert_allclose(gw_fused, gw_alone, rtol=tol, atol=tol * np.abs(gw_alone).max())
+    tol = tolerance(dtype, algo)
+    np.testing.assert_allclose(gx_adjoint, gx_flipped, rtol=0, atol=tol * np.abs(gx_flipped).max())
+
+
+def test_backward_uses_the_one_pass_kernel_only_when_both_picks_share_it(monkeypatch):
+    import fastconv.conv as conv
+    from fastconv.dispatch import select
+    p = conv_params((2, 4, 9, 9), (4, 4, 3, 3), 1, 0, 1, 1, "float64")
+    pick = lambda name, algo: select(f"conv2d_grad_{name}", p, algo, "cython")
+    assert conv._input_weight_kernel({"input": pick("input", "winograd_f43"),
+                                      "weight": pick("weight", "im2col")}) is None
+    assert conv._input_weight_kernel({"input": pick("input", "winograd_f43")}) is None
+    both = conv._input_weight_kernel({"input": pick("input", "winograd_f43"),
+                                      "weight": pick("weight", "winograd_f43")})
+    assert both is _backend_module("cython").conv2d_grad_input_weight_f43
+    calls = []
+    monkeypatch.setattr(_backend_module("cython"), "conv2d_grad_input_weight_f43",
+                        lambda *args: calls.append(args) or both(*args))
+    fastconv.dispatch.registry.lookup("conv2d_grad_input_weight", "winograd_f43", "cython")._function = None
+    try:
+        rng = np.random.default_rng(9)
+        x, w, gy = rng.standard_normal((2, 4, 9, 9)), rng.standard_normal((4, 4, 3, 3)), rng.standard_normal((2, 4, 7, 7))
+        fastconv.conv2d_backward(gy, x, w, needs=("input", "weight"), algo="winograd_f43", backend="cython")
+        fastconv.conv2d_backward(gy, x, w, needs=("input",), algo="winograd_f43", backend="cython")
+    finally:
+        monkeypatch.undo()
+        fastconv.dispatch.registry.lookup("conv2d_grad_input_weight", "winograd_f43", "cython")._function = None
+    assert len(calls) == 1
+    assert "conv2d_grad_input_weight" in fastconv.explain("conv2d_backward", gy, x, w, algo="winograd_f43",
+                                                          backend="cython")
+    assert "conv2d_grad_input_weight" not in fastconv.explain("conv2d_backward", gy, x, w, needs=("input",),
+                                                              algo="winograd_f43", backend="cython")
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))

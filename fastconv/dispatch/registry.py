@@ -8,6 +8,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 CONV_OPS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
 POOL_OPS = ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward")
 OPS = CONV_OPS + POOL_OPS
+# Optional kernels that compute two ops of one call together (``conv2d_backward`` uses one
+# when the two ops' picks share its algorithm and backend); never selected on their own.
+FUSED_OPS = ("conv2d_grad_input_weight",)
 
 CONV_ALGOS = ("direct", "im2col", "winograd_f23", "winograd_f43", "reference")
 POOL_ALGOS = ("direct", "reference")
@@ -19,7 +22,7 @@ BACKENDS = ("cython", "numba", "numpy")
 
 
 def algos_for(op: str) -> Tuple[str, ...]:
-    return CONV_ALGOS if op in CONV_OPS else POOL_ALGOS
+    return CONV_ALGOS if op in CONV_OPS + FUSED_OPS else POOL_ALGOS
 
 
 @dataclass
@@ -75,8 +78,8 @@ _listeners: List[Callable[[], None]] = []
 
 def register(op: str, algo: str, backend: str, target: str) -> KernelEntry:
     """Add (or replace) the kernel for ``(op, algo, backend)``."""
-    if op not in OPS:
-        raise ValueError(f"op={op!r}: expected one of {OPS}")
+    if op not in OPS + FUSED_OPS:
+        raise ValueError(f"op={op!r}: expected one of {OPS + FUSED_OPS}")
     if algo not in algos_for(op):
         raise ValueError(f"algo={algo!r}: expected one of {algos_for(op)} for {op}")
     if backend not in BACKENDS:

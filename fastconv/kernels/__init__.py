@@ -14,6 +14,8 @@ conv2d_forward      ``f(x, weight, bias_or_None, y, params)``
 conv2d_grad_input   ``f(grad_output, weight, grad_input, params)``
 conv2d_grad_weight  ``f(grad_output, x, grad_weight, params)``
 conv2d_grad_bias    ``f(grad_output, grad_bias, params)``
+conv2d_grad_input_  ``f(grad_output, x, weight, grad_input, grad_weight, params)``: both
+weight              gradients in one call (optional; only where sharing work pays)
 max_pool2d_forward  ``f(x, y, indices_or_None, params)`` (indices int64)
 max_pool2d_backward ``f(grad_output, indices, grad_input, params)``
 avg_pool2d_forward  ``f(x, y, params)``
@@ -30,6 +32,7 @@ _NB = "fastconv.kernels.numba"
 _CONV = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
 _POOL = ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward")
 _GEMM_PASSES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
+_WINOGRAD = _GEMM_PASSES + ("conv2d_grad_input_weight",)
 
 # module, algo, backend, the ops it implements (a function of the op's name), suffix of the
 # function name. The Numba and Cython rows of each algorithm name modules that mirror each
@@ -44,10 +47,10 @@ _MODULES = [
     (f"{_NB}.im2col",      "im2col",       "numba",  _GEMM_PASSES, ""),
     # Winograd: one module per backend holds both tile sizes; grad_bias is delegated to
     # direct (fastconv.dispatch.rules.DELEGATES).
-    (f"{_CY}.winograd",    "winograd_f23", "cython", _GEMM_PASSES, "_f23"),
-    (f"{_CY}.winograd",    "winograd_f43", "cython", _GEMM_PASSES, "_f43"),
-    (f"{_NB}.winograd",    "winograd_f23", "numba",  _GEMM_PASSES, "_f23"),
-    (f"{_NB}.winograd",    "winograd_f43", "numba",  _GEMM_PASSES, "_f43"),
+    (f"{_CY}.winograd",    "winograd_f23", "cython", _WINOGRAD, "_f23"),
+    (f"{_CY}.winograd",    "winograd_f43", "cython", _WINOGRAD, "_f43"),
+    (f"{_NB}.winograd",    "winograd_f23", "numba",  _WINOGRAD, "_f23"),
+    (f"{_NB}.winograd",    "winograd_f43", "numba",  _WINOGRAD, "_f43"),
 ]
 
 #: (op, algo, backend, "module:function") for every kernel.

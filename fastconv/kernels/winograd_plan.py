@@ -26,6 +26,7 @@ class WinogradSteps(NamedTuple):
     batched_gemm: Callable
     batched_gemm_tn: Callable
     output_transform: Callable
+    input_transform_adjoint: Callable
 
 
 def _tile_chunks(n_images: int, n_th: int, n_tw: int, c: int, k: int, groups: int, m: int, dtype,
@@ -94,3 +95,53 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
                               workers)
         steps.batched_gemm_tn(v, d, dm)
     grad_weight[...] = tables.weight_gradient(dm, m)
+
+
+def adjoint_pays(out_hw: Tuple[int, int], in_hw: Tuple[int, int], m: int) -> bool:
+    """Whether ``input_gradient`` (tiles over grad_output) beats ``convolve`` on the flipped
+    filters (tiles over grad_input) for grad_input.
+
+    The adjoint's last step writes a x a values per tile where the flipped convolution writes
+    m x m, so it pays only with fewer tiles: when the layer shrinks its input (padding below
+    1), e.g. 13x13 -> 11x11 takes 9 F(4x4) tiles per image against 16.
+    """
+    tiles_out = -(-out_hw[0] // m) * -(-out_hw[1] // m)
+    tiles_in = -(-in_hw[0] // m) * -(-in_hw[1] // m)
+    return tiles_out < tiles_in
+
+
+def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: int, pad_left: int, m: int,
+                   workers: int, x=None, grad_weight=None) -> None:
+    """grad_input (N, C, H, W) of the 3x3 stride-1 correlation y = x (*) w, by F(m x m, 3x3).
+
+    The adjoint of ``convolve`` with the forward's transformed filters ``ut`` (a*a, G, K/G,
+    C/G; U with its channel axes swapped): per chunk of grad_output's tile rows,
+    D = A dY A^T (as in ``weight_gradient``), dV[xi] = D[xi] @ U[xi]^T, and every tile adds
+    B dV B^T to grad_input where the forward read its input tile.
+
+    Given ``x`` and ``grad_weight`` (K, C/G, 3, 3), also writes grad_weight as
+    ``weight_gradient`` does, from the same D: one transform of grad_output serves both.
+    """
+    c_in, (k_out, oh, ow), groups = grad_input.shape[1], grad_output.shape[1:], ut.shape[1]
+    a = m + 2
+    n_th, n_tw = -(-oh // m), -(-ow // m)
+    dtype = grad_input.dtype
+    b = np.ascontiguousarray(tables.MATRICES[m][2].T.astype(dtype))
+    bt = tables.MATRICES[m][2].astype(dtype)
+    dt = tables.grad_output_transform(m).astype(dtype)
+    slot_of_col, x_down, x_across = tables.input_transform_offsets(m, n_tw, groups, c_in // groups)
+    _, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups)
+    across = (np.arange(a) * (c_in * n_tw)).astype(np.intp)
+    dm = None if grad_weight is None else np.zeros((a * a, groups, c_in // groups, k_out // groups), dtype=dtype)
+    grad_input[...] = 0
+    for r0, v, d in _tile_chunks(grad_output.shape[0], n_th, n_tw, c_in, k_out, groups, m, dtype, ut.nbytes):
+        down = (np.arange(a) * (a * v[0].size)).astype(np.intp)
+        steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, slot_of_col, gy_down, gy_across, workers)
+        steps.batched_gemm(d, ut, v)
+        steps.input_transform_adjoint(v, grad_input, r0, pad_top, pad_left, n_th, n_tw, b, down, across, workers)
+        if dm is not None:  # v is free again: x's tiles, as in the forward
+            steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, x_down, x_across,
+                                  workers)
+            steps.batched_gemm_tn(v, d, dm)
+    if dm is not None:
+        grad_weight[...] = tables.weight_gradient(dm, m)

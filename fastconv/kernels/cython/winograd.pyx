@@ -10,7 +10,8 @@ Per chunk of tile rows (planned by ``kernels/winograd_plan.py``, shared with the
 twin): ``_input_transform`` (OpenMP over tile rows) writes
 V[xi, g, t, c]; ``_batched_gemm`` runs one BLAS GEMM per position and group,
 M[xi, g] = V[xi, g] @ U[xi, g], outside any parallel region; ``_output_transform`` (OpenMP
-over tile rows) writes y = A^T M A + bias in NCHW.
+over tile rows) writes y = A^T M A + bias in NCHW. ``_input_transform_adjoint`` adds
+B dV B^T of every tile into grad_input, for the adjoint formulation of grad_input.
 
 The row helpers work on raw pointers into C-contiguous arrays. The small dense transforms
 (``_apply``) are C functions below whose ``restrict`` pointers let GCC vectorise them
@@ -576,9 +577,100 @@ def _output_transform(const floating[:, :, :, ::1] mm, floating[:, :, :, ::1] y,
                     scratch, scratch + s1_size, scratch + s1_size + yt_size)
 
 
+# ---------------------------------------------------------------- input transform, adjoint
+
+cdef void _input_adjoint_row(const floating* v, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t cg,
+                             floating* gx, Py_ssize_t h, Py_ssize_t w, Py_ssize_t row, Py_ssize_t grow,
+                             Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th, Py_ssize_t n_tw,
+                             const floating* b, Py_ssize_t a, const Py_ssize_t* down_offs,
+                             const Py_ssize_t* across_offs, floating* s1, floating* dt, floating* line,
+                             floating* tline) noexcept nogil:
+    """gx += B dV B^T of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the batch).
+
+    v: dV (a*a, G, T, C/G); gx (N, C, H, W); b = B (a x a, row-major); ``down_offs[p]`` =
+    offset of dV's plane p*a, ``across_offs[q]`` = q * C*n_tw. Tile (img, th, tw) adds its
+    a x a values at rows from ``th*m - pad_top`` and columns from ``tw*m - pad_left``; what
+    falls outside gx is dropped (it was padding). s1: scratch a*a*C*n_tw (B dV,
+    [i][q][g][tile][c]); dt: scratch a*C*n_tw (one row of the tiles, [j][g][tile][c]);
+    line, tline: scratch (n_tw*m + 2)*C each (one input row, [col][c] and [c][col]).
+    """
+    cdef Py_ssize_t m = a - 2
+    cdef Py_ssize_t run = n_tw * cg                 # one group of one tile row in dV
+    cdef Py_ssize_t plane = groups * run            # s1[i, q] / dt[j]
+    cdef Py_ssize_t c_in = groups * cg
+    cdef Py_ssize_t cols = n_tw * m + 2
+    cdef Py_ssize_t img = grow // n_th
+    cdef Py_ssize_t y0 = (grow - img * n_th) * m - pad_top
+    cdef Py_ssize_t lo = max(pad_left, 0), hi = min(w + pad_left, cols)   # columns inside gx
+    cdef Py_ssize_t q, grp, i, j, tw, z, yy, c
+    cdef floating* out
+    cdef floating* dst
+    cdef const floating* src
+    # Down the tiles' rows: s1[i, q, g] = sum_p B[i, p] dV[p*a + q, g, tiles of the row].
+    for q in range(a):
+        for grp in range(groups):
+            _apply(b, a, a, v, (q * groups + grp) * nt * cg + row * run, down_offs, 0,
+                   s1, q * plane + grp * run, a * plane, 0, 1, run)
+    for i in range(a):
+        yy = y0 + i
+        if yy < 0 or yy >= h:
+            continue
+        # Across: dt[j] = sum_q B[j, q] s1[i, q], this input row of every tile.
+        _apply(b, a, a, s1, i * a * plane, across_offs, 0, dt, 0, plane, 0, 1, plane)
+        # The tiles' columns to a [col][c] line (neighbouring tiles share two columns), then
+        # transposed and added to every channel's row.
+        for z in range(cols * c_in):
+            line[z] = 0
+        for j in range(a):
+            for tw in range(n_tw):
+                for grp in range(groups):
+                    src = dt + j * plane + grp * run + tw * cg
+                    out = line + (tw * m + j) * c_in + grp * cg
+                    for z in range(cg):
+                        out[z] = out[z] + src[z]
+        _transpose(line, c_in, tline, cols, cols, c_in)
+        for c in range(c_in):
+            dst = gx + ((img * c_in + c) * h + yy) * w
+            src = tline + c * cols + pad_left
+            for z in range(lo - pad_left, hi - pad_left):
+                dst[z] = dst[z] + src[z]
+
+
+def _input_transform_adjoint(const floating[:, :, :, ::1] v, floating[:, :, :, ::1] gx, Py_ssize_t row_start,
+                             Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th, Py_ssize_t n_tw,
+                             const floating[:, ::1] b, const Py_ssize_t[::1] down_offs,
+                             const Py_ssize_t[::1] across_offs, int nthreads):
+    """gx += B dV B^T of the chunk's tile rows row_start .. (v (a*a, G, T, C/G), gx (N, C, H, W)).
+
+    Neighbouring tile rows of an image share two input rows, so the even tile rows run first
+    and the odd ones after them (rows two apart never overlap); OpenMP splits each half.
+    """
+    cdef Py_ssize_t a = b.shape[0]
+    cdef Py_ssize_t groups = v.shape[1], nt = v.shape[2], cg = v.shape[3]
+    cdef Py_ssize_t c_in = gx.shape[1]
+    cdef Py_ssize_t n_rows = nt // n_tw
+    cdef Py_ssize_t cols = n_tw * (a - 2) + 2
+    cdef Py_ssize_t s1_size = a * a * c_in * n_tw, dt_size = a * c_in * n_tw, line_size = cols * c_in
+    cdef Py_ssize_t row, grow, phase
+    cdef floating* scratch
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, s1_size + dt_size + 2 * line_size), dtype=dtype)
+    for phase in range(2):
+        for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
+            grow = row_start + row
+            if (grow % n_th) % 2 != phase:
+                continue
+            scratch = &scratch_all[omp_get_thread_num(), 0]
+            _input_adjoint_row(&v[0, 0, 0, 0], groups, nt, cg, &gx[0, 0, 0, 0], gx.shape[2], gx.shape[3],
+                               row, grow, pad_top, pad_left, n_th, n_tw, &b[0, 0], a, &down_offs[0],
+                               &across_offs[0], scratch, scratch + s1_size, scratch + s1_size + dt_size,
+                               scratch + s1_size + dt_size + line_size)
+
+
 # ---------------------------------------------------------------- the driver
 
-_STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform)
+_STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
+                            _input_transform_adjoint)
 
 
 def _workers():
@@ -590,10 +682,20 @@ def _forward(x, weight, bias, y, params, m):
     plan.convolve(_STEPS, x, u, bias, y, params.pad_top, params.pad_left, m, _workers())
 
 
-def _grad_input(grad_output, weight, grad_input, params, m):
+def _grad_input(grad_output, weight, grad_input, params, m, x=None, grad_weight=None):
+    """grad_input, and grad_weight too when x and grad_weight are given (one pass if it pays)."""
+    if plan.adjoint_pays(grad_output.shape[2:], grad_input.shape[2:], m):
+        # The forward's U (cached for this weight), channel axes swapped for dV = D U^T.
+        ut = np.ascontiguousarray(_transformed_filters(weight, m, params.groups, grad_input=False)
+                                  .transpose(0, 1, 3, 2))
+        plan.input_gradient(_STEPS, grad_output, ut, grad_input, params.pad_top, params.pad_left, m, _workers(),
+                            x, grad_weight)
+        return
     u = _transformed_filters(weight, m, params.groups, grad_input=True)
     plan.convolve(_STEPS, grad_output, u, None, grad_input, 2 - params.pad_top, 2 - params.pad_left, m,
                   _workers())
+    if grad_weight is not None:
+        plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, m, _workers())
 
 
 # ---------------------------------------------------------------- public kernels
@@ -632,3 +734,17 @@ def conv2d_grad_weight_f23(grad_output, x, grad_weight, params):
 def conv2d_grad_weight_f43(grad_output, x, grad_weight, params):
     """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(4x4,3x3)."""
     plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 4, _workers())
+
+
+def conv2d_grad_input_weight_f23(grad_output, x, weight, grad_input, grad_weight, params):
+    """grad_input (N, C, H, W) and grad_weight (K, C/g, 3, 3) together, by F(2x2,3x3).
+
+    Where the adjoint pays (``winograd_plan.adjoint_pays``) both come from one transform of
+    grad_output; otherwise as the two separate kernels.
+    """
+    _grad_input(grad_output, weight, grad_input, params, 2, x, grad_weight)
+
+
+def conv2d_grad_input_weight_f43(grad_output, x, weight, grad_input, grad_weight, params):
+    """grad_input (N, C, H, W) and grad_weight (K, C/g, 3, 3) together, by F(4x4,3x3); see the F(2x2) twin."""
+    _grad_input(grad_output, weight, grad_input, params, 4, x, grad_weight)

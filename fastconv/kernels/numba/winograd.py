@@ -35,11 +35,18 @@ which round in float32), once per weight array while its values are unchanged
 (``winograd_tables.FilterTransformCache``). NaN propagates; an Inf input turns the tiles that
 read it into NaN (the transforms subtract input values, as in every Winograd kernel).
 
-grad_input is the same computation: a 3x3 stride-1 convolution of grad_output with the
-filters turned by 180 degrees and input/output channels swapped per group, whose windows
-start at ``(oy - (2 - pad_top), ox - (2 - pad_left))``. The driver takes any (also negative)
-offsets: windows that leave grad_output read zeros, which is exactly the case pad > 2
-(input rows that no output window covered get zero gradient).
+grad_input has two formulations, and ``winograd_plan.adjoint_pays`` picks the one with fewer
+tiles. (1) The same computation as the forward: a 3x3 stride-1 convolution of grad_output
+with the filters turned by 180 degrees and input/output channels swapped per group, whose
+windows start at ``(oy - (2 - pad_top), ox - (2 - pad_left))``; the driver takes any (also
+negative) offsets: windows that leave grad_output read zeros, which is exactly the case
+pad > 2. Its tiles cover grad_input. (2) The adjoint of the forward, whose tiles cover
+grad_output: ``D = A dY A^T`` (as for grad_weight below), ``dV[xi] = D[xi] @ U[xi]^T`` with
+the forward's own U, and ``_input_transform_adjoint`` adds ``B dV B^T`` of every tile into
+grad_input (neighbouring tiles overlap by two rows and columns: even tile rows first, then
+odd). A layer that shrinks its input (padding 0: MNIST's 13x13 -> 11x11) needs 9 F(4x4)
+tiles per image for (2) against 16 for (1). With (2), ``conv2d_grad_input_weight`` computes
+grad_weight from the same D, so one transform of grad_output serves both gradients.
 
 grad_weight is the adjoint of the forward. The forward is linear in U, so
 ``dL/dU[xi] = sum over tiles of V[xi]^T (A dY A^T)[xi]`` -- the input transform of x (as in
@@ -442,9 +449,92 @@ def _output_transform(mm, y, bias, row_start, n_th, n_tw, at, down_offs, across_
                         s1[worker], yt[worker], line[worker])
 
 
+# ---------------------------------------------------------------- input transform, adjoint
+
+@njit(**JIT_OPTIONS)
+def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_offs, across_offs,
+                       s1, dt, line, tline):
+    """gx += B dV B^T of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the batch).
+
+    v: dV (a*a, G, T, C/G); gx (N, C, H, W); b = B (a, a); ``down_offs[p]`` = offset of dV's
+    plane p*a in the flat dV, ``across_offs[q]`` = q * C*n_tw. Tile (img, th, tw) adds its
+    a x a values at rows from ``th*m - pad_top`` and columns from ``tw*m - pad_left``; what
+    falls outside gx is dropped (it was padding). s1: scratch a*a*C*n_tw (B dV,
+    [i][q][g][tile][c]); dt: scratch a*C*n_tw (one row of the tiles, [j][g][tile][c]);
+    line, tline: scratch (n_tw*m + 2)*C each (one input row, [col][c] and [c][col]).
+    """
+    c_in, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    a = b.shape[0]
+    m = a - 2
+    groups, nt, cg = v.shape[1], v.shape[2], v.shape[3]
+    run = n_tw * cg                     # one group of one tile row in dV
+    plane = groups * run                # s1[i, q] / dt[j]
+    cols = n_tw * m + 2
+    img = grow // n_th
+    y0 = (grow - img * n_th) * m - pad_top
+    lo, hi = max(pad_left, 0), min(w + pad_left, cols)      # columns inside gx
+    vf = v.reshape(-1)
+    gf = gx.reshape(-1)
+    # Down the tiles' rows: s1[i, q, g] = sum_p B[i, p] dV[p*a + q, g, tiles of the row].
+    for q in range(a):
+        for grp in range(groups):
+            _apply(b, vf, (q * groups + grp) * nt * cg + row * run, down_offs, 0,
+                   s1, q * plane + grp * run, a * plane, 0, 1, run)
+    for i in range(a):
+        yy = y0 + i
+        if yy < 0 or yy >= h:
+            continue
+        # Across: dt[j] = sum_q B[j, q] s1[i, q], this input row of every tile.
+        _apply(b, s1, i * a * plane, across_offs, 0, dt, 0, plane, 0, 1, plane)
+        # The tiles' columns to a [col][c] line (neighbouring tiles share two columns), then
+        # transposed and added to every channel's row.
+        for z in range(cols * c_in):
+            line[z] = 0
+        for j in range(a):
+            for tw in range(n_tw):
+                for grp in range(groups):
+                    s0 = j * plane + grp * run + tw * cg
+                    o0 = (tw * m + j) * c_in + grp * cg
+                    for z in range(cg):
+                        line[o0 + z] += dt[s0 + z]
+        _transpose(line, 0, c_in, tline, 0, cols, cols, c_in)
+        for c in range(c_in):
+            d0 = ((img * c_in + c) * h + yy) * w
+            t0 = c * cols + pad_left
+            for z in range(lo - pad_left, hi - pad_left):
+                gf[d0 + z] += tline[t0 + z]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _input_transform_adjoint(v, gx, row_start, pad_top, pad_left, n_th, n_tw, b, down_offs, across_offs,
+                             workers):
+    """gx += B dV B^T of the chunk's tile rows row_start .. (v (a*a, G, T, C/G), gx (N, C, H, W)).
+
+    Neighbouring tile rows of an image share two input rows, so the even tile rows run first
+    and the odd ones after them (rows two apart never overlap); workers split each half as in
+    _input_transform.
+    """
+    a = b.shape[0]
+    c_in = gx.shape[1]
+    n_rows = v.shape[2] // n_tw
+    cols = n_tw * (a - 2) + 2
+    s1 = np.empty((workers, a * a * c_in * n_tw), dtype=gx.dtype)
+    dt = np.empty((workers, a * c_in * n_tw), dtype=gx.dtype)
+    line = np.empty((workers, cols * c_in), dtype=gx.dtype)
+    tline = np.empty((workers, cols * c_in), dtype=gx.dtype)
+    for phase in range(2):
+        for worker in prange(workers):
+            for row in range(worker * n_rows // workers, (worker + 1) * n_rows // workers):
+                grow = row_start + row
+                if (grow % n_th) % 2 == phase:
+                    _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_offs,
+                                       across_offs, s1[worker], dt[worker], line[worker], tline[worker])
+
+
 # ---------------------------------------------------------------- the driver
 
-_STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform)
+_STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
+                            _input_transform_adjoint)
 
 
 def _workers():
@@ -457,10 +547,20 @@ def _forward(x, weight, bias, y, params, m):
     plan.convolve(_STEPS, x, u, bias, y, params.pad_top, params.pad_left, m, _workers())
 
 
-def _grad_input(grad_output, weight, grad_input, params, m):
+def _grad_input(grad_output, weight, grad_input, params, m, x=None, grad_weight=None):
+    """grad_input, and grad_weight too when x and grad_weight are given (one pass if it pays)."""
+    if plan.adjoint_pays(grad_output.shape[2:], grad_input.shape[2:], m):
+        # The forward's U (cached for this weight), channel axes swapped for dV = D U^T.
+        ut = np.ascontiguousarray(_transformed_filters(weight, m, params.groups, grad_input=False)
+                                  .transpose(0, 1, 3, 2))
+        plan.input_gradient(_STEPS, grad_output, ut, grad_input, params.pad_top, params.pad_left, m, _workers(),
+                            x, grad_weight)
+        return
     u = _transformed_filters(weight, m, params.groups, grad_input=True)
     plan.convolve(_STEPS, grad_output, u, None, grad_input, 2 - params.pad_top, 2 - params.pad_left, m,
                   _workers())
+    if grad_weight is not None:
+        plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, m, _workers())
 
 
 # ---------------------------------------------------------------- public kernels
@@ -499,3 +599,17 @@ def conv2d_grad_weight_f23(grad_output, x, grad_weight, params):
 def conv2d_grad_weight_f43(grad_output, x, grad_weight, params):
     """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(4x4,3x3)."""
     plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 4, _workers())
+
+
+def conv2d_grad_input_weight_f23(grad_output, x, weight, grad_input, grad_weight, params):
+    """grad_input (N, C, H, W) and grad_weight (K, C/g, 3, 3) together, by F(2x2,3x3).
+
+    Where the adjoint pays (``winograd_plan.adjoint_pays``) both come from one transform of
+    grad_output; otherwise as the two separate kernels.
+    """
+    _grad_input(grad_output, weight, grad_input, params, 2, x, grad_weight)
+
+
+def conv2d_grad_input_weight_f43(grad_output, x, weight, grad_input, grad_weight, params):
+    """grad_input (N, C, H, W) and grad_weight (K, C/g, 3, 3) together, by F(4x4,3x3); see the F(2x2) twin."""
+    _grad_input(grad_output, weight, grad_input, params, 4, x, grad_weight)
