@@ -249,10 +249,12 @@ def _transpose(src, s_base, ss, dst, d_base, ds, rows, cols):
     i0 = 0
     while i0 + 8 <= rows:
         for j in range(cols):
-            d = d_base + j * ds + i0
-            s = s_base + i0 * ss + j
+            # Slices, not computed indices: Numba then knows the indices are >= 0 and drops
+            # its negative-index handling from every access.
+            out = dst[d_base + j * ds + i0:d_base + j * ds + i0 + 8]
+            col = src[s_base + i0 * ss + j:s_base + (i0 + 7) * ss + j + 1:ss]
             for ii in range(8):
-                dst[d + ii] = src[s + ii * ss]
+                out[ii] = col[ii]
         i0 += 8
     for i in range(i0, rows):
         for j in range(cols):
@@ -493,16 +495,18 @@ def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_
         for j in range(a):
             for tw in range(n_tw):
                 for grp in range(groups):
-                    s0 = j * plane + grp * run + tw * cg
-                    o0 = (tw * m + j) * c_in + grp * cg
-                    for z in range(cg):
-                        line[o0 + z] += dt[s0 + z]
+                    src = dt[j * plane + grp * run + tw * cg:j * plane + grp * run + (tw + 1) * cg]
+                    out = line[(tw * m + j) * c_in + grp * cg:(tw * m + j) * c_in + (grp + 1) * cg]
+                    for z in range(cg):     # slices: indices known >= 0, so the loop vectorises
+                        out[z] += src[z]
         _transpose(line, 0, c_in, tline, 0, cols, cols, c_in)
         for c in range(c_in):
             d0 = ((img * c_in + c) * h + yy) * w
-            t0 = c * cols + pad_left
-            for z in range(lo - pad_left, hi - pad_left):
-                gf[d0 + z] += tline[t0 + z]
+            t0 = c * cols
+            dst = gf[d0 + lo - pad_left:d0 + hi - pad_left]
+            src = tline[t0 + lo:t0 + hi]
+            for z in range(hi - lo):
+                dst[z] += src[z]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
