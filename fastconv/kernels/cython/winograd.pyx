@@ -474,34 +474,38 @@ def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, P
 
 # ---------------------------------------------------------------- the GEMMs
 
-def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floating[:, :, :, ::1] mm):
-    """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g (BLAS, serial loop).
+def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floating[:, :, :, ::1] mm,
+                  int nthreads):
+    """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g.
 
-    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G); BLAS threads each product.
+    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small
+    (K and C/G often 32-64), so OpenMP runs whole GEMMs side by side on a one-thread BLAS
+    (the caller holds ``threads.single_threaded_blas``) rather than BLAS splitting each one:
+    at 2 threads the latter measured no faster than 1.
     """
     cdef int nt = v.shape[2], cg = v.shape[3], kg = u.shape[3]
-    cdef Py_ssize_t xi, g
-    with nogil:
-        for xi in range(u.shape[0]):
-            for g in range(u.shape[1]):
-                gemm(False, False, nt, kg, cg, <floating>1, &v[xi, g, 0, 0], cg, &u[xi, g, 0, 0], kg,
-                     <floating>0, &mm[xi, g, 0, 0], kg)
+    cdef Py_ssize_t groups = u.shape[1], job, xi, g
+    for job in prange(u.shape[0] * groups, nogil=True, num_threads=nthreads, schedule="static"):
+        xi = job // groups
+        g = job - xi * groups
+        gemm(False, False, nt, kg, cg, <floating>1, &v[xi, g, 0, 0], cg, &u[xi, g, 0, 0], kg,
+             <floating>0, &mm[xi, g, 0, 0], kg)
 
 
 def _batched_gemm_tn(const floating[:, :, :, ::1] v, const floating[:, :, :, ::1] d,
-                     floating[:, :, :, ::1] dm):
-    """dm[xi, g] += v[xi, g]^T @ d[xi, g] for every position xi and group g (BLAS, serial loop).
+                     floating[:, :, :, ::1] dm, int nthreads):
+    """dm[xi, g] += v[xi, g]^T @ d[xi, g] for every position xi and group g (threads as in _batched_gemm).
 
     v (a*a, G, T, C/G), d (a*a, G, T, K/G), dm (a*a, G, C/G, K/G): the weight gradient in
     the transformed domain, summed over the chunk's tiles (the transpose is a BLAS flag).
     """
     cdef int nt = v.shape[2], cg = v.shape[3], kg = d.shape[3]
-    cdef Py_ssize_t xi, g
-    with nogil:
-        for xi in range(v.shape[0]):
-            for g in range(v.shape[1]):
-                gemm(True, False, cg, kg, nt, <floating>1, &v[xi, g, 0, 0], cg, &d[xi, g, 0, 0], kg,
-                     <floating>1, &dm[xi, g, 0, 0], kg)
+    cdef Py_ssize_t groups = v.shape[1], job, xi, g
+    for job in prange(v.shape[0] * groups, nogil=True, num_threads=nthreads, schedule="static"):
+        xi = job // groups
+        g = job - xi * groups
+        gemm(True, False, cg, kg, nt, <floating>1, &v[xi, g, 0, 0], cg, &d[xi, g, 0, 0], kg,
+             <floating>1, &dm[xi, g, 0, 0], kg)
 
 
 # ---------------------------------------------------------------- output transform

@@ -360,27 +360,37 @@ def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of
 
 # ---------------------------------------------------------------- the GEMMs
 
-@njit(**JIT_OPTIONS)
-def _batched_gemm(v, u, mm):
-    """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g (BLAS, serial loop).
+@njit(**PARALLEL_JIT_OPTIONS)
+def _batched_gemm(v, u, mm, workers):
+    """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g.
 
-    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G); BLAS threads each product.
+    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small,
+    so whole GEMMs run side by side on a one-thread BLAS (the caller holds
+    ``threads.single_threaded_blas``) rather than BLAS splitting each one.
     """
-    for xi in range(u.shape[0]):
-        for g in range(u.shape[1]):
+    groups = u.shape[1]
+    n_jobs = u.shape[0] * groups
+    for worker in prange(workers):
+        for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
+            xi = job // groups
+            g = job - xi * groups
             np.dot(v[xi, g], u[xi, g], mm[xi, g])
 
 
-@njit(**JIT_OPTIONS)
-def _batched_gemm_tn(v, d, dm):
-    """dm[xi, g] += v[xi, g]^T @ d[xi, g] for every position xi and group g (BLAS, serial loop).
+@njit(**PARALLEL_JIT_OPTIONS)
+def _batched_gemm_tn(v, d, dm, workers):
+    """dm[xi, g] += v[xi, g]^T @ d[xi, g] for every position xi and group g (threads as in _batched_gemm).
 
     v (a*a, G, T, C/G), d (a*a, G, T, K/G), dm (a*a, G, C/G, K/G): the weight gradient in
     the transformed domain, summed over the chunk's tiles (the transpose is a BLAS flag).
     """
-    tmp = np.empty(dm.shape[2:], dtype=dm.dtype)
-    for xi in range(v.shape[0]):
-        for g in range(v.shape[1]):
+    groups = v.shape[1]
+    n_jobs = v.shape[0] * groups
+    for worker in prange(workers):
+        tmp = np.empty(dm.shape[2:], dtype=dm.dtype)
+        for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
+            xi = job // groups
+            g = job - xi * groups
             np.dot(v[xi, g].T, d[xi, g], tmp)
             dm[xi, g] += tmp
 
