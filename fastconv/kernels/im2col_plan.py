@@ -102,6 +102,22 @@ def tap_columns(p):
     return taps
 
 
+#: The fold gives each thread at least this many units of work when it can (image, channel,
+#: block of input rows); a block is a whole band of the plane unless images x channels are
+#: fewer (e.g. the 3-channel ResNet stem).
+FOLD_UNITS = 8
+
+
+def fold_block(p, nb, band):
+    """Input rows per parallel unit of the fold of ``band`` for ``nb`` images."""
+    nrows = int(band[3] - band[2])
+    planes = nb * p.c
+    if planes >= FOLD_UNITS or nrows <= 1:
+        return max(1, nrows)
+    split = min(nrows, -(-FOLD_UNITS // planes))
+    return -(-nrows // split)
+
+
 def band_table(p, rows):
     """(bands, 5) array, one row ``(oy0, oy1, iy0, iy1, zero_from)`` per band of output rows.
 
