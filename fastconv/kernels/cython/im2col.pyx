@@ -102,6 +102,15 @@ cdef inline void _unfold_unit(const floating* x, floating* col, Py_ssize_t t, Py
             col[d] = 0
         for d in range(dst + oy_hi * ow, dst + oy1 * ow):  # ... and the bottom padding
             col[d] = 0
+        if sw == 1 and ox_lo == 0 and ox_hi == ow:
+            # The whole row reads inside the image (no padding columns): a plain copy of OW
+            # values per row, without the per-row edge loops.
+            for oy in range(oy_lo, oy_hi):
+                d = dst + oy * ow
+                src = (oy * g.sh + i * g.dh - g.pt) * g.w + off
+                for ox in range(ow):
+                    col[d + ox] = xs[src + ox]
+            continue
         for oy in range(oy_lo, oy_hi):
             d = dst + oy * ow
             src = (oy * g.sh + i * g.dh - g.pt) * g.w + off
