@@ -34,7 +34,8 @@ from fastconv.threads import get_num_threads
 
 from fastconv.kernels.cython.blas cimport floating, gemm
 
-from fastconv.kernels.im2col_plan import (CACHE_TARGET_BYTES, FOLD_UNITS, WIDE_BELOW_PIXELS, WIDE_COLUMNS, Plan,
+from fastconv.kernels import im2col_plan as _plan_module
+from fastconv.kernels.im2col_plan import (CACHE_TARGET_BYTES, WIDE_BELOW_PIXELS, WIDE_COLUMNS, Plan,
                                          band_table as _band_table, fold_block as _fold_block,
                                          is_plain_pointwise as _is_plain_pointwise,
                                          plan as _plan, tap_columns as _tap_columns, workspace as _workspace,
@@ -61,7 +62,7 @@ cdef Geometry _geometry(p):
     g.taps = NULL
     g.bands = NULL
     g.nbands = 0
-    g.fold_units = FOLD_UNITS
+    g.fold_units = _plan_module.FOLD_UNITS  # read per call, like the plan's other constants
     return g
 
 

@@ -327,6 +327,17 @@ def conv2d_grad_weight(grad_output, x, grad_weight, params):
             np.matmul(a, bt, out=part)
             np.add(gwt, part, out=gwt)
 
+    def accumulate_images(a4, bt4):
+        """Add sum_b a4[b] @ bt4[b]: one stacked matmul and one sum over the images."""
+        nonlocal part
+        prods = np.matmul(a4, bt4)
+        if part is None:
+            np.sum(prods, axis=0, out=gwt)
+            part = np.empty_like(gwt)
+        else:
+            np.sum(prods, axis=0, out=part)
+            np.add(gwt, part, out=gwt)
+
     if _is_plain_pointwise(p):
         x4 = x.reshape(p.n, groups, crs, pixels)
         for i in range(p.n):
@@ -353,6 +364,12 @@ def conv2d_grad_weight(grad_output, x, grad_weight, params):
                 col = ws[:nb * groups * crs * cols]
                 _unfold(xf, col, n0, nb, oy0, oy1, groups * crs * cols, cols, geo)
                 col4 = col.reshape(nb, groups, crs, cols)
+                if nb > 1 and kg <= cols:
+                    # Several small images: one stacked matmul (NumPy walks the images in C)
+                    # instead of a Python call per image (cifar_conv1, 64 images: ~17 us
+                    # each, 1.1 of 4.8 ms). The products take no more room than col.
+                    accumulate_images(col4, gy4[n0:n0 + nb, :, :, oy0 * ow:oy1 * ow].transpose(0, 1, 3, 2))
+                    continue
                 for b in range(nb):
                     accumulate(col4[b], gy4[n0 + b, :, :, oy0 * ow:oy1 * ow].transpose(0, 2, 1))
     grad_weight.reshape(groups, kg, crs)[...] = gwt.transpose(0, 2, 1)
