@@ -102,6 +102,22 @@ def tap_columns(p):
     return taps
 
 
+#: The fold gives each thread at least this many units of work when it can (image, channel,
+#: block of input rows); a block is a whole band of the plane unless images x channels are
+#: fewer (e.g. the 3-channel ResNet stem).
+FOLD_UNITS = 8
+
+
+def fold_block(p, nb, band):
+    """Input rows per parallel unit of the fold of ``band`` for ``nb`` images."""
+    nrows = int(band[3] - band[2])
+    planes = nb * p.c
+    if planes >= FOLD_UNITS or nrows <= 1:
+        return max(1, nrows)
+    split = min(nrows, -(-FOLD_UNITS // planes))
+    return -(-nrows // split)
+
+
 def band_table(p, rows):
     """(bands, 5) array, one row ``(oy0, oy1, iy0, iy1, zero_from)`` per band of output rows.
 
@@ -150,3 +166,92 @@ def workspace_cache_bytes():
     """Bytes held by this thread's workspace cache (for tests and diagnostics)."""
     buffers = getattr(_buffers, "buffers", None) or {}
     return sum(b.nbytes for b in buffers.values())
+
+
+# ---------------------------------------------------------------- where the time goes
+
+def gemm_calls(p, op):
+    """The GEMMs an im2col kernel makes for ``op``, as ``{(m, n, k): count}``.
+
+    ``op`` is "forward", "grad_input" or "grad_weight"; ``(m, n, k)`` is one product of an
+    ``m x k`` by a ``k x n`` matrix, in the orientation the kernels use (forward ``W_g @ col``,
+    grad_input ``W_g^T @ gY``, grad_weight ``col @ gY^T``). Their flops add up to the layer's.
+    """
+    if op not in ("forward", "grad_input", "grad_weight"):
+        raise ValueError(f"op={op!r}: expected forward, grad_input or grad_weight")
+    groups, kg, pixels = p.groups, p.k // p.groups, p.out_h * p.out_w
+    crs = p.c_per_group * p.r * p.s
+
+    def shape(cols):
+        return {"forward": (kg, cols, crs), "grad_input": (crs, cols, kg), "grad_weight": (crs, kg, cols)}[op]
+
+    calls = {}
+
+    def add(cols, count):
+        key = shape(cols)
+        calls[key] = calls.get(key, 0) + count
+
+    if is_plain_pointwise(p):
+        add(pixels, p.n * groups)
+        return calls
+    pl = plan(p)
+    bands = band_table(p, pl.rows)
+    for n0 in range(0, p.n, pl.chunk):
+        nb = min(pl.chunk, p.n - n0)
+        if pl.wide:
+            add(nb * pixels, groups)
+            continue
+        for oy0, oy1 in bands[:, :2]:
+            add(int(oy1 - oy0) * p.out_w, nb * groups)
+    return calls
+
+
+def phase_report(kernel, args, p, op, repeats=5, sgemm_gflops=None):
+    """Time one im2col kernel call and, apart, the GEMMs it makes: the GEMM share of its time.
+
+    ``kernel(*args)`` is the call to time (e.g. ``conv2d_forward, (x, w, b, y, params)``);
+    the same GEMM shapes (``gemm_calls``) are then timed alone with NumPy's matmul on scratch
+    matrices, so ``other_s = total_s - gemm_s`` is the unfold / fold / gather / scatter /
+    bias work and the Python overhead. ``sgemm_gflops`` is the machine's rate to compare
+    with (measured on 1024^3 float32 matrices at the current thread count when None). Medians
+    of ``repeats`` runs; for reports, never for assertions on speed. The Cython backend's
+    GEMMs run in SciPy's BLAS, which NumPy's matmul only approximates.
+    """
+    import statistics
+    import time
+
+    def median_seconds(fn):
+        fn()
+        samples = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    dtype = np.dtype(p.dtype)
+    calls = gemm_calls(p, op)
+    mats = [(np.ones((m, k), dtype), np.ones((k, n), dtype), np.empty((m, n), dtype), count)
+            for (m, n, k), count in calls.items()]
+
+    def gemms():
+        for a, b, c, count in mats:
+            for _ in range(count):
+                np.matmul(a, b, out=c)
+
+    total = median_seconds(lambda: kernel(*args))
+    gemm = median_seconds(gemms)
+    if sgemm_gflops is None:
+        a = np.ones((1024, 1024), np.float32)
+        c = np.empty_like(a)
+        sgemm_gflops = 2.0 * 1024 ** 3 / median_seconds(lambda: np.matmul(a, a, out=c)) / 1e9
+    flops = sum(2.0 * m * n * k * count for (m, n, k), count in calls.items())
+    gemm_gflops = flops / gemm / 1e9 if gemm > 0 else float("inf")
+    return {
+        "op": op, "gemm_calls": calls, "flops": flops,
+        "total_s": total, "gemm_s": gemm, "other_s": max(0.0, total - gemm),
+        "gemm_share": min(1.0, gemm / total) if total > 0 else 1.0,
+        "gemm_gflops": gemm_gflops, "sgemm_gflops": sgemm_gflops,
+        "gemm_vs_sgemm": gemm_gflops / sgemm_gflops,
+        "total_vs_sgemm": flops / total / 1e9 / sgemm_gflops if total > 0 else float("inf"),
+    }

@@ -34,8 +34,10 @@ from fastconv.threads import get_num_threads
 
 from fastconv.kernels.cython.blas cimport floating, gemm
 
+from fastconv.kernels import im2col_plan as _plan_module
 from fastconv.kernels.im2col_plan import (CACHE_TARGET_BYTES, WIDE_BELOW_PIXELS, WIDE_COLUMNS, Plan,
-                                         band_table as _band_table, is_plain_pointwise as _is_plain_pointwise,
+                                         band_table as _band_table, fold_block as _fold_block,
+                                         is_plain_pointwise as _is_plain_pointwise,
                                          plan as _plan, tap_columns as _tap_columns, workspace as _workspace,
                                          workspace_cache_bytes as _workspace_cache_bytes)
 
@@ -46,6 +48,7 @@ ctypedef struct Geometry:
     const Py_ssize_t* taps  # (S, 2) from _tap_columns, set where the fold needs it
     const Py_ssize_t* bands  # (nbands, 5) from _band_table
     Py_ssize_t nbands
+    Py_ssize_t fold_units  # im2col_plan.FOLD_UNITS
 
 
 # ---------------------------------------------------------------- planning and workspace
@@ -59,6 +62,7 @@ cdef Geometry _geometry(p):
     g.taps = NULL
     g.bands = NULL
     g.nbands = 0
+    g.fold_units = _plan_module.FOLD_UNITS  # read per call, like the plan's other constants
     return g
 
 
@@ -99,6 +103,15 @@ cdef inline void _unfold_unit(const floating* x, floating* col, Py_ssize_t t, Py
             col[d] = 0
         for d in range(dst + oy_hi * ow, dst + oy1 * ow):  # ... and the bottom padding
             col[d] = 0
+        if sw == 1 and ox_lo == 0 and ox_hi == ow:
+            # The whole row reads inside the image (no padding columns): a plain copy of OW
+            # values per row, without the per-row edge loops.
+            for oy in range(oy_lo, oy_hi):
+                d = dst + oy * ow
+                src = (oy * g.sh + i * g.dh - g.pt) * g.w + off
+                for ox in range(ow):
+                    col[d + ox] = xs[src + ox]
+            continue
         for oy in range(oy_lo, oy_hi):
             d = dst + oy * ow
             src = (oy * g.sh + i * g.dh - g.pt) * g.w + off
@@ -132,44 +145,52 @@ cdef void _unfold(const floating* x, floating* col, Py_ssize_t n0, Py_ssize_t nb
 
 cdef inline void _fold_unit(const floating* col, floating* gx, Py_ssize_t t, Py_ssize_t n0,
                             const Py_ssize_t* band, Py_ssize_t img_stride, Py_ssize_t row_stride,
-                            const Geometry* g) noexcept nogil:
-    """Unit ``t`` = (image b, channel ci, input row iy) of ``_fold``."""
-    cdef Py_ssize_t oy0 = band[0], oy1 = band[1], iy0 = band[2], nrows = band[3] - band[2]
-    cdef Py_ssize_t b = t // (g.c * nrows)
-    cdef Py_ssize_t ci = (t // nrows) % g.c
-    cdef Py_ssize_t iy = iy0 + t % nrows
-    cdef Py_ssize_t i, j, ix, ty, oy, ox, off, base, ox_hi
-    cdef Py_ssize_t sw = g.sw
-    cdef floating* row = gx + ((n0 + b) * g.c + ci) * g.h * g.w + iy * g.w
+                            Py_ssize_t block, const Geometry* g) noexcept nogil:
+    """Unit ``t`` = (image b, channel ci, block of input rows) of ``_fold``."""
+    cdef Py_ssize_t oy0 = band[0], oy1 = band[1], iy0 = band[2], iy1 = band[3], zero_from = band[4]
+    cdef Py_ssize_t nblk = (iy1 - iy0 + block - 1) // block
+    cdef Py_ssize_t b = t // (g.c * nblk)
+    cdef Py_ssize_t ci = (t // nblk) % g.c
+    cdef Py_ssize_t ya = iy0 + (t % nblk) * block
+    cdef Py_ssize_t yb = min(iy1, ya + block)
+    cdef Py_ssize_t i, j, q, oy, lo, hi, off, off_y, tlo, thi
+    cdef Py_ssize_t sw = g.sw, sh = g.sh, ow = g.ow, w = g.w
+    cdef floating* plane = gx + ((n0 + b) * g.c + ci) * g.h * w
+    cdef floating* dst
     cdef const floating* src
-    if iy >= band[4]:
-        for ix in range(g.w):
-            row[ix] = 0
+    cdef const floating* src_row
+    for q in range(max(ya, zero_from) * w, max(yb, zero_from) * w):
+        plane[q] = 0
     for i in range(g.r):
-        ty = iy + g.pt - i * g.dh
-        if ty < 0:
-            break  # ty only decreases with i
-        if g.sh == 1:
-            oy = ty
-        elif ty % g.sh != 0:
-            continue
-        else:
-            oy = ty // g.sh
-        if oy >= oy1:
-            continue
-        if oy < oy0:
-            break  # ... and so does oy
-        base = b * img_stride + (ci * g.r + i) * g.s * row_stride + (oy - oy0) * g.ow
+        off_y = i * g.dh - g.pt
+        # output rows of the band whose tap row i reads an input row in [ya, yb)
+        lo = max(oy0, (max(ya - off_y, 0) + sh - 1) // sh)
+        hi = min(oy1, (max(yb - off_y, 0) + sh - 1) // sh)
         for j in range(g.s):
-            src = col + base + j * row_stride
+            src_row = col + b * img_stride + ((ci * g.r + i) * g.s + j) * row_stride - oy0 * ow
             off = j * g.dw - g.pl
-            ox_hi = g.taps[2 * j + 1]
-            if sw == 1:
-                for ox in range(g.taps[2 * j], ox_hi):
-                    row[off + ox] += src[ox]
-            else:
-                for ox in range(g.taps[2 * j], ox_hi):
-                    row[off + ox * sw] += src[ox]
+            tlo, thi = g.taps[2 * j], g.taps[2 * j + 1]
+            for oy in range(lo, hi):
+                src = src_row + oy * ow
+                dst = plane + (oy * sh + off_y) * w + off
+                if sw == 1:
+                    for q in range(tlo, thi):
+                        dst[q] += src[q]
+                else:
+                    for q in range(tlo, thi):
+                        dst[q * sw] += src[q]
+
+
+cdef inline Py_ssize_t _fold_block_rows(const Geometry* g, Py_ssize_t nb,
+                                        const Py_ssize_t* band) noexcept nogil:
+    """Input rows per parallel unit of the fold of ``band`` (``im2col_plan.fold_block``)."""
+    cdef Py_ssize_t nrows = band[3] - band[2]
+    cdef Py_ssize_t planes = nb * g.c
+    cdef Py_ssize_t split
+    if planes >= g.fold_units or nrows <= 1:
+        return max(1, nrows)
+    split = min(nrows, (g.fold_units + planes - 1) // planes)
+    return (nrows + split - 1) // split
 
 
 cdef void _fold(const floating* col, floating* gx, Py_ssize_t n0, Py_ssize_t nb,
@@ -177,16 +198,21 @@ cdef void _fold(const floating* col, floating* gx, Py_ssize_t n0, Py_ssize_t nb,
                 const Geometry* g, int nthreads) noexcept nogil:
     """col2im of output rows ``[oy0, oy1)``: add their col entries onto the input rows they read.
 
-    ``band = (oy0, oy1, iy0, iy1, zero_from)`` (``_band_table``): the units are input
+    ``band = (oy0, oy1, iy0, iy1, zero_from)`` (``_band_table``): the band's fold owns input
     rows ``[iy0, iy1)``; rows from ``zero_from`` on are seen for the first time and start at
     zero. ``col`` holds rows ``(c, i, j)`` of ``(oy1 - oy0) * OW`` entries, laid out like
-    ``_unfold``'s. One parallel unit per (image, channel, input row): it owns that row of
-    ``gx``, so the sums need no atomics and are added in the same order whatever the thread
-    count.
+    ``_unfold``'s.
+
+    One parallel unit per (image, channel, block of input rows, ``_fold_block_rows``): it owns those rows
+    of ``gx`` and streams through the col rows ``(c, i, j)`` in order, adding each output row
+    onto the input row it read. Every ``gx`` element gets its terms in the order (band, i, j)
+    whatever the blocking or thread count, so the sums are reproducible.
     """
     cdef Py_ssize_t t
-    for t in prange(nb * g.c * (band[3] - band[2]), schedule="static", num_threads=nthreads):
-        _fold_unit(col, gx, t, n0, band, img_stride, row_stride, g)
+    cdef Py_ssize_t block = _fold_block_rows(g, nb, band)
+    cdef Py_ssize_t nblk = (band[3] - band[2] + block - 1) // block
+    for t in prange(nb * g.c * nblk, schedule="static", num_threads=nthreads):
+        _fold_unit(col, gx, t, n0, band, img_stride, row_stride, block, g)
 
 
 cdef inline void _copy_row(const floating* src, floating* dst, Py_ssize_t count) noexcept nogil:
