@@ -329,23 +329,52 @@ cdef void _max_forward(const floating* x, floating* y, int64_t* idx, const Pool*
 
 cdef void _max_scatter_plane(const floating* gy, const int64_t* at, floating* gx,
                              const Pool* p) noexcept nogil:
-    """gx = 0, then gx[at[o]] += gy[o] for every output o of the plane."""
+    """gx = 0, then gx[at[o]] += gy[o] for every output o of the plane, in output order.
+
+    A small plane is zeroed whole right before its scatter, so it is still in L1 for the
+    adds (one pass over memory).
+    """
     cdef Py_ssize_t o, out_plane = p.out_h * p.out_w
     memset(gx, 0, p.h * p.w * sizeof(floating))
     for o in range(out_plane):
         gx[at[o]] += gy[o]
 
 
+cdef void _max_scatter_rows(const floating* gy, const int64_t* at, floating* gx,
+                            const Pool* p) noexcept nogil:
+    """``_max_scatter_plane`` for planes larger than L1 (e.g. 112x112): rows are zeroed
+    lazily, up to the row of the first index that reaches past the rows zeroed so far, so
+    the adds land in rows just zeroed and still in L1 (measured 1.25x faster on 112x112
+    planes, 2-4x slower on small ones, hence two functions). Any offset in [0, h*w) works
+    (the caller checked the indices); rows no index reached are zeroed at the end.
+    """
+    cdef Py_ssize_t o, w = p.w, done = 0, row
+    cdef int64_t i
+    for o in range(p.out_h * p.out_w):
+        i = at[o]
+        if i >= done * w:
+            row = i // w + 1
+            memset(gx + done * w, 0, (row - done) * w * sizeof(floating))
+            done = row
+        gx[i] += gy[o]
+    if done < p.h:
+        memset(gx + done * w, 0, (p.h - done) * w * sizeof(floating))
+
+
 cdef void _max_backward(const floating* gy, const int64_t* idx, floating* gx, const Pool* p,
                         int nthreads) noexcept nogil:
     """One thread per plane, so windows that share an input element accumulate without races.
 
-    The plane is zeroed right before its scatter, so it is still in cache for the adds (one
-    pass over memory instead of a global zeroing pass and a scatter pass).
+    (Writing each element once for disjoint 2x2 windows, after checking that every index
+    lies in its window, measured 2x slower than zeroing the small plane and scattering.)
     """
     cdef Py_ssize_t q, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w
+    cdef bint large = in_plane * sizeof(floating) > 16384
     for q in prange(p.planes, num_threads=nthreads, schedule="static"):
-        _max_scatter_plane(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
+        if large:
+            _max_scatter_rows(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
+        else:
+            _max_scatter_plane(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
 
 
 # ---------------------------------------------------------------- average forward
