@@ -310,7 +310,7 @@ def _forward_blocking(n_tasks_per_block, kg, cg, wp, out_w, kr, sh, dh, itemsize
     return kblock, band_h
 
 
-def _run_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw):
+def _run_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw, plane_ok=True):
     n, _, _, w = x.shape
     k, cg, kr, ks = weight.shape
     out_h, out_w = y.shape[2], y.shape[3]
@@ -318,6 +318,9 @@ def _run_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw):
     # is shared by all output channels of the group. No copy when there are no border
     # columns, or when one output channel per group could not share it.
     borderless = pl <= 0 and w + pl - (ks - 1) * dw >= out_w
+    if plane_ok and _plane3x3_applies(cg, groups, kr, ks, sh, sw, dh, dw):
+        _run_plane3x3(x, weight, bias, y, groups, pt, pl)
+        return
     if _s1_applies(sh, sw, out_w, w) and (borderless or k // groups == 1):
         _run_s1_forward(x, weight, bias, y, groups, pt, pl, dh, dw)
         return
@@ -716,6 +719,229 @@ def _run_s1_forward(x, weight, bias, y, groups, pt, pl, dh, dw):
     _s1_forward_core(x, weight, b, has_bias, y, groups, pt, pl, dh, dw, kblock, band_h, _chunk(n_tasks))
 
 
+# ---------------------------------------------------------------- one input channel, 3x3
+#
+# Depthwise layers (and channel multipliers: one input channel per group, groups > 1), 3x3,
+# stride and dilation 1: each task owns whole output planes. The input plane is copied row
+# by row, just before first use, into a zero-bordered buffer (the border is written once per
+# buffer: the copied window is the same for every plane), and two output rows are computed
+# per pass straight into y with the nine weights in registers. Rows of out_w elements with
+# all taps at fixed offsets: no border fix-up, no wide accumulator, no copy-out. The Cython
+# twins are ``_plane3x3`` / ``_plane3x3_gw`` in direct.pyx; the sums are formed in the same
+# order there.
+
+def _plane3x3_applies(cg, groups, kr, ks, sh, sw, dh, dw):
+    # groups > 1: the C = 1 first layers (groups 1) keep the band path, which shares one
+    # padded band among all their output channels.
+    return cg == 1 and groups > 1 and kr == 3 and ks == 3 and sh == 1 and sw == 1 and dh == 1 and dw == 1
+
+
+@njit(**JIT_OPTIONS)
+def _plane_copy_row(xf, h, w, padf, wp, a, pt, pl):
+    """Row ``a`` of the zero-bordered buffer ``padf`` (rows of wp) from the flat plane ``xf``
+    (h x w, placed at row pt, column pl; negative = cropped)."""
+    i = a - pt
+    if i < 0 or i >= h:
+        return
+    j0 = max(0, -pl)
+    j1 = min(w, wp - pl)
+    if j1 <= j0:
+        return
+    s0 = np.uint64(i * w + j0)
+    d0 = np.uint64(a * wp + j0 + pl)
+    for j in range(j1 - j0):
+        uj = np.uint64(j)
+        padf[d0 + uj] = xf[s0 + uj]
+
+
+@njit(**JIT_OPTIONS)
+def _plane3x3(padf, xf, h, w, wk, b, yf, out_h, out_w, pt, pl):
+    """yf (out_h x out_w, flat) = b + 3x3 correlation of the plane xf (h x w, flat)
+    zero-padded by (pt, pl).
+
+    ``padf`` is a flat (out_h + 2) x (out_w + 2) buffer whose border is already zero; the
+    plane's rows are copied into it just before they are first read. Two output rows per
+    pass share four input rows. Flat arrays with unsigned offsets: a row view per output row
+    costs reference counting, and a signed index a wraparound check that stops vectorisation.
+    """
+    wp = out_w + 2
+    w0, w1, w2 = wk[0, 0], wk[0, 1], wk[0, 2]
+    w3, w4, w5 = wk[1, 0], wk[1, 1], wk[1, 2]
+    w6, w7, w8 = wk[2, 0], wk[2, 1], wk[2, 2]
+    uwp = np.uint64(wp)
+    one = np.uint64(1)
+    two = np.uint64(2)
+    filled = 0
+    oh = 0
+    while oh + 2 <= out_h:
+        while filled < oh + 4:
+            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
+            filled += 1
+        p0 = np.uint64(oh * wp)
+        p1 = p0 + uwp
+        p2 = p1 + uwp
+        p3 = p2 + uwp
+        q0 = np.uint64(oh * out_w)
+        q1 = q0 + np.uint64(out_w)
+        for i in range(out_w):
+            ui = np.uint64(i)
+            a0 = padf[p0 + ui]
+            a1 = padf[p0 + ui + one]
+            a2 = padf[p0 + ui + two]
+            b0 = padf[p1 + ui]
+            b1 = padf[p1 + ui + one]
+            b2 = padf[p1 + ui + two]
+            c0 = padf[p2 + ui]
+            c1 = padf[p2 + ui + one]
+            c2 = padf[p2 + ui + two]
+            v = b + w0 * a0 + w1 * a1 + w2 * a2
+            v = v + w3 * b0 + w4 * b1 + w5 * b2
+            yf[q0 + ui] = v + w6 * c0 + w7 * c1 + w8 * c2
+            u = b + w0 * b0 + w1 * b1 + w2 * b2
+            u = u + w3 * c0 + w4 * c1 + w5 * c2
+            yf[q1 + ui] = u + w6 * padf[p3 + ui] + w7 * padf[p3 + ui + one] + w8 * padf[p3 + ui + two]
+        oh += 2
+    if oh < out_h:
+        while filled < oh + 3:
+            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
+            filled += 1
+        p0 = np.uint64(oh * wp)
+        p1 = p0 + uwp
+        p2 = p1 + uwp
+        q0 = np.uint64(oh * out_w)
+        for i in range(out_w):
+            ui = np.uint64(i)
+            v = b + w0 * padf[p0 + ui] + w1 * padf[p0 + ui + one] + w2 * padf[p0 + ui + two]
+            v = v + w3 * padf[p1 + ui] + w4 * padf[p1 + ui + one] + w5 * padf[p1 + ui + two]
+            yf[q0 + ui] = v + w6 * padf[p2 + ui] + w7 * padf[p2 + ui + one] + w8 * padf[p2 + ui + two]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _plane3x3_core(x, weight, bias, has_bias, y, groups, pt, pl, chunk):
+    """y = x (*) weight (+ bias), one task per (image, output channel), ``chunk`` per iteration."""
+    n_tasks = y.shape[0] * y.shape[1]
+    for t in prange((n_tasks + chunk - 1) // chunk):
+        _plane3x3_tasks(x, weight, bias, has_bias, y, t * chunk, min(n_tasks, (t + 1) * chunk), groups, pt, pl)
+
+
+@njit(**JIT_OPTIONS)
+def _plane3x3_tasks(x, weight, bias, has_bias, y, t0, t1, groups, pt, pl):
+    h, w = x.shape[2], x.shape[3]
+    k_all = weight.shape[0]
+    kg = k_all // groups
+    out_h, out_w = y.shape[2], y.shape[3]
+    padf = np.zeros((out_h + 2) * (out_w + 2), dtype=x.dtype)
+    for task in range(t0, t1):
+        n = task // k_all
+        k = task % k_all
+        # ``bias`` is a one-element zero array when there is none (same dtype as y).
+        b = bias[k] if has_bias else bias[0]
+        _plane3x3(padf, x[n, k // kg].reshape(h * w), h, w, weight[k, 0], b,
+                  y[n, k].reshape(out_h * out_w), out_h, out_w, pt, pl)
+
+
+def _run_plane3x3(x, weight, bias, y, groups, pt, pl):
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=y.dtype)
+    use_configured_threads()
+    _plane3x3_core(x, weight, b, has_bias, y, groups, pt, pl, _chunk(y.shape[0] * y.shape[1]))
+
+
+@njit(fastmath={"reassoc"}, **JIT_OPTIONS)
+def _plane3x3_gw(gf, padf, xf, h, w, out_h, out_w, pt, pl, sums):
+    """sums[t] += sum over the plane of grad_output gf (out_h x out_w, flat) x the input xf
+    (h x w, flat, zero-padded by pt, pl) shifted by tap t (3x3, stride 1).
+
+    ``fastmath={"reassoc"}`` (only here): the nine dot products may be reordered so that
+    they vectorise into lane partial sums; reassociation keeps NaN and Inf intact. ``padf``
+    as for ``_plane3x3``; two grad_output rows per pass share their input rows.
+    """
+    wp = out_w + 2
+    uwp = np.uint64(wp)
+    one = np.uint64(1)
+    two = np.uint64(2)
+    # Start from sums[] itself: the accumulators keep the kernel's dtype.
+    s0, s1, s2 = sums[0], sums[1], sums[2]
+    s3, s4, s5 = sums[3], sums[4], sums[5]
+    s6, s7, s8 = sums[6], sums[7], sums[8]
+    filled = 0
+    oh = 0
+    while oh + 2 <= out_h:
+        while filled < oh + 4:
+            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
+            filled += 1
+        p0 = np.uint64(oh * wp)
+        p1 = p0 + uwp
+        p2 = p1 + uwp
+        p3 = p2 + uwp
+        q0 = np.uint64(oh * out_w)
+        q1 = q0 + np.uint64(out_w)
+        for i in range(out_w):
+            ui = np.uint64(i)
+            ga = gf[q0 + ui]
+            gb = gf[q1 + ui]
+            s0 += ga * padf[p0 + ui] + gb * padf[p1 + ui]
+            s1 += ga * padf[p0 + ui + one] + gb * padf[p1 + ui + one]
+            s2 += ga * padf[p0 + ui + two] + gb * padf[p1 + ui + two]
+            s3 += ga * padf[p1 + ui] + gb * padf[p2 + ui]
+            s4 += ga * padf[p1 + ui + one] + gb * padf[p2 + ui + one]
+            s5 += ga * padf[p1 + ui + two] + gb * padf[p2 + ui + two]
+            s6 += ga * padf[p2 + ui] + gb * padf[p3 + ui]
+            s7 += ga * padf[p2 + ui + one] + gb * padf[p3 + ui + one]
+            s8 += ga * padf[p2 + ui + two] + gb * padf[p3 + ui + two]
+        oh += 2
+    if oh < out_h:
+        while filled < oh + 3:
+            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
+            filled += 1
+        p0 = np.uint64(oh * wp)
+        p1 = p0 + uwp
+        p2 = p1 + uwp
+        q0 = np.uint64(oh * out_w)
+        for i in range(out_w):
+            ui = np.uint64(i)
+            ga = gf[q0 + ui]
+            s0 += ga * padf[p0 + ui]
+            s1 += ga * padf[p0 + ui + one]
+            s2 += ga * padf[p0 + ui + two]
+            s3 += ga * padf[p1 + ui]
+            s4 += ga * padf[p1 + ui + one]
+            s5 += ga * padf[p1 + ui + two]
+            s6 += ga * padf[p2 + ui]
+            s7 += ga * padf[p2 + ui + one]
+            s8 += ga * padf[p2 + ui + two]
+    sums[0], sums[1], sums[2] = s0, s1, s2
+    sums[3], sums[4], sums[5] = s3, s4, s5
+    sums[6], sums[7], sums[8] = s6, s7, s8
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _plane3x3_gw_core(gy, x, gw, groups, pt, pl):
+    """One task per filter k: its nine sums over every image, in image order."""
+    for k in prange(gw.shape[0]):
+        _plane3x3_gw_task(gy, x, gw, k, groups, pt, pl)
+
+
+@njit(**JIT_OPTIONS)
+def _plane3x3_gw_task(gy, x, gw, k, groups, pt, pl):
+    h, w = x.shape[2], x.shape[3]
+    kg = gw.shape[0] // groups
+    out_h, out_w = gy.shape[2], gy.shape[3]
+    padf = np.zeros((out_h + 2) * (out_w + 2), dtype=x.dtype)
+    sums = np.zeros(9, dtype=np.float64)
+    part = np.empty(9, dtype=gw.dtype)
+    for n in range(x.shape[0]):
+        # Per-image sums in the kernel's dtype (lane partial sums over one plane), added up
+        # across images in float64.
+        part[:] = 0
+        _plane3x3_gw(gy[n, k].reshape(out_h * out_w), padf, x[n, k // kg].reshape(h * w), h, w,
+                     out_h, out_w, pt, pl, part)
+        for t in range(9):
+            sums[t] += part[t]
+    for t in range(9):
+        gw[k, 0, t // 3, t % 3] = sums[t]
+
+
 # ---------------------------------------------------------------- public kernels
 
 def conv2d_forward(x, weight, bias, y, p):
@@ -734,8 +960,11 @@ def conv2d_grad_input(grad_output, weight, grad_input, p):
         g, cg, kg = p.groups, p.c_per_group, p.k_per_group
         flipped = weight[:, :, ::-1, ::-1].reshape(g, kg, cg, p.r, p.s)
         flipped = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4).reshape(p.c, kg, p.r, p.s))
+        # The plane path multiplies the zero border of grad_output by the weights: exact for
+        # finite weights, but 0 * inf = NaN where the scatter (and PyTorch) has none.
         _run_forward(grad_output, flipped, None, grad_input, g, 1, 1,
-                     p.dil_h * (p.r - 1) - p.pad_top, p.dil_w * (p.s - 1) - p.pad_left, p.dil_h, p.dil_w)
+                     p.dil_h * (p.r - 1) - p.pad_top, p.dil_w * (p.s - 1) - p.pad_left, p.dil_h, p.dil_w,
+                     plane_ok=bool(np.isfinite(weight).all()))
         return
     use_configured_threads()
     _grad_input_scatter(grad_output, weight, grad_input, p.groups, p.stride_h, p.stride_w,
@@ -793,6 +1022,10 @@ def _scatter_row(plane, o, sw, wv, row):
 def conv2d_grad_weight(grad_output, x, grad_weight, p):
     """grad_weight (k, c/groups, r, s) = sum over batch and pixels of grad_output x shifted input."""
     sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
+    if _plane3x3_applies(p.c_per_group, p.groups, p.r, p.s, sh, sw, dh, dw):
+        use_configured_threads()
+        _plane3x3_gw_core(grad_output, x, grad_weight, p.groups, p.pad_top, p.pad_left)
+        return
     if _s1_applies(sh, sw, p.out_w, p.w):
         per_row = (p.r * p.s + 2) * p.w * grad_weight.itemsize
         band_h = max(1, min(p.out_h, _BAND_BYTES // per_row))
