@@ -120,6 +120,20 @@ def test_explain_names_the_choice_and_the_reasons():
         fastconv.explain("conv3d", x, w)
 
 
+def test_auto_backend_order_is_per_algorithm_and_a_forced_backend_is_kept():
+    from fastconv.checks import conv_params
+    from fastconv.dispatch import rules
+    from fastconv.dispatch.selection import candidates
+
+    p = conv_params((8, 256, 14, 14), (64, 256, 1, 1), 1, 0, 1, 1, "float32")  # auto: im2col
+    listed = [(c.algo, c.backend) for c in candidates("conv2d_forward", p)]
+    for algo in ("im2col", "direct"):
+        order = [b for a, b in listed if a == algo]
+        assert order == [b for b in rules.backend_order(algo) if b in order]
+    assert [b for a, b in listed if a == "im2col"][:2] == ["numba", "cython"]
+    assert [b for a, b in listed if a == "direct"][:2] == ["cython", "numba"]
+    assert {c.backend for c in candidates("conv2d_forward", p, backend="cython")} == {"cython"}
+
 def test_list_kernels_covers_every_op_with_a_reference():
     rows = fastconv.list_kernels(load=True)
     ops = {r["op"] for r in rows}

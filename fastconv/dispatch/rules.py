@@ -14,6 +14,23 @@ from ..params import ConvParams, PoolParams
 #: Backend preference for ``backend="auto"``: compiled code first (no JIT latency), then Numba.
 BACKEND_ORDER = ("cython", "numba", "numpy")
 
+#: Algorithms whose Numba kernels measured faster than their Cython twins. im2col: Numba's
+#: time over Cython's on the 13 conv layers of ``fastconv bench --threads 1,2 --budget 1.2
+#: --repeats 5`` (forward / grad_input / grad_weight, 1 and 2 threads): 0.48-0.96 on 22 of
+#: the 24 rows of the layers that auto sends to im2col (1x1 256->64, 3x3 stride 2, 7x7 stem,
+#: dilation 2; dilation 2's grad_weight 1.02-1.04), and Numba faster on 33 of the 39 im2col
+#: rows at 1 thread and 32 of 39 at 2. The cost: a Numba kernel's
+#: first call in a process loads it from Numba's cache (up to 0.65 s; compiling it the first
+#: time on a machine takes about 5 s).
+NUMBA_FIRST = ("im2col",)
+
+
+def backend_order(algo: str) -> Tuple[str, ...]:
+    """The backends ``backend="auto"`` tries for ``algo``, best first."""
+    if algo in NUMBA_FIRST:
+        return ("numba", "cython", "numpy")
+    return BACKEND_ORDER
+
 #: Ops that some algorithms compute with another algorithm's kernel, and which one.
 #: Bias gradients are a plain reduction, the same whatever algorithm ran the convolution.
 DELEGATES = {

@@ -63,7 +63,6 @@ def candidates(op: str, params, algo: str = "auto", backend: str = "auto") -> Li
     """Every registered (algo, backend) the selection considers, in order, with its status."""
     check_algo(op, algo)
     check_backend(backend)
-    backends = rules.BACKEND_ORDER if backend == "auto" else (backend,)
     seen = set()
     result = []
     for wanted, rule in _requested_algos(op, params, algo):
@@ -71,7 +70,7 @@ def candidates(op: str, params, algo: str = "auto", backend: str = "auto") -> Li
         if actual != wanted:
             rule = f"{rule}; {op} of {wanted} is computed by {actual}"
         reason = rules.unsupported_reason(op, wanted, params)
-        for b in backends:
+        for b in (rules.backend_order(actual) if backend == "auto" else (backend,)):
             if (actual, b) in seen:
                 continue
             seen.add((actual, b))
