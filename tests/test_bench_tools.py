@@ -42,3 +42,20 @@ def test_pinned_restores_the_torch_thread_count_that_numba_moves():
     finally:
         torch.set_num_threads(saved[0])
         fastconv.set_num_threads(saved[1])
+
+
+def test_gemm_share_reports_each_im2col_call(tmp_path, capsys):
+    import json
+    from fastconv.benchmarks import runner
+
+    out = tmp_path / "share.json"
+    rc = runner.main(["--gemm-share", "--shapes", "lenet_conv2", "--ops", "forward", "grad_weight",
+                      "--backends", "numba", "--threads", "1", "--repeats", "1", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["gemm_share"]
+    assert [(r["op"], r["impl"]) for r in rows] == [("forward", "im2col/numba"), ("grad_weight", "im2col/numba")]
+    for r in rows:
+        assert r["total_ms"] > 0 and r["gemm_ms"] > 0 and 0 < r["gemm_share"] <= 1
+        assert r["gemm_vs_sgemm"] > 0 and r["sgemm_gflops"] > 0
+    assert "GEMM share" in capsys.readouterr().out
+    assert runner.main(["--gemm-share", "--shapes", "no_such_layer"]) == 2

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timing per (layer, op) at most")
     parser.add_argument("--json", default=None, metavar="PATH", help="write all rows and settings as JSON")
     parser.add_argument("--plot", default=None, metavar="PATH", help="write a PNG bar chart of the ratios to PyTorch")
+    parser.add_argument("--gemm-share", action="store_true",
+                        help="instead: for the im2col kernels, the share of each call spent in its GEMMs "
+                             "and their rate against the machine's sgemm rate")
     return parser
 
 
@@ -104,6 +107,15 @@ def _fastconv_call(layer, op, arrays, algo, backend):
     return lambda: avg_pool2d_backward(gy, x.shape, **kw)
 
 
+def _progress(total: int, what: str):
+    """A tqdm bar on stderr, or None without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=what, unit="case", file=sys.stderr)
+
+
 def run(args) -> dict:
     from .. import set_num_threads
 
@@ -115,11 +127,7 @@ def run(args) -> dict:
             "numpy": np.__version__, "dtype": args.dtype, "compare": frameworks, "started": time.ctime(),
             "sgemm_gflops": {}}
     rows = []
-    try:
-        from tqdm import tqdm
-        progress = tqdm(total=len(tasks), desc="fastconv bench", unit="case", file=sys.stderr)
-    except ImportError:
-        progress = None
+    progress = _progress(len(tasks), "fastconv bench")
     current_threads = None
     for t, layer, op in tasks:
         if t != current_threads:
@@ -213,8 +221,33 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _gemm_share_main(args) -> int:
+    from . import gemm_share
+
+    layers = [layer for layer in select_layers(args.shapes) if isinstance(layer, ConvLayer)]
+    ops = gemm_share.conv_ops(args.ops)
+    backends = [b for b in gemm_share.BACKENDS if not args.backends or b in args.backends]
+    thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [threads.get_num_threads()]
+    progress = _progress(len(thread_counts) * len(layers) * len(ops) * len(backends), "fastconv bench --gemm-share")
+    rows = gemm_share.measure(layers, ops, thread_counts, backends, args.dtype, args.repeats, progress)
+    if progress is not None:
+        progress.close()
+    print(gemm_share.format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gemm_share": rows}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.gemm_share:
+        try:
+            return _gemm_share_main(args)
+        except ValueError as exc:
+            print(f"fastconv bench: {exc}", file=sys.stderr)
+            return 2
     try:
         result = run(args)
     except ValueError as exc:
