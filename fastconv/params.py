@@ -125,6 +125,13 @@ class PoolParams:
         return (self.n, self.c, self.out_h, self.out_w)
 
     @property
+    def disjoint_2x2(self) -> bool:
+        """2x2 windows, stride 2, no padding (the LeNet/MNIST pool): the windows tile the
+        input without overlap, the case both backends' pooling kernels specialise."""
+        return (self.kernel_h == 2 and self.kernel_w == 2 and self.stride_h == 2 and self.stride_w == 2
+                and self.pad_h == 0 and self.pad_w == 0)
+
+    @property
     def flops(self) -> int:
         """One comparison or addition per window element."""
         return self.n * self.c * self.out_h * self.out_w * self.kernel_h * self.kernel_w

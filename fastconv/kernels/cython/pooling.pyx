@@ -47,6 +47,7 @@ cdef enum:
 cdef struct Pool:
     Py_ssize_t planes, h, w, out_h, out_w, kh, kw, sh, sw, ph, pw
     bint include_pad
+    bint disjoint_2x2       # PoolParams.disjoint_2x2: the 2x2/stride-2 fast paths apply
 
 
 cdef inline Py_ssize_t _first_inside(Py_ssize_t pad, Py_ssize_t stride) noexcept nogil:
@@ -314,10 +315,8 @@ cdef void _max_plane(const floating* x, floating* y, int64_t* idx, const Pool* p
 cdef void _max_forward(const floating* x, floating* y, int64_t* idx, const Pool* p,
                        int nthreads) noexcept nogil:
     cdef Py_ssize_t q, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w
-    cdef bint fast = (p.kh == 2 and p.kw == 2 and p.sh == 2 and p.sw == 2
-                      and p.ph == 0 and p.pw == 0)
     for q in prange(p.planes, num_threads=nthreads, schedule="static"):
-        if fast:
+        if p.disjoint_2x2:
             _max2x2_plane(x + q * in_plane, y + q * out_plane,
                           idx + q * out_plane if idx != NULL else NULL, p)
         else:
@@ -544,13 +543,11 @@ cdef floating _plane_mean(const floating* x, Py_ssize_t n) noexcept nogil:
 
 cdef void _avg_forward(const floating* x, floating* y, const Pool* p, int nthreads) noexcept nogil:
     cdef Py_ssize_t q, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w
-    cdef bint fast = (p.kh == 2 and p.kw == 2 and p.sh == 2 and p.sw == 2
-                      and p.ph == 0 and p.pw == 0)
     cdef bint whole = p.kh == p.h and p.kw == p.w and p.ph == 0 and p.pw == 0
     for q in prange(p.planes, num_threads=nthreads, schedule="static"):
         if whole:
             y[q] = _plane_mean(x + q * in_plane, in_plane)
-        elif fast:
+        elif p.disjoint_2x2:
             _avg2x2_plane(x + q * in_plane, y + q * out_plane, p)
         else:
             _avg_plane(x + q * in_plane, y + q * out_plane, p)
@@ -705,8 +702,6 @@ cdef void _avg_backward(const floating* gy, floating* gx, floating* ws, Py_ssize
     """``ws`` holds ``ws_stride`` elements per thread: the spread rows (out_h x w) and one row
     of shares (out_w) of the general path."""
     cdef Py_ssize_t q, i, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w
-    cdef bint fast = (p.kh == 2 and p.kw == 2 and p.sh == 2 and p.sw == 2
-                      and p.ph == 0 and p.pw == 0)
     cdef bint whole = p.kh == p.h and p.kw == p.w and p.ph == 0 and p.pw == 0
     cdef floating share
     cdef floating* g
@@ -717,7 +712,7 @@ cdef void _avg_backward(const floating* gy, floating* gx, floating* ws, Py_ssize
             g = gx + q * in_plane
             for i in range(in_plane):
                 g[i] = share
-        elif fast:
+        elif p.disjoint_2x2:
             _avg2x2_backward_plane(gy + q * out_plane, gx + q * in_plane, p)
         else:
             mine = ws + omp_get_thread_num() * ws_stride
@@ -733,6 +728,7 @@ cdef Pool _pool(p):
     g.kh = p.kernel_h; g.kw = p.kernel_w; g.sh = p.stride_h; g.sw = p.stride_w
     g.ph = p.pad_h; g.pw = p.pad_w
     g.include_pad = p.count_include_pad
+    g.disjoint_2x2 = p.disjoint_2x2
     return g
 
 

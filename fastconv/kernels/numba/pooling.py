@@ -349,14 +349,14 @@ def avg_pool2d_forward(x, y, p):
             _global_avg_forward(flat, y.reshape(-1), _plane_chunks(flat.shape[0]))
         return
     xs = _planes(x, p.h, p.w)
-    _avg_forward(xs, _planes(y, p.out_h, p.out_w), _plane_chunks(xs.shape[0]), p.kernel_h, p.kernel_w,
-                 p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad)
+    _avg_forward(xs, _planes(y, p.out_h, p.out_w), _plane_chunks(xs.shape[0]), p.disjoint_2x2, p.kernel_h,
+                 p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _avg_forward(x, y, chunk, kh, kw, sh, sw, ph, pw, include_pad):
+def _avg_forward(x, y, chunk, fast, kh, kw, sh, sw, ph, pw, include_pad):
+    """``fast``: PoolParams.disjoint_2x2 (the 2x2/stride-2 path applies)."""
     planes = x.shape[0]
-    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     for t in prange((planes + chunk - 1) // chunk):
         q0 = t * chunk
         q1 = min(planes, q0 + chunk)
@@ -508,14 +508,14 @@ def avg_pool2d_backward(grad_output, grad_input, p):
         _global_avg_backward(grad_output.reshape(-1), flat, _plane_chunks(flat.shape[0]))
         return
     gys = _planes(grad_output, p.out_h, p.out_w)
-    _avg_backward(gys, _planes(grad_input, p.h, p.w), _plane_chunks(gys.shape[0]), p.kernel_h,
-                  p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad)
+    _avg_backward(gys, _planes(grad_input, p.h, p.w), _plane_chunks(gys.shape[0]), p.disjoint_2x2,
+                  p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.count_include_pad)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _avg_backward(gy, gx, chunk, kh, kw, sh, sw, ph, pw, include_pad):
+def _avg_backward(gy, gx, chunk, fast, kh, kw, sh, sw, ph, pw, include_pad):
+    """``fast``: PoolParams.disjoint_2x2 (the 2x2/stride-2 path applies)."""
     planes = gy.shape[0]
-    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     for t in prange((planes + chunk - 1) // chunk):
         q0 = t * chunk
         q1 = min(planes, q0 + chunk)
