@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Union
 
-from . import conv, pooling
+from . import conv, fused, pooling
 from .dispatch import describe, select
 
 _PLANS: Dict[str, Callable] = {
@@ -13,6 +13,7 @@ _PLANS: Dict[str, Callable] = {
     "max_pool2d_backward": pooling.max_pool2d_backward_plan,
     "avg_pool2d": pooling.avg_pool2d_plan,
     "avg_pool2d_backward": pooling.avg_pool2d_backward_plan,
+    "conv2d_relu_max_pool2d": fused.conv2d_relu_max_pool2d_plan,
 }
 
 
@@ -38,4 +39,6 @@ def explain(op: Union[str, Callable], *args, **kwargs) -> Explanation:
         if conv._input_weight_kernel(picks) is not None:
             lines.append(f"conv2d_grad_input and conv2d_grad_weight: one call of {picks['input'].algo}/"
                          f"{picks['input'].backend} conv2d_grad_input_weight (both picks share it)")
+    if name == "conv2d_relu_max_pool2d":
+        lines.append(fused.fusion_note(params, algo, backend))
     return Explanation("\n".join(lines))

@@ -8,9 +8,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 CONV_OPS = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
 POOL_OPS = ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward")
 OPS = CONV_OPS + POOL_OPS
-# Optional kernels that compute two ops of one call together (``conv2d_backward`` uses one
-# when the two ops' picks share its algorithm and backend); never selected on their own.
-FUSED_OPS = ("conv2d_grad_input_weight",)
+# Optional kernels that compute several ops together, never selected on their own:
+# ``conv2d_backward`` uses the first when its two picks share that algorithm and backend;
+# ``fastconv.fused`` the conv + ReLU + 2x2 max pool pair where the conv's pick is direct.
+FUSED_OPS = ("conv2d_grad_input_weight", "conv2d_relu_max_pool2d_forward",
+             "conv2d_relu_max_pool2d_grad_weight")
 
 CONV_ALGOS = ("direct", "im2col", "winograd_f23", "winograd_f43", "reference")
 POOL_ALGOS = ("direct", "reference")

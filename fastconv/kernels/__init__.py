@@ -16,6 +16,10 @@ conv2d_grad_weight  ``f(grad_output, x, grad_weight, params)``
 conv2d_grad_bias    ``f(grad_output, grad_bias, params)``
 conv2d_grad_input_  ``f(grad_output, x, weight, grad_input, grad_weight, params)``: both
 weight              gradients in one call (optional; only where sharing work pays)
+conv2d_relu_max_    ``f(x, weight, bias_or_None, y, indices, params)``: relu(2x2 max pool
+pool2d_forward      (conv)) and the argmax indices (optional; ``fastconv.fused``)
+conv2d_relu_max_    ``f(grad_output, output, indices, x, grad_weight, grad_bias_or_None,
+pool2d_grad_weight  params)``: the weight and bias gradients of that op
 max_pool2d_forward  ``f(x, y, indices_or_None, params)`` (indices int64)
 max_pool2d_backward ``f(grad_output, indices, grad_input, params)``
 avg_pool2d_forward  ``f(x, y, params)``
@@ -33,14 +37,15 @@ _CONV = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_gr
 _POOL = ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward")
 _GEMM_PASSES = ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight")
 _WINOGRAD = _GEMM_PASSES + ("conv2d_grad_input_weight",)
+_CONV_RELU_POOL = ("conv2d_relu_max_pool2d_forward", "conv2d_relu_max_pool2d_grad_weight")
 
 # module, algo, backend, the ops it implements (a function of the op's name), suffix of the
 # function name. The Numba and Cython rows of each algorithm name modules that mirror each
 # other function for function.
 _MODULES = [
     (_REF,                 "reference",    "numpy",  _CONV + _POOL, ""),
-    (f"{_CY}.direct",      "direct",       "cython", _CONV, ""),
-    (f"{_NB}.direct",      "direct",       "numba",  _CONV, ""),
+    (f"{_CY}.direct",      "direct",       "cython", _CONV + _CONV_RELU_POOL, ""),
+    (f"{_NB}.direct",      "direct",       "numba",  _CONV + _CONV_RELU_POOL, ""),
     (f"{_CY}.pooling",     "direct",       "cython", _POOL, ""),
     (f"{_NB}.pooling",     "direct",       "numba",  _POOL, ""),
     (f"{_CY}.im2col",      "im2col",       "cython", _GEMM_PASSES, ""),

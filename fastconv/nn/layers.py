@@ -74,24 +74,45 @@ class Conv2d(Module):
             if bias else None
         self._x: Optional[np.ndarray] = None
         self._y: Optional[np.ndarray] = None
+        self._indices: Optional[np.ndarray] = None
 
     def named_parameters(self) -> Iterator[Tuple[str, Parameter]]:
         yield "weight", self.weight
         if self.bias is not None:
             yield "bias", self.bias
 
+    def fuses_relu_max_pool(self) -> bool:
+        """Whether ``forward(relu=True, max_pool=True)`` can run as one fused kernel: one
+        input channel per group, 3x3, stride and dilation 1 (``fastconv.fused.fuses``; the
+        op itself also checks the input size and the algorithm it would pick)."""
+        return (self.in_channels // self.groups == 1 and self.kernel_size == (3, 3)
+                and self.stride == (1, 1) and self.dilation == (1, 1))
+
     def _geometry(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups, algo=self.algo, backend=self.backend)
 
-    def forward(self, x: np.ndarray, *, relu: bool = False) -> np.ndarray:
-        """``conv2d(x, weight, bias)``; with ``relu=True`` also ``max(., 0)`` in place on the result."""
+    def forward(self, x: np.ndarray, *, relu: bool = False, max_pool: bool = False) -> np.ndarray:
+        """``conv2d(x, weight, bias)``; with ``relu=True`` also ``max(., 0)`` in place on the result.
+
+        ``max_pool=True`` (with ``relu``): ``relu(max_pool2d(conv2d(x), 2))`` by
+        ``fastconv.conv2d_relu_max_pool2d``, which never stores the full-size convolution
+        output where its fused kernel applies (see ``fastconv.fused``).
+        """
         x = np.asarray(x, dtype=self.dtype)
         bias = None if self.bias is None else self.bias.data
+        if max_pool:
+            if not relu:
+                raise ValueError("Conv2d.forward(max_pool=True) is the fused conv + ReLU + max pool: "
+                                 "it needs relu=True")
+            y, self._indices = fastconv.conv2d_relu_max_pool2d(x, self.weight.data, bias,
+                                                               **self._geometry())
+            self._x, self._y = x, y
+            return y
         y = fastconv.conv2d(x, self.weight.data, bias, **self._geometry())
         if relu:
             np.maximum(y, 0, out=y)
-        self._x, self._y = x, (y if relu else None)
+        self._x, self._y, self._indices = x, (y if relu else None), None
         return y
 
     def backward(self, grad: np.ndarray, *, need_input_grad: bool = True,
@@ -103,16 +124,21 @@ class Conv2d(Module):
         """
         if self._x is None:
             raise missing_forward(self)
-        if self._y is not None:
-            grad = _apply_relu_mask(grad, self._y, overwrite)
         needs = (("input",) if need_input_grad else ()) + ("weight",) + \
             (("bias",) if self.bias is not None else ())
-        gx, gw, gb = fastconv.conv2d_backward(grad, self._x, self.weight.data, needs=needs,
-                                              **self._geometry())
+        if self._indices is not None:  # after forward(max_pool=True): grad is the pooled one
+            gx, gw, gb = fastconv.conv2d_relu_max_pool2d_backward(
+                grad, self._y, self._indices, self._x, self.weight.data, needs=needs,
+                **self._geometry())
+        else:
+            if self._y is not None:
+                grad = _apply_relu_mask(grad, self._y, overwrite)
+            gx, gw, gb = fastconv.conv2d_backward(grad, self._x, self.weight.data, needs=needs,
+                                                  **self._geometry())
         self.weight.accumulate(gw)
         if self.bias is not None:
             self.bias.accumulate(gb)
-        self._x = self._y = None
+        self._x = self._y = self._indices = None
         return gx
 
     def config(self) -> dict:

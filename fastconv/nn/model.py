@@ -1,8 +1,9 @@
 """``Sequential``: a chain of layers, with explicit fusion of ReLUs into their neighbours.
 
 Fusion (``fuse=True``, the default) rewrites the chain into steps before each forward. It
-changes the number of passes over the activations, never the numbers: ``tests/test_nn.py``
-checks that fused and unfused runs give bit-identical outputs and gradients.
+changes the number of passes over the activations; except for the conv + ReLU + max pool
+fusion below, never the numbers: ``tests/test_nn.py`` checks that fused and unfused runs
+give bit-identical outputs and gradients.
 
 * ``ReLU`` followed by ``MaxPool2d``: ReLU commutes with max pooling (``max(relu(x)) ==
   relu(max(x))``, NaN included, padding is never chosen), so the pool runs first and
@@ -10,6 +11,12 @@ checks that fused and unfused runs give bit-identical outputs and gradients.
   gradient with ``output > 0`` before scattering it to the argmax positions (where the
   ReLU's own mask would have been the same). The full-size ReLU pass disappears in both
   directions. The same holds for ``MaxPool2d`` followed by ``ReLU``.
+* ``Conv2d`` + ``ReLU`` + ``MaxPool2d(2)`` where the convolution has one input channel per
+  group, a 3x3 kernel, stride and dilation 1 (the first layer of MNIST/LeNet-style models):
+  one op, ``fastconv.conv2d_relu_max_pool2d``, whose fused kernel pools each convolution
+  plane while it is in cache, so the 4x larger convolution output and its gradient are never
+  stored. This is the one fusion that changes numbers, by float rounding only: the weight
+  and bias gradients are the same sums in another order (``tests/test_fused.py``).
 * ``Conv2d`` or ``Linear`` followed by ``ReLU`` (and no max pool after it): the layer applies
   the ReLU in place on its own fresh output, and its backward masks with ``output > 0``, so
   no separate ReLU output or mask array is made.
@@ -32,14 +39,18 @@ from .pooling import MaxPool2d
 class _Step:
     """One executed step: a layer, and whether it also applies a ReLU (fused)."""
 
-    __slots__ = ("layer", "relu", "absorbed")
+    __slots__ = ("layer", "relu", "absorbed", "pool")
 
-    def __init__(self, layer: Module, relu: bool = False, absorbed: Optional[Module] = None):
+    def __init__(self, layer: Module, relu: bool = False, absorbed: Optional[Module] = None,
+                 pool: Optional[MaxPool2d] = None):
         self.layer = layer
         self.relu = relu            # the layer applies the absorbed ReLU to its output
         self.absorbed = absorbed    # the ReLU layer this step took over, if any
+        self.pool = pool            # the 2x2 max pool a Conv2d step took over, if any
 
     def forward(self, x):
+        if self.pool is not None:
+            return self.layer.forward(x, relu=True, max_pool=True)
         return self.layer.forward(x, relu=True) if self.relu else self.layer.forward(x)
 
     def backward(self, grad, need_input_grad: bool, overwrite: bool):
@@ -53,6 +64,12 @@ class _Step:
         return layer.backward(grad)
 
 
+def _plain_2x2(layer) -> bool:
+    """A ``MaxPool2d(2)`` (stride 2, no padding) that leaves its kernel choice to fastconv."""
+    return (isinstance(layer, MaxPool2d) and layer.kernel_size == (2, 2) and layer.stride == (2, 2)
+            and layer.padding == (0, 0) and layer.algo == "auto" and layer.backend == "auto")
+
+
 def plan(layers: List[Module], fuse: bool = True) -> List[_Step]:
     """The steps that run ``layers``, with the fusions described in the module docstring."""
     steps: List[_Step] = []
@@ -61,7 +78,11 @@ def plan(layers: List[Module], fuse: bool = True) -> List[_Step]:
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         after = layers[i + 2] if i + 2 < len(layers) else None
-        if fuse and isinstance(layer, ReLU) and isinstance(nxt, MaxPool2d):
+        if fuse and isinstance(layer, Conv2d) and isinstance(nxt, ReLU) and _plain_2x2(after) \
+                and layer.fuses_relu_max_pool():
+            steps.append(_Step(layer, relu=True, absorbed=nxt, pool=after))
+            i += 3
+        elif fuse and isinstance(layer, ReLU) and isinstance(nxt, MaxPool2d):
             steps.append(_Step(nxt, relu=True, absorbed=layer))  # pool first, ReLU on its output
             i += 2
         elif (fuse and isinstance(nxt, ReLU) and isinstance(layer, (Conv2d, Linear, MaxPool2d))

@@ -45,9 +45,11 @@ sum is formed in the same order whatever the thread count or blocking.
 import numpy as np
 
 from cython.parallel cimport prange
+from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from fastconv.kernels.cython.blas cimport floating
+from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 
 from fastconv.threads import get_num_threads
@@ -1104,6 +1106,13 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
     return g
 
 
+cdef Geometry _forward_geometry(p):
+    """The geometry of the forward correlation of ConvParams ``p`` (x -> y)."""
+    return _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s, p.stride_h, p.stride_w,
+                     p.dil_h, p.dil_w, p.pad_top, p.pad_left,
+                     p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right, p.out_h, p.out_w)
+
+
 cdef void _run_forward(Geometry* g, const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                        const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y, int nthreads):
     """The correlation core over checked arrays; workspace and tap offsets prepared here."""
@@ -1123,10 +1132,7 @@ cdef void _run_forward(Geometry* g, const floating[:, :, :, ::1] x, const floati
 
 cdef void _conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] bias,
                           bint has_bias, floating[:, :, :, ::1] y, p, int nthreads):
-    cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
-                                p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
-                                p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right,
-                                p.out_h, p.out_w)
+    cdef Geometry g = _forward_geometry(p)
     _run_forward(&g, x, w, bias, has_bias, y, nthreads)
 
 
@@ -1153,9 +1159,7 @@ cdef void _conv2d_grad_input(const floating[:, :, :, ::1] gy, const floating[:, 
             p.c, p.k_per_group, p.r, p.s)
         _run_forward(&g, gy, wt, wt[0, 0, 0, :1], False, gx, nthreads)
         return
-    g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s, p.stride_h, p.stride_w,
-                  p.dil_h, p.dil_w, p.pad_top, p.pad_left,
-                  p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right, p.out_h, p.out_w)
+    g = _forward_geometry(p)
     ws_stride = g.ps       # one padded plane (as phase planes when the stride is > 1)
     ws_v = np.empty(nthreads * ws_stride, dtype=dtype)
     with nogil:
@@ -1178,10 +1182,7 @@ def _batch_chunks(n, groups, kg, weight_elems):
 
 cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
                               floating[:, :, :, ::1] gw, p, int nthreads):
-    cdef Geometry g = _geometry(p.n, p.c, p.h, p.w, p.k, p.groups, p.r, p.s,
-                                p.stride_h, p.stride_w, p.dil_h, p.dil_w, p.pad_top, p.pad_left,
-                                p.h + p.pad_top + p.pad_bottom, p.w + p.pad_left + p.pad_right,
-                                p.out_h, p.out_w)
+    cdef Geometry g = _forward_geometry(p)
     g.kbt = min(4, g.kg)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
     g.nc = _batch_chunks(g.n, g.groups, g.kg, gw.size)
@@ -1208,6 +1209,207 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
         for i in range(1, g.nc):   # a fixed order: reproducible
             acc += total[i]
         np.asarray(gw).reshape(p.k, -1)[...] = acc
+
+
+# ---------------------------------------------------------------- conv + ReLU + 2x2 max pool
+#
+# One-input-channel 3x3 layers followed by ReLU and a 2x2 max pool (the first layer of the
+# MNIST/LeNet models): each output plane is made by ``_plane3x3`` in a per-thread buffer that
+# stays in L1 and pooled from there, so the full-size convolution output (4x the result) is
+# never written to memory nor read back. Backward scatters the masked pooled gradient into an
+# L1 plane and runs ``_plane3x3_gw`` on it: no full-size gradient, no pool backward pass.
+# The Numba twins are ``_conv_relu_pool_*`` in direct.py.
+
+cdef void _plane3x3_wide(const floating* src, Py_ssize_t wp, floating* conv, Py_ssize_t out_h,
+                         Py_ssize_t out_w, const floating* w, floating b) noexcept nogil:
+    """conv (out_h rows of ``wp``, the last ``wp - out_w`` columns garbage) = b + 3x3
+    correlation of the (padded) plane ``src`` with rows of ``wp``.
+
+    One contiguous loop over the wide plane instead of out_h short rows: MNIST's 26-pixel
+    rows leave a third of each vector pass to scalar remainders. The sum is formed in
+    ``_plane3x3``'s order, so the values are the same bit for bit.
+    """
+    cdef floating w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4]
+    cdef floating w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8]
+    cdef const floating* r0 = src
+    cdef const floating* r1 = src + wp
+    cdef const floating* r2 = src + 2 * wp
+    cdef Py_ssize_t j, length = (out_h - 1) * wp + out_w
+    cdef floating v
+    for j in range(length):
+        v = b + w0 * r0[j] + w1 * r0[j + 1] + w2 * r0[j + 2]
+        v = v + w3 * r1[j] + w4 * r1[j + 1] + w5 * r1[j + 2]
+        conv[j] = v + w6 * r2[j] + w7 * r2[j + 1] + w8 * r2[j + 2]
+
+
+cdef void _conv_relu_pool_task(const Geometry* g, Py_ssize_t task, const floating* x,
+                               const floating* w, const floating* bias, floating* y,
+                               int64_t* idx, floating* ws) noexcept nogil:
+    """Image n, group grp: its output planes, pooled (with the ReLU) as they are made.
+
+    ``ws``: the padded input plane (when there is padding), then one wide convolution plane.
+    """
+    cdef Py_ssize_t grp = task % g.groups, n = task // g.groups
+    cdef Py_ssize_t ph = g.out_h // 2, pw = g.out_w // 2
+    cdef Py_ssize_t pooled = ph * pw
+    cdef const floating* x_img = x + (n * g.c + grp) * g.h * g.w   # one channel per group
+    cdef floating* conv = ws + (g.hp * g.wp if g.copy else 0)
+    cdef const floating* src = <const floating*>ws if g.copy else x_img
+    cdef floating* yk
+    cdef int64_t* ik
+    cdef Py_ssize_t kk, k, oh, o
+    cdef floating v
+    if g.copy:
+        _copy_interior(x_img, g.h, g.w, ws, g.hp, g.wp, g.top, g.left)
+    for kk in range(g.kg):
+        k = grp * g.kg + kk
+        _plane3x3_wide(src, g.wp, conv, g.out_h, g.out_w, w + k * 9,
+                       bias[k] if bias != NULL else 0)
+        yk = y + (n * g.k + k) * pooled
+        ik = idx + (n * g.k + k) * pooled
+        for oh in range(ph):
+            max2x2_row(conv + 2 * oh * g.wp, g.wp, pw, yk + oh * pw, ik + oh * pw,
+                       2 * oh * g.out_w, g.out_w)
+        for o in range(pooled):
+            v = yk[o]
+            yk[o] = v if (v >= 0) | (v != v) else 0   # np.maximum(v, 0): NaN stays NaN
+
+
+cdef void _conv_relu_pool_core(const Geometry* g, const floating* x, const floating* w,
+                               const floating* bias, floating* y, int64_t* idx, floating* ws,
+                               Py_ssize_t ws_stride, int nthreads) noexcept nogil:
+    cdef Py_ssize_t task
+    for task in prange(g.n * g.groups, num_threads=nthreads, schedule="dynamic"):
+        _conv_relu_pool_task(g, task, x, w, bias, y, idx, ws + omp_get_thread_num() * ws_stride)
+
+
+cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floating* gy,
+                                  const floating* y, const int64_t* idx, const floating* x,
+                                  floating* gw, double* gb, floating* ws) noexcept nogil:
+    """Filter k over the whole batch: nine dot products in lanes, and the bias sum.
+
+    ``ws``: the padded input plane (when there is padding), then a zero convolution plane
+    into which each image's masked pooled gradient is scattered (and cleared after use).
+    The mask is a select, not a branch: on real data ``y > 0`` is a coin flip.
+    """
+    cdef Py_ssize_t pooled = (g.out_h // 2) * (g.out_w // 2)
+    cdef Py_ssize_t out_plane = g.out_h * g.out_w
+    cdef Py_ssize_t grp = k // g.kg
+    cdef floating* plane = ws + (g.hp * g.wp if g.copy else 0)
+    cdef floating lanes[9 * LANES]
+    cdef floating masked[TILE]
+    cdef floating bl[LANES]
+    cdef const floating* x_img
+    cdef const floating* gk
+    cdef const floating* yk
+    cdef const int64_t* ik
+    cdef floating total
+    cdef Py_ssize_t n, o, o0, m, nfull, t, l
+    for o in range(9 * LANES):
+        lanes[o] = 0
+    for l in range(LANES):
+        bl[l] = 0
+    for n in range(g.n):
+        x_img = x + (n * g.c + grp) * g.h * g.w
+        gk = gy + (n * g.k + k) * pooled
+        yk = y + (n * g.k + k) * pooled
+        ik = idx + (n * g.k + k) * pooled
+        o0 = 0
+        while o0 < pooled:
+            m = pooled - o0
+            if m > TILE:
+                m = TILE
+            for o in range(m):   # the ReLU's mask, read from the pooled output
+                masked[o] = gk[o0 + o] if yk[o0 + o] > 0 else 0
+            for o in range(m):
+                plane[ik[o0 + o]] = masked[o]
+            nfull = m - m % LANES
+            for o in range(0, nfull, 8):  # 8 == LANES
+                for l in range(LANES):
+                    bl[l] += masked[o + l]
+            for o in range(nfull, m):
+                bl[o - nfull] += masked[o]
+            o0 += m
+        _plane3x3_gw(plane, g.out_h, g.out_w, <const floating*>ws if g.copy else x_img, g.wp,
+                     lanes, x_img if g.copy else NULL, g.h, g.w, g.top, g.left)
+        memset(plane, 0, out_plane * sizeof(floating))
+    for t in range(9):
+        total = 0
+        for l in range(LANES):
+            total = total + lanes[t * LANES + l]
+        gw[k * 9 + t] = total
+    total = 0
+    for l in range(LANES):
+        total = total + bl[l]
+    gb[k] = total
+
+
+cdef void _conv_relu_pool_gw_core(const Geometry* g, const floating* gy, const floating* y,
+                                  const int64_t* idx, const floating* x, floating* gw,
+                                  double* gb, floating* ws, Py_ssize_t ws_stride,
+                                  int nthreads) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in prange(g.k, num_threads=nthreads, schedule="dynamic"):
+        _conv_relu_pool_gw_task(g, k, gy, y, idx, x, gw, gb, ws + omp_get_thread_num() * ws_stride)
+
+
+cdef void _conv_relu_pool_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                                  const floating[::1] bias, bint has_bias,
+                                  floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, p,
+                                  int nthreads):
+    cdef Geometry g = _forward_geometry(p)
+    cdef Py_ssize_t ws_stride = (g.hp * g.wp if g.copy else 0) + g.out_h * g.wp
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] ws_v = np.zeros(nthreads * ws_stride, dtype=dtype)  # zero borders
+    cdef const floating* b = &bias[0] if has_bias else NULL
+    with nogil:
+        _conv_relu_pool_core(&g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], b, &y[0, 0, 0, 0],
+                             &idx[0, 0, 0, 0], &ws_v[0], ws_stride, nthreads)
+
+
+cdef void _conv_relu_pool_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] y,
+                                      const int64_t[:, :, :, ::1] idx,
+                                      const floating[:, :, :, ::1] x, floating[:, :, :, ::1] gw,
+                                      double[::1] gb, p, int nthreads):
+    cdef Geometry g = _forward_geometry(p)
+    cdef Py_ssize_t ws_stride = (g.hp * g.wp if g.copy else 0) + g.out_h * g.out_w
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] ws_v = np.zeros(nthreads * ws_stride, dtype=dtype)  # zero borders, zero planes
+    with nogil:
+        _conv_relu_pool_gw_core(&g, &gy[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0, 0, 0, 0],
+                                &x[0, 0, 0, 0], &gw[0, 0, 0, 0], &gb[0], &ws_v[0], ws_stride,
+                                nthreads)
+
+
+def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
+    """y (n, k, out_h // 2, out_w // 2) = relu(2x2 max pool of conv2d(x, weight, bias)).
+
+    ``indices`` (int64, like y): each maximum's flat offset in its out_h x out_w convolution
+    plane, as ``max_pool2d`` gives them. One input channel per group, 3x3, stride and
+    dilation 1 (``fastconv.fused.fuses``); float32 or float64, C-contiguous. Parallel over
+    (image, group).
+    """
+    cdef int nthreads = get_num_threads()
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    if x.dtype == np.float32:
+        _conv_relu_pool_forward[float](x, weight, b, has_bias, y, indices, p, nthreads)
+    else:
+        _conv_relu_pool_forward[double](x, weight, b, has_bias, y, indices, p, nthreads)
+
+
+def conv2d_relu_max_pool2d_grad_weight(grad_output, output, indices, x, grad_weight, grad_bias, p):
+    """grad_weight (k, 1, 3, 3) and grad_bias (k,) or None of ``conv2d_relu_max_pool2d_forward``
+    from the pooled grad_output, its output (the ReLU's mask ``output > 0``) and indices.
+    Parallel over filters."""
+    cdef int nthreads = get_num_threads()
+    gb = np.zeros(p.k, dtype=np.float64)
+    if x.dtype == np.float32:
+        _conv_relu_pool_grad_weight[float](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
+    else:
+        _conv_relu_pool_grad_weight[double](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
+    if grad_bias is not None:
+        grad_bias[...] = gb
 
 
 def conv2d_forward(x, weight, bias, y, p):

@@ -33,6 +33,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy, memset
 
 from fastconv.kernels.cython.blas cimport floating
+from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 
 from fastconv.threads import get_num_threads
@@ -87,8 +88,8 @@ cdef void _max2x2_plane(const floating* x, floating* y, int64_t* idx, const Pool
     if out_w > TILE:
         # Very wide rows: straight into the output.
         for oh in range(out_h):
-            _max2x2_row(x + 2 * oh * w, w, out_w, y + oh * out_w,
-                        idx + oh * out_w if idx != NULL else NULL, 2 * oh * w)
+            max2x2_row(x + 2 * oh * w, w, out_w, y + oh * out_w,
+                        idx + oh * out_w if idx != NULL else NULL, 2 * oh * w, w)
         return
     oh0 = 0
     while oh0 < out_h:
@@ -96,8 +97,8 @@ cdef void _max2x2_plane(const floating* x, floating* y, int64_t* idx, const Pool
         if nrows > rows_per_run:
             nrows = rows_per_run
         for oh in range(oh0, oh0 + nrows):
-            _max2x2_row(x + 2 * oh * w, w, out_w, ob + (oh - oh0) * out_w,
-                        oi + (oh - oh0) * out_w if idx != NULL else NULL, 2 * oh * w)
+            max2x2_row(x + 2 * oh * w, w, out_w, ob + (oh - oh0) * out_w,
+                        oi + (oh - oh0) * out_w if idx != NULL else NULL, 2 * oh * w, w)
         n = nrows * out_w
         for o in range(n):
             y[oh0 * out_w + o] = ob[o]
@@ -105,63 +106,6 @@ cdef void _max2x2_plane(const floating* x, floating* y, int64_t* idx, const Pool
             for o in range(n):
                 idx[oh0 * out_w + o] = oi[o]
         oh0 += nrows
-
-
-cdef inline void _max2x2_row(const floating* r0, Py_ssize_t w, Py_ssize_t out_w, floating* yr,
-                             int64_t* ir, int64_t base) noexcept nogil:
-    """One output row of 2x2/stride-2 windows over input rows r0 and r0 + w.
-
-    The common case has no NaN: the maximum is a plain max chain and its index the first
-    candidate equal to it, both branch-free (vector max/blend, scalar maxss/cmov). A row that
-    holds a NaN is redone with the exact rule (a NaN wins, the last NaN gives the index).
-    """
-    cdef const floating* r1 = r0 + w
-    cdef Py_ssize_t ow
-    cdef floating a, b, c, d, best
-    cdef int64_t k
-    cdef int nan = 0
-    cdef bint m
-    if ir == NULL:
-        for ow in range(out_w):
-            a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
-            best = a
-            best = b if b > best else best
-            best = c if c > best else best
-            best = d if d > best else best
-            nan |= (a != a) | (b != b) | (c != c) | (d != d)
-            yr[ow] = best
-    else:
-        for ow in range(out_w):
-            a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
-            best = a
-            best = b if b > best else best
-            best = c if c > best else best
-            best = d if d > best else best
-            nan |= (a != a) | (b != b) | (c != c) | (d != d)
-            yr[ow] = best
-            k = w + 1
-            k = w if c == best else k
-            k = 1 if b == best else k
-            k = 0 if a == best else k
-            ir[ow] = base + 2 * ow + k
-    if nan == 0:
-        return
-    for ow in range(out_w):
-        a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
-        best = a
-        k = 0
-        m = (b > best) | (b != b)
-        best = b if m else best
-        k = 1 if m else k
-        m = (c > best) | (c != c)
-        best = c if m else best
-        k = w if m else k
-        m = (d > best) | (d != d)
-        best = d if m else best
-        k = w + 1 if m else k
-        yr[ow] = best
-        if ir != NULL:
-            ir[ow] = base + 2 * ow + k
 
 
 cdef void _max_window(const floating* x, floating* y, int64_t* idx, const Pool* p,

@@ -48,6 +48,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
+from .pooling import _max2x2_plane_idx
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
 _BAND_BYTES = 28 * 1024
@@ -940,6 +941,145 @@ def _plane3x3_gw_task(gy, x, gw, k, groups, pt, pl):
             sums[t] += part[t]
     for t in range(9):
         gw[k, 0, t // 3, t % 3] = sums[t]
+
+
+# ---------------------------------------------------------------- conv + ReLU + 2x2 max pool
+#
+# The first layer of the MNIST/LeNet models is a one-input-channel 3x3 convolution followed
+# by ReLU and a 2x2 max pool. Fused, each output plane is computed by ``_plane3x3`` into a
+# per-task buffer that stays in L1 and pooled from there: the full-size convolution output
+# (4x the result) is never written to memory nor read back. Backward scatters the masked
+# pooled gradient into an L1 plane and runs ``_plane3x3_gw`` on it, so neither the
+# full-size gradient nor the pool's backward pass exists either. The Cython twins are
+# ``_conv_relu_pool_*`` in direct.pyx.
+
+@njit(**JIT_OPTIONS)
+def _plane3x3_wide(padf, wp, convf, out_h, out_w, wk, b):
+    """convf (out_h rows of ``wp``, the last ``wp - out_w`` columns garbage) = b + 3x3
+    correlation of the padded plane ``padf`` (rows of ``wp``).
+
+    One contiguous loop over the wide plane instead of out_h short rows (MNIST's 26-pixel
+    rows leave a third of each vector pass to scalar remainders). The sum is formed in
+    ``_plane3x3``'s order.
+    """
+    w0, w1, w2 = wk[0, 0], wk[0, 1], wk[0, 2]
+    w3, w4, w5 = wk[1, 0], wk[1, 1], wk[1, 2]
+    w6, w7, w8 = wk[2, 0], wk[2, 1], wk[2, 2]
+    one = np.uint64(1)
+    two = np.uint64(2)
+    r1 = np.uint64(wp)
+    r2 = np.uint64(2 * wp)
+    for j in range((out_h - 1) * wp + out_w):
+        uj = np.uint64(j)
+        v = b + w0 * padf[uj] + w1 * padf[uj + one] + w2 * padf[uj + two]
+        v = v + w3 * padf[uj + r1] + w4 * padf[uj + r1 + one] + w5 * padf[uj + r1 + two]
+        convf[uj] = v + w6 * padf[uj + r2] + w7 * padf[uj + r2 + one] + w8 * padf[uj + r2 + two]
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_relu_pool_core(x, weight, bias, has_bias, y, idx, groups, pt, pl, out_h, out_w):
+    """One task per (image, group): its output planes, pooled as they are made; y and idx
+    are (n * k, rows, cols) views."""
+    for task in prange(x.shape[0] * groups):
+        _conv_relu_pool_task(x, weight, bias, has_bias, y, idx, task, groups, pt, pl, out_h, out_w)
+
+
+@njit(**JIT_OPTIONS)
+def _conv_relu_pool_task(x, weight, bias, has_bias, y, idx, task, groups, pt, pl, out_h, out_w):
+    h, w = x.shape[2], x.shape[3]
+    k_all = weight.shape[0]
+    kg = k_all // groups
+    n = task // groups
+    grp = task % groups
+    wp = out_w + 2
+    padf = np.zeros((out_h + 2) * wp, dtype=x.dtype)
+    xf = x[n, grp].reshape(h * w)
+    for a in range(out_h + 2):
+        _plane_copy_row(xf, h, w, padf, wp, a, pt, pl)
+    conv = np.empty((1, out_h, wp), dtype=x.dtype)
+    convf = conv.reshape(out_h * wp)
+    valid = conv[:, :, :out_w]  # what the pool reads: indices count in rows of out_w
+    for k in range(grp * kg, (grp + 1) * kg):
+        b = bias[k] if has_bias else bias[0]
+        _plane3x3_wide(padf, wp, convf, out_h, out_w, weight[k, 0], b)
+        q = n * k_all + k
+        _max2x2_plane_idx(valid, y[q:q + 1], idx[q:q + 1], 0)
+        yq = y[q]
+        for i in range(yq.shape[0]):
+            row = yq[i]
+            for j in range(row.shape[0]):
+                v = row[j]
+                # np.maximum(v, 0): NaN stays NaN (as the unfused ReLU).
+                row[j] = v if (v >= 0) | (v != v) else 0
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _conv_relu_pool_gw_core(gy, y, idx, x, gw, gb, groups, pt, pl, out_h, out_w):
+    """One task per filter k: its nine sums and its bias sum over every image, in image order."""
+    for k in prange(gw.shape[0]):
+        _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out_w)
+
+
+@njit(fastmath={"reassoc"}, **JIT_OPTIONS)
+def _plane_sum(plane):
+    """Sum of a flat plane in its dtype (reordered into vector lanes; NaN/Inf kept)."""
+    total = plane.dtype.type(0)
+    for i in range(plane.shape[0]):
+        total += plane[i]
+    return total
+
+
+@njit(**JIT_OPTIONS)
+def _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out_w):
+    h, w = x.shape[2], x.shape[3]
+    kg = gw.shape[0] // groups
+    padf = np.zeros((out_h + 2) * (out_w + 2), dtype=x.dtype)
+    plane = np.zeros(out_h * out_w, dtype=x.dtype)  # the full-size gradient, one plane at a time
+    sums = np.zeros(9, dtype=np.float64)
+    part = np.empty(9, dtype=gw.dtype)
+    bsum = 0.0
+    zero = plane.dtype.type(0)
+    for n in range(x.shape[0]):
+        g2, y2, i2 = gy[n, k], y[n, k], idx[n, k]
+        for i in range(g2.shape[0]):
+            for j in range(g2.shape[1]):
+                # The ReLU's mask, read from the pooled output: a select, not a branch
+                # (on real data y > 0 is a coin flip).
+                plane[i2[i, j]] = g2[i, j] if y2[i, j] > 0 else zero
+        part[:] = 0
+        _plane3x3_gw(plane, padf, x[n, k // kg].reshape(h * w), h, w, out_h, out_w, pt, pl, part)
+        for t in range(9):
+            sums[t] += part[t]
+        bsum += _plane_sum(plane)
+        plane[:] = 0
+    for t in range(9):
+        gw[k, 0, t // 3, t % 3] = sums[t]
+    gb[k] = bsum
+
+
+def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
+    """y (n, k, out_h // 2, out_w // 2) = relu(2x2 max pool of conv2d(x, weight, bias)).
+
+    ``indices`` (int64, like y): each maximum's flat offset in its out_h x out_w convolution
+    plane, as ``max_pool2d`` gives them. One input channel per group, 3x3, stride and
+    dilation 1 (``fastconv.fused.fuses``); float32 or float64, C-contiguous.
+    """
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=y.dtype)
+    use_configured_threads()
+    # (n * k, rows, cols) views: plane q = n * k + k_index, as the pooling kernels take them.
+    _conv_relu_pool_core(x, weight, b, has_bias, y.reshape(-1, y.shape[2], y.shape[3]),
+                         indices.reshape(-1, y.shape[2], y.shape[3]), p.groups, p.pad_top,
+                         p.pad_left, p.out_h, p.out_w)
+
+
+def conv2d_relu_max_pool2d_grad_weight(grad_output, output, indices, x, grad_weight, grad_bias, p):
+    """grad_weight (k, 1, 3, 3) and grad_bias (k,) of ``conv2d_relu_max_pool2d_forward`` from
+    the pooled grad_output, its output (the ReLU's mask ``output > 0``) and indices."""
+    gb = grad_bias if grad_bias is not None else np.empty(grad_weight.shape[0], dtype=np.float64)
+    use_configured_threads()
+    _conv_relu_pool_gw_core(grad_output, output, indices, x, grad_weight, gb, p.groups,
+                            p.pad_top, p.pad_left, p.out_h, p.out_w)
 
 
 # ---------------------------------------------------------------- public kernels

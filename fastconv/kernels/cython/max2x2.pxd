@@ -1,0 +1,66 @@
+# The 2x2/stride-2 max-pool row, shared by pooling.pyx (max_pool2d) and direct.pyx (the
+# fused conv + ReLU + max pool, which pools each convolution plane while it is in cache).
+from libc.stdint cimport int64_t
+
+from fastconv.kernels.cython.blas cimport floating
+
+
+cdef inline void max2x2_row(const floating* r0, Py_ssize_t w, Py_ssize_t out_w, floating* yr,
+                            int64_t* ir, int64_t base, int64_t iw) noexcept nogil:
+    """One output row of 2x2/stride-2 windows over input rows r0 and r0 + w.
+
+    Indices are ``base + 2 * ow`` plus 0, 1, ``iw`` or ``iw + 1``: offsets in a plane of
+    rows of ``iw`` elements (``iw`` differs from the row stride ``w`` when the rows are
+    read from a wider buffer).
+
+    The common case has no NaN: the maximum is a plain max chain and its index the first
+    candidate equal to it, both branch-free (vector max/blend, scalar maxss/cmov). A row that
+    holds a NaN is redone with the exact rule (a NaN wins, the last NaN gives the index).
+    """
+    cdef const floating* r1 = r0 + w
+    cdef Py_ssize_t ow
+    cdef floating a, b, c, d, best
+    cdef int64_t k
+    cdef int nan = 0
+    cdef bint m
+    if ir == NULL:
+        for ow in range(out_w):
+            a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
+            best = a
+            best = b if b > best else best
+            best = c if c > best else best
+            best = d if d > best else best
+            nan |= (a != a) | (b != b) | (c != c) | (d != d)
+            yr[ow] = best
+    else:
+        for ow in range(out_w):
+            a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
+            best = a
+            best = b if b > best else best
+            best = c if c > best else best
+            best = d if d > best else best
+            nan |= (a != a) | (b != b) | (c != c) | (d != d)
+            yr[ow] = best
+            k = iw + 1
+            k = iw if c == best else k
+            k = 1 if b == best else k
+            k = 0 if a == best else k
+            ir[ow] = base + 2 * ow + k
+    if nan == 0:
+        return
+    for ow in range(out_w):
+        a = r0[2 * ow]; b = r0[2 * ow + 1]; c = r1[2 * ow]; d = r1[2 * ow + 1]
+        best = a
+        k = 0
+        m = (b > best) | (b != b)
+        best = b if m else best
+        k = 1 if m else k
+        m = (c > best) | (c != c)
+        best = c if m else best
+        k = iw if m else k
+        m = (d > best) | (d != d)
+        best = d if m else best
+        k = iw + 1 if m else k
+        yr[ow] = best
+        if ir != NULL:
+            ir[ow] = base + 2 * ow + k
