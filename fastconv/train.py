@@ -36,7 +36,8 @@ from typing import List, Optional
 import numpy as np
 
 import fastconv
-from fastconv import datasets, nn
+from fastconv import datasets, fused, nn
+from fastconv.nn import model as nn_model
 
 EVAL_BATCH = 1000
 
@@ -103,11 +104,21 @@ def kernel_summary(model: nn.Sequential, batch_size: int, image_shape=(1, 28, 28
     model.eval()
     x = np.zeros((1,) + tuple(image_shape), dtype=np.float32)
     lines = []
+    fused_pools = {id(s.pool): s.layer for s in nn_model.plan(model.layers, model.fuse) if s.pool}
+    fused_convs = {id(conv) for conv in fused_pools.values()}
     for i, layer in enumerate(model.layers):
         big = np.empty((batch_size,) + x.shape[1:], dtype=x.dtype)
         y = layer.forward(x)
         calls = []
-        if isinstance(layer, nn.Conv2d):
+        if id(layer) in fused_pools:
+            lines.append(f"  layer {i} {type(layer).__name__}: with the ReLU, in layer "
+                         f"{model.layers.index(fused_pools[id(layer)])}'s fused op")
+        elif isinstance(layer, nn.Conv2d) and id(layer) in fused_convs:
+            geometry = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                            groups=layer.groups, algo=layer.algo, backend=layer.backend)
+            _, p, algo, backend = fused.conv2d_relu_max_pool2d_plan(big, layer.weight.data, **geometry)
+            lines.append(f"  layer {i} Conv2d: {fused.fusion_note(p, algo, backend)}")
+        elif isinstance(layer, nn.Conv2d):
             geometry = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
                             groups=layer.groups, algo=layer.algo, backend=layer.backend)
             gy = np.empty((batch_size,) + y.shape[1:], dtype=x.dtype)

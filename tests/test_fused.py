@@ -172,3 +172,14 @@ def test_fusion_plan_leaves_other_pools_alone():
     assert all(s.pool is None for s in nn_model.plan(layers))
     layers = [nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(2)]
     assert all(s.pool is None for s in nn_model.plan(layers))
+
+
+def test_train_kernel_summary_names_the_fused_op():
+    from fastconv import train
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(200, 10))
+    lines = train.kernel_summary(model, 8)
+    assert "fused into direct/" in lines[0] and lines[0].startswith("  layer 0 Conv2d")
+    assert "layer 0's fused op" in lines[1]
+    assert "conv2d_forward=" in lines[2] and "max_pool2d_forward=" in lines[3]  # not fused: C = 4
