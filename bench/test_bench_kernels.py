@@ -4,11 +4,11 @@ import pytest
 import fastconv
 from fastconv.benchmarks import competitors
 from fastconv.benchmarks.runner import _fastconv_call, _implementations, _ops_for
-from fastconv.benchmarks.suite import CONV_LAYERS, POOL_LAYERS, ConvLayer
+from fastconv.benchmarks.suite import CONV_LAYERS, FUSED_LAYERS, POOL_LAYERS, ConvLayer
 
 THREADS = fastconv.get_num_threads()
 CASES = []
-for layer in CONV_LAYERS + POOL_LAYERS:
+for layer in CONV_LAYERS + POOL_LAYERS + FUSED_LAYERS:
     for op in _ops_for(layer, None):
         for label, (algo, backend) in _implementations(op, layer.params(), None, None).items():
             CASES.append(pytest.param(layer, op, algo, backend, id=f"{layer.name}-{op}-{label}"))

@@ -42,7 +42,7 @@ def fuses(p: ConvParams) -> bool:
             and p.dil_h == 1 and p.dil_w == 1 and p.out_h >= 2 and p.out_w >= 2)
 
 
-def _fused_kernel(op: str, p: ConvParams, algo: str, backend: str):
+def fused_kernel(op: str, p: ConvParams, algo: str, backend: str):
     """The fused kernel for ``p``, or ``None`` where the three ops run separately.
 
     Fused only where the convolution forward would run the direct algorithm anyway (the
@@ -79,7 +79,7 @@ def conv2d_relu_max_pool2d(x, weight, bias=None, stride: IntOrPair = 1, padding:
         it gives the same y (ReLU commutes with max pooling; NaN stays NaN).
     """
     x, weight, bias, p = checks.conv_forward_args(x, weight, bias, stride, padding, dilation, groups)
-    kernel = _fused_kernel(FORWARD_OP, p, algo, backend)
+    kernel = fused_kernel(FORWARD_OP, p, algo, backend)
     if kernel is None:
         conv = conv2d(x, weight, bias, stride, padding, dilation, groups, algo=algo, backend=backend)
         y, indices = max_pool2d(conv, 2, return_indices=True)
@@ -119,7 +119,7 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
     output = checks.contiguous(checks.gradient_view(output, "output", shape), "output", x.dtype)
     indices = checks.pool_indices(indices, shape, p.out_h * p.out_w)
     x, weight = checks.contiguous(x, "x"), checks.contiguous(weight, "weight", x.dtype)
-    kernel = _fused_kernel(GRAD_WEIGHT_OP, p, algo, backend) if "weight" in needs else None
+    kernel = fused_kernel(GRAD_WEIGHT_OP, p, algo, backend) if "weight" in needs else None
     grad_weight = grad_bias = None
     if kernel is not None:
         grad_weight = checks.output_array(None, p.weight_shape, x.dtype)
@@ -151,7 +151,7 @@ def _unpooled_gradient(grad_output, output, indices, p: ConvParams) -> np.ndarra
 
 def fusion_note(p: ConvParams, algo: str = "auto", backend: str = "auto") -> str:
     """One line for ``explain``: whether the call runs fused, and on which kernel."""
-    kernel = _fused_kernel(FORWARD_OP, p, algo, backend)
+    kernel = fused_kernel(FORWARD_OP, p, algo, backend)
     if kernel is not None:
         pick = select("conv2d_forward", p, algo, backend)
         return (f"relu and 2x2 max pool: fused into direct/{pick.backend} "

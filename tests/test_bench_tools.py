@@ -59,3 +59,33 @@ def test_gemm_share_reports_each_im2col_call(tmp_path, capsys):
         assert r["gemm_vs_sgemm"] > 0 and r["sgemm_gflops"] > 0
     assert "GEMM share" in capsys.readouterr().out
     assert runner.main(["--gemm-share", "--shapes", "no_such_layer"]) == 2
+
+
+def test_bench_times_the_fused_op_and_its_pytorch_counterpart(tmp_path, capsys):
+    import json
+    import numpy as np
+    from fastconv.benchmarks import competitors, runner
+    from fastconv.benchmarks.suite import FUSED_LAYERS
+
+    out = tmp_path / "fused.json"
+    compare = "torch" if competitors.available("torch") else "none"
+    assert runner.main(["--shapes", "fused", "--threads", "1", "--repeats", "1", "--budget", "0.05",
+                        "--compare", compare, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    impls = {(r["op"], r["impl"]) for r in rows}
+    for op in ("fused_forward", "fused_backward"):
+        assert {(op, "direct/cython"), (op, "direct/numba"), (op, "auto")} <= impls
+    assert all(r["kernel"] == "direct/cython" for r in rows if r["impl"] == "auto")
+    assert runner.main(["--shapes", "fused", "--ops", "forward"]) == 0  # no fused op: nothing to time
+    capsys.readouterr()
+    if compare == "torch":
+        # PyTorch's counterpart computes the same numbers as the fused op.
+        layer = FUSED_LAYERS[0]
+        x, w, b, gy = layer.arrays()
+        y, _ = competitors.conv_op("torch", layer, "fused_forward", x, w, b, gy)()
+        ours = runner._fastconv_call(layer, "fused_forward", (x, w, b, gy), "auto", "auto")()[0]
+        np.testing.assert_allclose(ours, y.numpy(), rtol=1e-4, atol=1e-4)
+        _, gw, gb = competitors.conv_op("torch", layer, "fused_backward", x, w, b, gy)()
+        _, gw0, gb0 = runner._fastconv_call(layer, "fused_backward", (x, w, b, gy), "auto", "auto")()
+        np.testing.assert_allclose(gw0, gw.numpy(), rtol=1e-3, atol=1e-2)
+        np.testing.assert_allclose(gb0, gb.numpy(), rtol=1e-3, atol=1e-2)

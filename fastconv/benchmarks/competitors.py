@@ -58,6 +58,10 @@ def pinned(name: str, n: int, fn: Callable) -> Callable:
 
 
 def conv_op(name: str, layer, op: str, x, w, b, gy) -> Optional[Callable]:
+    from .suite import FusedLayer
+
+    if isinstance(layer, FusedLayer):
+        return _torch_fused(layer, op, x, w, b, gy) if name == "torch" else None
     if name == "torch":
         return _torch_conv(layer, op, x, w, b, gy)
     if name == "tf":
@@ -86,6 +90,29 @@ def _torch_conv(layer, op, x, w, b, gy):
     # The aten backward op is what autograd runs, without the graph bookkeeping.
     return lambda: torch.ops.aten.convolution_backward(
         tgy, tx, tw, None, stride, padding, dilation, False, [0, 0], kw["groups"], mask)
+
+
+def _torch_fused(layer, op, x, w, b, gy):
+    """conv2d -> relu -> 2x2 max_pool2d, and the backward autograd runs for a first layer
+    (grad weight and grad bias) through the aten ops, without the graph bookkeeping."""
+    import torch
+    import torch.nn.functional as F
+
+    tx, tw, tb, tgy = (torch.from_numpy(a) for a in (x, w, b, gy))
+    kw = layer.kwargs()
+    if op == "fused_forward":
+        return lambda: F.max_pool2d(F.relu(F.conv2d(tx, tw, tb, **kw)), 2, return_indices=True)
+    relu = F.relu(F.conv2d(tx, tw, tb, **kw))
+    _, idx = F.max_pool2d(relu, 2, return_indices=True)
+    stride, padding, dilation = [(v, v) for v in (kw["stride"], kw["padding"], kw["dilation"])]
+
+    def backward():
+        g = torch.ops.aten.max_pool2d_with_indices_backward(tgy, relu, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                            False, idx)
+        g = torch.ops.aten.threshold_backward(g, relu, 0)
+        return torch.ops.aten.convolution_backward(g, tx, tw, [tw.shape[0]], stride, padding, dilation,
+                                                   False, [0, 0], kw["groups"], [False, True, True])
+    return backward
 
 
 def _torch_pool(layer, op, x, gy):

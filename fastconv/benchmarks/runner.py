@@ -15,17 +15,20 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .. import conv2d, conv2d_backward, dispatch, threads
+from .. import conv2d, conv2d_backward, dispatch, fused, threads
 from .. import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from . import competitors
-from .suite import CONV_OPS, POOL_OPS, ConvLayer, select_layers
+from .suite import CONV_OPS, FUSED_OPS, POOL_OPS, ConvLayer, FusedLayer, select_layers
 from .timing import interleaved_medians, sgemm_gflops
 
 _DISPATCH_OP = {
     "forward": "conv2d_forward", "grad_input": "conv2d_grad_input", "grad_weight": "conv2d_grad_weight",
     "maxpool_forward": "max_pool2d_forward", "maxpool_backward": "max_pool2d_backward",
     "avgpool_forward": "avg_pool2d_forward", "avgpool_backward": "avg_pool2d_backward",
+    "fused_forward": fused.FORWARD_OP, "fused_backward": fused.GRAD_WEIGHT_OP,
 }
+_ALL_OPS = CONV_OPS + POOL_OPS + FUSED_OPS
+_OP_GROUPS = {"conv": CONV_OPS, "pool": POOL_OPS, "fused": FUSED_OPS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", nargs="*", default=None, metavar="NAME",
                         help="layer names or tags (mnist, resnet, depthwise, ...; wildcards allowed); default all")
     parser.add_argument("--ops", nargs="*", default=None, metavar="OP",
-                        help=f"any of {CONV_OPS + POOL_OPS}, or 'conv' / 'pool'; default all")
+                        help=f"any of {_ALL_OPS}, or 'conv' / 'pool' / 'fused'; default all")
     parser.add_argument("--algos", nargs="*", default=None, metavar="ALGO",
                         help="fastconv algorithms to time (direct, im2col, winograd_f23, winograd_f43, auto); "
                              "default: every registered one plus auto")
@@ -58,15 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ops_for(layer, wanted: Optional[List[str]]) -> List[str]:
-    own = CONV_OPS if isinstance(layer, ConvLayer) else POOL_OPS
+    own = FUSED_OPS if isinstance(layer, FusedLayer) else CONV_OPS if isinstance(layer, ConvLayer) else POOL_OPS
     if not wanted:
         return list(own)
     expanded = set()
     for w in wanted:
-        expanded.update(CONV_OPS if w == "conv" else POOL_OPS if w == "pool" else [w])
-    unknown = expanded - set(CONV_OPS + POOL_OPS)
+        expanded.update(_OP_GROUPS.get(w, [w]))
+    unknown = expanded - set(_ALL_OPS)
     if unknown:
-        raise ValueError(f"--ops: unknown {sorted(unknown)}; expected {CONV_OPS + POOL_OPS} or conv/pool")
+        raise ValueError(f"--ops: unknown {sorted(unknown)}; expected {_ALL_OPS} or conv/pool/fused")
     return [op for op in own if op in expanded]
 
 
@@ -79,7 +82,11 @@ def _implementations(op: str, params, algos, backends) -> Dict[str, tuple]:
         if algo == "reference" or (algos and algo not in algos) or (backends and backend not in backends):
             continue
         try:
-            dispatch.select(dispatch_op, params, algo, backend)
+            if op in FUSED_OPS:
+                if fused.fused_kernel(dispatch_op, params, algo, backend) is None:
+                    continue  # the conv's pick on that backend is not direct
+            else:
+                dispatch.select(dispatch_op, params, algo, backend)
         except ValueError:
             continue  # not applicable to this layer (e.g. Winograd on a strided conv)
         impls[f"{algo}/{backend}"] = (algo, backend)
@@ -90,6 +97,12 @@ def _implementations(op: str, params, algos, backends) -> Dict[str, tuple]:
 
 def _fastconv_call(layer, op, arrays, algo, backend):
     kw = dict(layer.kwargs(), algo=algo, backend=backend)
+    if isinstance(layer, FusedLayer):
+        x, w, b, gy = arrays
+        if op == "fused_forward":
+            return lambda: fused.conv2d_relu_max_pool2d(x, w, b, **kw)
+        y, idx = fused.conv2d_relu_max_pool2d(x, w, b, **kw)
+        return lambda: fused.conv2d_relu_max_pool2d_backward(gy, y, idx, x, w, needs=("weight", "bias"), **kw)
     if isinstance(layer, ConvLayer):
         x, w, b, gy = arrays
         if op == "forward":
@@ -105,6 +118,17 @@ def _fastconv_call(layer, op, arrays, algo, backend):
     if op == "avgpool_forward":
         return lambda: avg_pool2d(x, **kw)
     return lambda: avg_pool2d_backward(gy, x.shape, **kw)
+
+
+def _auto_kernel(op: str, params) -> str:
+    """What ``algo="auto"`` runs for this op, as ``algo/backend``."""
+    if op in FUSED_OPS:
+        if fused.fused_kernel(_DISPATCH_OP[op], params, "auto", "auto") is None:
+            return "unfused"
+        c = dispatch.select("conv2d_forward", params)
+        return f"{c.algo}/{c.backend}"
+    c = dispatch.select(_DISPATCH_OP[op], params)
+    return f"{c.algo}/{c.backend}"
 
 
 def _progress(total: int, what: str):
@@ -142,8 +166,7 @@ def run(args) -> dict:
         for label, (algo, backend) in _implementations(op, params, args.algos, args.backends).items():
             candidates[label] = _fastconv_call(layer, op, arrays, algo, backend)
             if label == "auto":
-                c = dispatch.select(_DISPATCH_OP[op], params)
-                chosen[label] = f"{c.algo}/{c.backend}"
+                chosen[label] = _auto_kernel(op, params)
         for f in frameworks:
             fn = (competitors.conv_op(f, layer, op, *arrays) if isinstance(layer, ConvLayer)
                   else competitors.pool_op(f, layer, op, *arrays))
@@ -224,7 +247,8 @@ def plot(result: dict, path: str) -> None:
 def _gemm_share_main(args) -> int:
     from . import gemm_share
 
-    layers = [layer for layer in select_layers(args.shapes) if isinstance(layer, ConvLayer)]
+    layers = [layer for layer in select_layers(args.shapes)
+              if isinstance(layer, ConvLayer) and not isinstance(layer, FusedLayer)]
     ops = gemm_share.conv_ops(args.ops)
     backends = [b for b in gemm_share.BACKENDS if not args.backends or b in args.backends]
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [threads.get_num_threads()]

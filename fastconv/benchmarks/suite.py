@@ -72,6 +72,17 @@ class PoolLayer:
         return x, gy
 
 
+@dataclass(frozen=True)
+class FusedLayer(ConvLayer):
+    """A convolution followed by ReLU and a 2x2 max pool, timed as one op
+    (``conv2d_relu_max_pool2d``); grad_output has the pooled shape."""
+
+    def arrays(self, dtype="float32", seed=0):
+        x, w, b, gy = super().arrays(dtype, seed)
+        n, k, h, w_ = gy.shape
+        return x, w, b, np.ascontiguousarray(gy[:, :, :h // 2, :w_ // 2])
+
+
 CONV_LAYERS: List[ConvLayer] = [
     ConvLayer("mnist_conv1", 128, 1, 28, 32, 3, tags=("mnist", "c1")),
     ConvLayer("mnist_conv2", 128, 32, 13, 64, 3, tags=("mnist", "winograd")),
@@ -94,7 +105,14 @@ POOL_LAYERS: List[PoolLayer] = [
     PoolLayer("resnet_pool_3x3_s2", 8, 64, 112, 3, stride=2, padding=1, tags=("resnet",)),
 ]
 
+# The MNIST model's first block: the fused op against PyTorch's conv2d -> relu -> max_pool2d.
+FUSED_LAYERS: List[FusedLayer] = [
+    FusedLayer("mnist_conv1_relu_pool", 128, 1, 28, 32, 3, tags=("mnist", "c1", "fused")),
+]
+
 CONV_OPS = ("forward", "grad_input", "grad_weight")
+# forward: pooled output and indices; backward: grad weight and grad bias (a first layer's).
+FUSED_OPS = ("fused_forward", "fused_backward")
 POOL_OPS = ("maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward")
 
 
@@ -102,7 +120,7 @@ def select_layers(patterns: Optional[List[str]]):
     """Layers whose name or tag matches any pattern (fnmatch-style); all when ``patterns`` is empty."""
     from fnmatch import fnmatch
 
-    layers = CONV_LAYERS + POOL_LAYERS
+    layers = CONV_LAYERS + POOL_LAYERS + FUSED_LAYERS
     if not patterns:
         return layers
     chosen = [l for l in layers if any(fnmatch(l.name, p) or p in l.tags for p in patterns)]
