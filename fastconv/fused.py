@@ -59,6 +59,12 @@ def fused_kernel(op: str, p: ConvParams, algo: str, backend: str):
     return entry.function()
 
 
+def _check_poolable(p: ConvParams) -> None:
+    if p.out_h < 2 or p.out_w < 2:
+        raise ValueError(f"the convolution output is {p.out_h}x{p.out_w} for x of shape {p.input_shape}: "
+                         "a 2x2 max pool needs at least 2x2")
+
+
 def _pooled_shape(p: ConvParams) -> Tuple[int, int, int, int]:
     return (p.n, p.k, p.out_h // 2, p.out_w // 2)
 
@@ -79,6 +85,7 @@ def conv2d_relu_max_pool2d(x, weight, bias=None, stride: IntOrPair = 1, padding:
         it gives the same y (ReLU commutes with max pooling; NaN stays NaN).
     """
     x, weight, bias, p = checks.conv_forward_args(x, weight, bias, stride, padding, dilation, groups)
+    _check_poolable(p)
     kernel = fused_kernel(FORWARD_OP, p, algo, backend)
     if kernel is None:
         conv = conv2d(x, weight, bias, stride, padding, dilation, groups, algo=algo, backend=backend)
@@ -112,6 +119,7 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
     x = checks.float_view(x, "x", ndim=4)
     weight = checks.float_view(weight, "weight", ndim=4)
     p = checks.conv_params(x.shape, weight.shape, stride, padding, dilation, groups, x.dtype)
+    _check_poolable(p)
     needs = checks.needs_tuple(needs)
     shape = _pooled_shape(p)
     grad_output = checks.contiguous(checks.gradient_view(grad_output, "grad_output", shape),
@@ -144,8 +152,9 @@ def _unpooled_gradient(grad_output, output, indices, p: ConvParams) -> np.ndarra
     """d loss / d conv2d output (N, K, H_out, W_out): each masked pooled gradient at its argmax."""
     grad = np.zeros(p.output_shape, dtype=grad_output.dtype)
     masked = np.where(output > 0, grad_output, 0).astype(grad_output.dtype, copy=False)
-    planes = grad.reshape(p.n, p.k, -1)
-    np.put_along_axis(planes, indices.reshape(p.n, p.k, -1), masked.reshape(p.n, p.k, -1), axis=2)
+    pooled = (p.out_h // 2) * (p.out_w // 2)
+    planes = grad.reshape(p.n, p.k, p.out_h * p.out_w)
+    np.put_along_axis(planes, indices.reshape(p.n, p.k, pooled), masked.reshape(p.n, p.k, pooled), axis=2)
     return grad
 
 

@@ -135,6 +135,8 @@ def test_bad_backward_arguments_are_clear_errors():
     bad[0, 0, 0, 0] = 7 * 6  # one past the 7x6 convolution plane
     with pytest.raises(ValueError, match="indices holds 42"):
         fastconv.conv2d_relu_max_pool2d_backward(g, y, bad, x, weight, **geometry)
+    with pytest.raises(ValueError, match="convolution output is 1x1"):
+        fastconv.conv2d_relu_max_pool2d(x[:, :, :3, :3], weight)
     with pytest.raises(ValueError, match="needs relu=True"):
         nn.Conv2d(1, 2, 3).forward(x, max_pool=True)
 
@@ -183,3 +185,15 @@ def test_train_kernel_summary_names_the_fused_op():
     assert "fused into direct/" in lines[0] and lines[0].startswith("  layer 0 Conv2d")
     assert "layer 0's fused op" in lines[1]
     assert "conv2d_forward=" in lines[2] and "max_pool2d_forward=" in lines[3]  # not fused: C = 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_gives_empty_results_and_zero_gradients(backend):
+    x = np.zeros((0, 1, 8, 8), np.float32)
+    weight = np.ones((4, 1, 3, 3), np.float32)
+    y, indices = fastconv.conv2d_relu_max_pool2d(x, weight, backend=backend)
+    assert y.shape == indices.shape == (0, 4, 3, 3)
+    gx, gw, gb = fastconv.conv2d_relu_max_pool2d_backward(np.zeros(y.shape, np.float32), y, indices, x,
+                                                          weight, backend=backend)
+    assert gx.shape == x.shape and gw.shape == weight.shape and gb.shape == (4,)
+    assert not gw.any() and not gb.any()
