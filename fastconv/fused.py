@@ -133,7 +133,8 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
         grad_weight = checks.output_array(None, p.weight_shape, x.dtype)
         if "bias" in needs:
             grad_bias = checks.output_array(None, (p.k,), x.dtype)
-        kernel(grad_output, output, indices, x, grad_weight, grad_bias, p)
+        if kernel(grad_output, output, indices, x, grad_weight, grad_bias, p):
+            raise _foreign_indices()
         rest = tuple(n for n in needs if n == "input")
     else:
         rest = needs
@@ -148,8 +149,18 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
     return grad_input, grad_weight, grad_bias
 
 
+def _foreign_indices() -> ValueError:
+    return ValueError("indices: some lie outside their own 2x2 window; pass the indices that "
+                      "conv2d_relu_max_pool2d returned with this output")
+
+
 def _unpooled_gradient(grad_output, output, indices, p: ConvParams) -> np.ndarray:
     """d loss / d conv2d output (N, K, H_out, W_out): each masked pooled gradient at its argmax."""
+    ph, pw = p.out_h // 2, p.out_w // 2
+    window = 2 * (np.arange(ph)[:, None] * p.out_w + np.arange(pw)[None, :])
+    offset = indices - window
+    if not np.isin(offset, (0, 1, p.out_w, p.out_w + 1)).all():
+        raise _foreign_indices()
     grad = np.zeros(p.output_shape, dtype=grad_output.dtype)
     masked = np.where(output > 0, grad_output, 0).astype(grad_output.dtype, copy=False)
     pooled = (p.out_h // 2) * (p.out_w // 2)

@@ -197,3 +197,16 @@ def test_empty_batch_gives_empty_results_and_zero_gradients(backend):
                                                           weight, backend=backend)
     assert gx.shape == x.shape and gw.shape == weight.shape and gb.shape == (4,)
     assert not gw.any() and not gb.any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["numpy"])
+def test_indices_outside_their_window_are_refused(backend):
+    """In range but not a window's own position (e.g. another pool's indices): a clear error,
+    not a silently wrong gradient; the unfused path (numpy) checks the same."""
+    x, weight, bias, geometry = _data(CASES[1], "float32")
+    y, indices = fastconv.conv2d_relu_max_pool2d(x, weight, bias, **geometry)
+    bad = indices.copy()
+    bad[1, 2, 3, 4] = indices[1, 2, 3, 5]  # the neighbouring window's maximum
+    g = np.ones_like(y)
+    with pytest.raises(ValueError, match="outside their own 2x2 window"):
+        fastconv.conv2d_relu_max_pool2d_backward(g, y, bad, x, weight, backend=backend, **geometry)

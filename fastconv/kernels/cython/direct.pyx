@@ -1283,14 +1283,15 @@ cdef void _conv_relu_pool_core(const Geometry* g, const floating* x, const float
         _conv_relu_pool_task(g, task, x, w, bias, y, idx, ws + omp_get_thread_num() * ws_stride)
 
 
-cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floating* gy,
-                                  const floating* y, const int64_t* idx, const floating* x,
-                                  floating* gw, double* gb, floating* ws) noexcept nogil:
+cdef Py_ssize_t _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floating* gy,
+                                        const floating* y, const int64_t* idx, const floating* x,
+                                        floating* gw, double* gb, floating* ws) noexcept nogil:
     """Filter k over the whole batch: nine dot products in lanes, and the bias sum.
 
     ``ws``: the padded input plane (when there is padding), then a zero convolution plane
     into which each image's masked pooled gradient is scattered (and cleared after use).
-    The mask is a select, not a branch: on real data ``y > 0`` is a coin flip.
+    The mask is a select, not a branch: on real data ``y > 0`` is a coin flip. Returns how
+    many indices lie outside their own 2x2 window (not from the forward: the caller raises).
     """
     cdef Py_ssize_t pooled = (g.out_h // 2) * (g.out_w // 2)
     cdef Py_ssize_t out_plane = g.out_h * g.out_w
@@ -1304,7 +1305,8 @@ cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floatin
     cdef const floating* yk
     cdef const int64_t* ik
     cdef floating total
-    cdef Py_ssize_t n, o, o0, m, nfull, t, l
+    cdef Py_ssize_t n, o, o0, m, nfull, t, l, oh, ow, r
+    cdef Py_ssize_t pw = g.out_w // 2, bad = 0
     for o in range(9 * LANES):
         lanes[o] = 0
     for l in range(LANES):
@@ -1314,6 +1316,15 @@ cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floatin
         gk = gy + (n * g.k + k) * pooled
         yk = y + (n * g.k + k) * pooled
         ik = idx + (n * g.k + k) * pooled
+        oh = 0
+        ow = 0
+        for o in range(pooled):
+            r = ik[o] - 2 * (oh * g.out_w + ow)
+            bad += (r != 0) & (r != 1) & (r != g.out_w) & (r != g.out_w + 1)
+            ow += 1
+            if ow == pw:
+                ow = 0
+                oh += 1
         o0 = 0
         while o0 < pooled:
             m = pooled - o0
@@ -1342,15 +1353,17 @@ cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floatin
     for l in range(LANES):
         total = total + bl[l]
     gb[k] = total
+    return bad
 
 
-cdef void _conv_relu_pool_gw_core(const Geometry* g, const floating* gy, const floating* y,
-                                  const int64_t* idx, const floating* x, floating* gw,
-                                  double* gb, floating* ws, Py_ssize_t ws_stride,
-                                  int nthreads) noexcept nogil:
-    cdef Py_ssize_t k
+cdef Py_ssize_t _conv_relu_pool_gw_core(const Geometry* g, const floating* gy, const floating* y,
+                                        const int64_t* idx, const floating* x, floating* gw,
+                                        double* gb, floating* ws, Py_ssize_t ws_stride,
+                                        int nthreads) noexcept nogil:
+    cdef Py_ssize_t k, bad = 0
     for k in prange(g.k, num_threads=nthreads, schedule="dynamic"):
-        _conv_relu_pool_gw_task(g, k, gy, y, idx, x, gw, gb, ws + omp_get_thread_num() * ws_stride)
+        bad += _conv_relu_pool_gw_task(g, k, gy, y, idx, x, gw, gb, ws + omp_get_thread_num() * ws_stride)
+    return bad
 
 
 cdef void _conv_relu_pool_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
@@ -1367,7 +1380,7 @@ cdef void _conv_relu_pool_forward(const floating[:, :, :, ::1] x, const floating
                              &idx[0, 0, 0, 0], &ws_v[0], ws_stride, nthreads)
 
 
-cdef void _conv_relu_pool_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] y,
+cdef Py_ssize_t _conv_relu_pool_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] y,
                                       const int64_t[:, :, :, ::1] idx,
                                       const floating[:, :, :, ::1] x, floating[:, :, :, ::1] gw,
                                       double[::1] gb, p, int nthreads):
@@ -1375,10 +1388,12 @@ cdef void _conv_relu_pool_grad_weight(const floating[:, :, :, ::1] gy, const flo
     cdef Py_ssize_t ws_stride = (g.hp * g.wp if g.copy else 0) + g.out_h * g.out_w
     dtype = np.float32 if floating is float else np.float64
     cdef floating[::1] ws_v = np.zeros(nthreads * ws_stride, dtype=dtype)  # zero borders, zero planes
+    cdef Py_ssize_t bad
     with nogil:
-        _conv_relu_pool_gw_core(&g, &gy[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0, 0, 0, 0],
-                                &x[0, 0, 0, 0], &gw[0, 0, 0, 0], &gb[0], &ws_v[0], ws_stride,
-                                nthreads)
+        bad = _conv_relu_pool_gw_core(&g, &gy[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0, 0, 0, 0],
+                                      &x[0, 0, 0, 0], &gw[0, 0, 0, 0], &gb[0], &ws_v[0], ws_stride,
+                                      nthreads)
+    return bad
 
 
 def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
@@ -1401,15 +1416,17 @@ def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
 def conv2d_relu_max_pool2d_grad_weight(grad_output, output, indices, x, grad_weight, grad_bias, p):
     """grad_weight (k, 1, 3, 3) and grad_bias (k,) or None of ``conv2d_relu_max_pool2d_forward``
     from the pooled grad_output, its output (the ReLU's mask ``output > 0``) and indices.
-    Parallel over filters."""
+    Parallel over filters. Returns how many indices lie outside their own 2x2 window (the
+    results are then meaningless; ``fastconv.fused`` raises)."""
     cdef int nthreads = get_num_threads()
     gb = np.zeros(p.k, dtype=np.float64)
     if x.dtype == np.float32:
-        _conv_relu_pool_grad_weight[float](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
+        bad = _conv_relu_pool_grad_weight[float](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
     else:
-        _conv_relu_pool_grad_weight[double](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
+        bad = _conv_relu_pool_grad_weight[double](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
     if grad_bias is not None:
         grad_bias[...] = gb
+    return bad
 
 
 def conv2d_forward(x, weight, bias, y, p):

@@ -1015,9 +1015,12 @@ def _conv_relu_pool_task(x, weight, bias, has_bias, y, idx, task, groups, pt, pl
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _conv_relu_pool_gw_core(gy, y, idx, x, gw, gb, groups, pt, pl, out_h, out_w):
-    """One task per filter k: its nine sums and its bias sum over every image, in image order."""
+    """One task per filter k: its nine sums and its bias sum over every image, in image order.
+    Returns how many indices lie outside their own 2x2 window."""
+    bad = 0
     for k in prange(gw.shape[0]):
-        _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out_w)
+        bad += _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out_w)
+    return bad
 
 
 @njit(fastmath={"reassoc"}, **JIT_OPTIONS)
@@ -1038,9 +1041,14 @@ def _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out
     sums = np.zeros(9, dtype=np.float64)
     part = np.empty(9, dtype=gw.dtype)
     bsum = 0.0
+    bad = 0
     zero = plane.dtype.type(0)
     for n in range(x.shape[0]):
         g2, y2, i2 = gy[n, k], y[n, k], idx[n, k]
+        for i in range(g2.shape[0]):
+            for j in range(g2.shape[1]):
+                r = i2[i, j] - 2 * (i * out_w + j)
+                bad += (r != 0) & (r != 1) & (r != out_w) & (r != out_w + 1)
         for i in range(g2.shape[0]):
             for j in range(g2.shape[1]):
                 # The ReLU's mask, read from the pooled output: a select, not a branch
@@ -1055,6 +1063,7 @@ def _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out
     for t in range(9):
         gw[k, 0, t // 3, t % 3] = sums[t]
     gb[k] = bsum
+    return bad
 
 
 def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
@@ -1075,10 +1084,12 @@ def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
 
 def conv2d_relu_max_pool2d_grad_weight(grad_output, output, indices, x, grad_weight, grad_bias, p):
     """grad_weight (k, 1, 3, 3) and grad_bias (k,) of ``conv2d_relu_max_pool2d_forward`` from
-    the pooled grad_output, its output (the ReLU's mask ``output > 0``) and indices."""
+    the pooled grad_output, its output (the ReLU's mask ``output > 0``) and indices. Returns
+    how many indices lie outside their own 2x2 window (the results are then meaningless;
+    ``fastconv.fused`` raises)."""
     gb = grad_bias if grad_bias is not None else np.empty(grad_weight.shape[0], dtype=np.float64)
     use_configured_threads()
-    _conv_relu_pool_gw_core(grad_output, output, indices, x, grad_weight, gb, p.groups,
+    return _conv_relu_pool_gw_core(grad_output, output, indices, x, grad_weight, gb, p.groups,
                             p.pad_top, p.pad_left, p.out_h, p.out_w)
 
 
