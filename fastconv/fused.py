@@ -1,14 +1,16 @@
 """Convolution + ReLU + 2x2 max pooling as one op, forward and backward.
 
 ``conv2d_relu_max_pool2d`` returns exactly ``relu(max_pool2d(conv2d(x, ...), 2))`` and the
-pool's argmax indices. Where the layer has one input channel per group, a 3x3 kernel,
-stride and dilation 1 (the first layer of the MNIST and LeNet-style models, and depthwise
-layers) and the convolution's pick is the direct algorithm, one kernel per backend
+pool's argmax positions (one code per window). Where the layer has one input channel per
+group, a 3x3 kernel, stride and dilation 1 (the first layer of the MNIST and LeNet-style
+models, and depthwise layers) and the convolution's pick is the direct algorithm, one kernel per backend
 (``registry.FUSED_OPS``) computes each convolution plane in cache and pools it there: the
 full-size convolution output, four times the result, is never written nor read back, and
 the backward scatters the pooled gradient into a cache-sized plane per image instead of a
-full-size gradient array. Every other call runs the three ops one after the other, with the
-same results.
+full-size gradient array. Where each maximum was is kept as a one-byte code per window
+(``window_offsets`` gives ``max_pool2d``'s int64 indices from it): 8x less to write in the
+forward and read back in the backward. Every other call runs the three ops one after the
+other, with the same results.
 
 Numerics: the fused forward computes each convolution plane with the direct backend's
 one-input-channel plane loop (the loop its ``conv2d`` runs on these layers in Cython; Numba's
@@ -72,34 +74,35 @@ def _pooled_shape(p: ConvParams) -> Tuple[int, int, int, int]:
 def conv2d_relu_max_pool2d(x, weight, bias=None, stride: IntOrPair = 1, padding: Padding = 0,
                            dilation: IntOrPair = 1, groups: int = 1, *, algo: str = "auto",
                            backend: str = "auto") -> Tuple[np.ndarray, np.ndarray]:
-    """``relu(max_pool2d(conv2d(x, weight, bias, ...), 2))`` and the pool's argmax indices.
+    """``relu(max_pool2d(conv2d(x, weight, bias, ...), 2))`` and where each window's maximum is.
 
     Args:
         x, weight, bias, stride, padding, dilation, groups, algo, backend: as for ``conv2d``.
 
     Returns:
-        ``(y, indices)``: y (N, K, H_out // 2, W_out // 2) in ``x``'s dtype, where
-        (H_out, W_out) is ``conv2d``'s output size; indices (int64, same shape) holds each
-        window maximum's flat offset in its H_out x W_out convolution plane, as
-        ``max_pool2d(..., return_indices=True)`` gives them. A ReLU after the pool or before
-        it gives the same y (ReLU commutes with max pooling; NaN stays NaN).
+        ``(y, codes)``: y (N, K, H_out // 2, W_out // 2) in ``x``'s dtype, where
+        (H_out, W_out) is ``conv2d``'s output size; codes (uint8, same shape) says where each
+        window's maximum is: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right (the
+        first maximum; a NaN wins, as in ``max_pool2d``). ``window_offsets`` turns them into
+        ``max_pool2d``'s flat int64 indices. A ReLU after the pool or before it gives the
+        same y (ReLU commutes with max pooling; NaN stays NaN).
     """
     x, weight, bias, p = checks.conv_forward_args(x, weight, bias, stride, padding, dilation, groups)
     _check_poolable(p)
     kernel = fused_kernel(FORWARD_OP, p, algo, backend)
     if kernel is None:
         conv = conv2d(x, weight, bias, stride, padding, dilation, groups, algo=algo, backend=backend)
-        y, indices = max_pool2d(conv, 2, return_indices=True)
+        y, offsets = max_pool2d(conv, 2, return_indices=True)
         np.maximum(y, 0, out=y)
-        return y, indices
+        return y, _window_codes(offsets, p)
     shape = _pooled_shape(p)
     y = checks.output_array(None, shape, x.dtype)
-    indices = checks.output_array(None, shape, np.dtype(np.int64))
-    kernel(x, weight, bias, y, indices, p)
-    return y, indices
+    codes = checks.output_array(None, shape, np.dtype(np.uint8))
+    kernel(x, weight, bias, y, codes, p)
+    return y, codes
 
 
-def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, stride: IntOrPair = 1,
+def conv2d_relu_max_pool2d_backward(grad_output, output, codes, x, weight, stride: IntOrPair = 1,
                                     padding: Padding = 0, dilation: IntOrPair = 1, groups: int = 1,
                                     needs: Sequence[str] = ("input", "weight", "bias"), *,
                                     algo: str = "auto", backend: str = "auto"):
@@ -107,8 +110,8 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
 
     Args:
         grad_output: d loss / d y, shape (N, K, H_out // 2, W_out // 2).
-        output, indices: the ``(y, indices)`` that ``conv2d_relu_max_pool2d`` returned (y
-            gives the ReLU's mask ``y > 0``).
+        output, codes: the ``(y, codes)`` that ``conv2d_relu_max_pool2d`` returned (y
+            gives the ReLU's mask ``y > 0``; codes, integers 0-3, where each maximum was).
         x, weight, stride, padding, dilation, groups: as given to the forward.
         needs, algo, backend: as for ``conv2d_backward``.
 
@@ -125,7 +128,7 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
     grad_output = checks.contiguous(checks.gradient_view(grad_output, "grad_output", shape),
                                     "grad_output", x.dtype)
     output = checks.contiguous(checks.gradient_view(output, "output", shape), "output", x.dtype)
-    indices = checks.pool_indices(indices, shape, p.out_h * p.out_w)
+    codes = _checked_codes(codes, shape)
     x, weight = checks.contiguous(x, "x"), checks.contiguous(weight, "weight", x.dtype)
     kernel = fused_kernel(GRAD_WEIGHT_OP, p, algo, backend) if "weight" in needs else None
     grad_weight = grad_bias = None
@@ -133,14 +136,13 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
         grad_weight = checks.output_array(None, p.weight_shape, x.dtype)
         if "bias" in needs:
             grad_bias = checks.output_array(None, (p.k,), x.dtype)
-        if kernel(grad_output, output, indices, x, grad_weight, grad_bias, p):
-            raise _foreign_indices()
+        kernel(grad_output, output, codes, x, grad_weight, grad_bias, p)
         rest = tuple(n for n in needs if n == "input")
     else:
         rest = needs
     grad_input = None
     if rest:
-        gi, gw, gb = conv2d_backward(_unpooled_gradient(grad_output, output, indices, p), x, weight,
+        gi, gw, gb = conv2d_backward(_unpooled_gradient(grad_output, output, codes, p), x, weight,
                                      stride, padding, dilation, groups, needs=rest, algo=algo,
                                      backend=backend)
         grad_input = gi
@@ -149,23 +151,52 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, indices, x, weight, str
     return grad_input, grad_weight, grad_bias
 
 
-def _foreign_indices() -> ValueError:
-    return ValueError("indices: some lie outside their own 2x2 window; pass the indices that "
-                      "conv2d_relu_max_pool2d returned with this output")
-
-
-def _unpooled_gradient(grad_output, output, indices, p: ConvParams) -> np.ndarray:
-    """d loss / d conv2d output (N, K, H_out, W_out): each masked pooled gradient at its argmax."""
+def _window_origins(p: ConvParams) -> np.ndarray:
+    """(H_out // 2, W_out // 2): the flat offset of each 2x2 window's top-left element."""
     ph, pw = p.out_h // 2, p.out_w // 2
-    window = 2 * (np.arange(ph)[:, None] * p.out_w + np.arange(pw)[None, :])
-    offset = indices - window
-    if not np.isin(offset, (0, 1, p.out_w, p.out_w + 1)).all():
-        raise _foreign_indices()
+    return 2 * (np.arange(ph)[:, None] * p.out_w + np.arange(pw)[None, :])
+
+
+def window_offsets(codes, out_w: int) -> np.ndarray:
+    """``max_pool2d``'s int64 indices (flat offsets into each convolution plane of width
+    ``out_w``) from the window codes of ``conv2d_relu_max_pool2d`` (N, K, PH, PW)."""
+    codes = np.asarray(codes).astype(np.int64)
+    ph, pw = codes.shape[-2:]
+    origins = 2 * (np.arange(ph)[:, None] * out_w + np.arange(pw)[None, :])
+    return origins + (codes >> 1) * out_w + (codes & 1)
+
+
+def _window_codes(offsets: np.ndarray, p: ConvParams) -> np.ndarray:
+    """The window codes (uint8) of ``max_pool2d``'s flat indices."""
+    r = offsets - _window_origins(p)
+    below = r >= p.out_w
+    return (2 * below + r - below * p.out_w).astype(np.uint8)
+
+
+def _checked_codes(codes, shape) -> np.ndarray:
+    """Contiguous uint8 window codes of ``shape``, each 0-3."""
+    codes = codes if isinstance(codes, np.ndarray) else np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise TypeError(f"codes has dtype {codes.dtype}: expected the integer array "
+                        "conv2d_relu_max_pool2d returned")
+    if codes.shape != tuple(shape):
+        raise ValueError(f"codes has shape {codes.shape}: expected {tuple(shape)}")
+    # One pass: viewed as unsigned, a negative code is huge.
+    if codes.size and int(codes.view(codes.dtype.str.replace("i", "u")).max()) > 3:
+        bad = int(codes.min()) if codes.min() < 0 else int(codes.max())
+        raise ValueError(f"codes holds {bad}: expected window codes 0-3 (0 top-left, 1 top-right, "
+                         "2 bottom-left, 3 bottom-right)")
+    return np.ascontiguousarray(codes, dtype=np.uint8)
+
+
+def _unpooled_gradient(grad_output, output, codes, p: ConvParams) -> np.ndarray:
+    """d loss / d conv2d output (N, K, H_out, W_out): each masked pooled gradient at its argmax."""
+    pooled = (p.out_h // 2) * (p.out_w // 2)
     grad = np.zeros(p.output_shape, dtype=grad_output.dtype)
     masked = np.where(output > 0, grad_output, 0).astype(grad_output.dtype, copy=False)
-    pooled = (p.out_h // 2) * (p.out_w // 2)
     planes = grad.reshape(p.n, p.k, p.out_h * p.out_w)
-    np.put_along_axis(planes, indices.reshape(p.n, p.k, pooled), masked.reshape(p.n, p.k, pooled), axis=2)
+    offsets = window_offsets(codes, p.out_w).reshape(p.n, p.k, pooled)
+    np.put_along_axis(planes, offsets, masked.reshape(p.n, p.k, pooled), axis=2)
     return grad
 
 

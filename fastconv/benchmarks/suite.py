@@ -111,7 +111,7 @@ FUSED_LAYERS: List[FusedLayer] = [
 ]
 
 CONV_OPS = ("forward", "grad_input", "grad_weight")
-# forward: pooled output and indices; backward: grad weight and grad bias (a first layer's).
+# forward: pooled output and window codes; backward: grad weight and grad bias (a first layer's).
 FUSED_OPS = ("fused_forward", "fused_backward")
 POOL_OPS = ("maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward")
 

@@ -74,7 +74,7 @@ class Conv2d(Module):
             if bias else None
         self._x: Optional[np.ndarray] = None
         self._y: Optional[np.ndarray] = None
-        self._indices: Optional[np.ndarray] = None
+        self._codes: Optional[np.ndarray] = None
 
     def named_parameters(self) -> Iterator[Tuple[str, Parameter]]:
         yield "weight", self.weight
@@ -105,14 +105,14 @@ class Conv2d(Module):
             if not relu:
                 raise ValueError("Conv2d.forward(max_pool=True) is the fused conv + ReLU + max pool: "
                                  "it needs relu=True")
-            y, self._indices = fastconv.conv2d_relu_max_pool2d(x, self.weight.data, bias,
+            y, self._codes = fastconv.conv2d_relu_max_pool2d(x, self.weight.data, bias,
                                                                **self._geometry())
             self._x, self._y = x, y
             return y
         y = fastconv.conv2d(x, self.weight.data, bias, **self._geometry())
         if relu:
             np.maximum(y, 0, out=y)
-        self._x, self._y, self._indices = x, (y if relu else None), None
+        self._x, self._y, self._codes = x, (y if relu else None), None
         return y
 
     def backward(self, grad: np.ndarray, *, need_input_grad: bool = True,
@@ -126,9 +126,9 @@ class Conv2d(Module):
             raise missing_forward(self)
         needs = (("input",) if need_input_grad else ()) + ("weight",) + \
             (("bias",) if self.bias is not None else ())
-        if self._indices is not None:  # after forward(max_pool=True): grad is the pooled one
+        if self._codes is not None:  # after forward(max_pool=True): grad is the pooled one
             gx, gw, gb = fastconv.conv2d_relu_max_pool2d_backward(
-                grad, self._y, self._indices, self._x, self.weight.data, needs=needs,
+                grad, self._y, self._codes, self._x, self.weight.data, needs=needs,
                 **self._geometry())
         else:
             if self._y is not None:
@@ -138,7 +138,7 @@ class Conv2d(Module):
         self.weight.accumulate(gw)
         if self.bias is not None:
             self.bias.accumulate(gb)
-        self._x = self._y = self._indices = None
+        self._x = self._y = self._codes = None
         return gx
 
     def config(self) -> dict:

@@ -45,7 +45,7 @@ sum is formed in the same order whatever the thread count or blocking.
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memset
 
 from fastconv.kernels.cython.blas cimport floating
@@ -1216,8 +1216,10 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
 # One-input-channel 3x3 layers followed by ReLU and a 2x2 max pool (the first layer of the
 # MNIST/LeNet models): each output plane is made by ``_plane3x3`` in a per-thread buffer that
 # stays in L1 and pooled from there, so the full-size convolution output (4x the result) is
-# never written to memory nor read back. Backward scatters the masked pooled gradient into an
-# L1 plane and runs ``_plane3x3_gw`` on it: no full-size gradient, no pool backward pass.
+# never written to memory nor read back; where each maximum was is kept as a one-byte window
+# code (not max_pool2d's int64 offsets: 8x less to write and read back). Backward scatters
+# the masked pooled gradient into an L1 plane and runs ``_plane3x3_gw`` on it: no full-size
+# gradient, no pool backward pass.
 # The Numba twins are ``_conv_relu_pool_*`` in direct.py.
 
 cdef void _plane3x3_wide(const floating* src, Py_ssize_t wp, floating* conv, Py_ssize_t out_h,
@@ -1244,7 +1246,7 @@ cdef void _plane3x3_wide(const floating* src, Py_ssize_t wp, floating* conv, Py_
 
 cdef void _conv_relu_pool_task(const Geometry* g, Py_ssize_t task, const floating* x,
                                const floating* w, const floating* bias, floating* y,
-                               int64_t* idx, floating* ws) noexcept nogil:
+                               uint8_t* code, floating* ws) noexcept nogil:
     """Image n, group grp: its output planes, pooled (with the ReLU) as they are made.
 
     ``ws``: the padded input plane (when there is padding), then one wide convolution plane.
@@ -1256,7 +1258,7 @@ cdef void _conv_relu_pool_task(const Geometry* g, Py_ssize_t task, const floatin
     cdef floating* conv = ws + (g.hp * g.wp if g.copy else 0)
     cdef const floating* src = <const floating*>ws if g.copy else x_img
     cdef floating* yk
-    cdef int64_t* ik
+    cdef uint8_t* ck
     cdef Py_ssize_t kk, k, oh, o
     cdef floating v
     if g.copy:
@@ -1266,47 +1268,44 @@ cdef void _conv_relu_pool_task(const Geometry* g, Py_ssize_t task, const floatin
         _plane3x3_wide(src, g.wp, conv, g.out_h, g.out_w, w + k * 9,
                        bias[k] if bias != NULL else 0)
         yk = y + (n * g.k + k) * pooled
-        ik = idx + (n * g.k + k) * pooled
+        ck = code + (n * g.k + k) * pooled
         for oh in range(ph):
-            max2x2_row(conv + 2 * oh * g.wp, g.wp, pw, yk + oh * pw, ik + oh * pw,
-                       2 * oh * g.out_w, g.out_w)
+            max2x2_row(conv + 2 * oh * g.wp, g.wp, pw, yk + oh * pw, ck + oh * pw, 0, 0, 2)
         for o in range(pooled):
             v = yk[o]
             yk[o] = v if (v >= 0) | (v != v) else 0   # np.maximum(v, 0): NaN stays NaN
 
 
 cdef void _conv_relu_pool_core(const Geometry* g, const floating* x, const floating* w,
-                               const floating* bias, floating* y, int64_t* idx, floating* ws,
+                               const floating* bias, floating* y, uint8_t* code, floating* ws,
                                Py_ssize_t ws_stride, int nthreads) noexcept nogil:
     cdef Py_ssize_t task
     for task in prange(g.n * g.groups, num_threads=nthreads, schedule="dynamic"):
-        _conv_relu_pool_task(g, task, x, w, bias, y, idx, ws + omp_get_thread_num() * ws_stride)
+        _conv_relu_pool_task(g, task, x, w, bias, y, code, ws + omp_get_thread_num() * ws_stride)
 
 
-cdef Py_ssize_t _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floating* gy,
-                                        const floating* y, const int64_t* idx, const floating* x,
-                                        floating* gw, double* gb, floating* ws) noexcept nogil:
+cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floating* gy,
+                                  const floating* y, const uint8_t* code, const floating* x,
+                                  floating* gw, double* gb, floating* ws) noexcept nogil:
     """Filter k over the whole batch: nine dot products in lanes, and the bias sum.
 
     ``ws``: the padded input plane (when there is padding), then a zero convolution plane
     into which each image's masked pooled gradient is scattered (and cleared after use).
-    The mask is a select, not a branch: on real data ``y > 0`` is a coin flip. Returns how
-    many indices lie outside their own 2x2 window (not from the forward: the caller raises).
+    The mask is a select, not a branch: on real data ``y > 0`` is a coin flip.
     """
-    cdef Py_ssize_t pooled = (g.out_h // 2) * (g.out_w // 2)
-    cdef Py_ssize_t out_plane = g.out_h * g.out_w
+    cdef Py_ssize_t ph = g.out_h // 2, pw = g.out_w // 2
+    cdef Py_ssize_t pooled = ph * pw
     cdef Py_ssize_t grp = k // g.kg
     cdef floating* plane = ws + (g.hp * g.wp if g.copy else 0)
     cdef floating lanes[9 * LANES]
-    cdef floating masked[TILE]
     cdef floating bl[LANES]
     cdef const floating* x_img
     cdef const floating* gk
     cdef const floating* yk
-    cdef const int64_t* ik
-    cdef floating total
-    cdef Py_ssize_t n, o, o0, m, nfull, t, l, oh, ow, r
-    cdef Py_ssize_t pw = g.out_w // 2, bad = 0
+    cdef const uint8_t* ck
+    cdef floating total, v
+    cdef Py_ssize_t n, o, oh, ow, t, l
+    cdef uint8_t c
     for o in range(9 * LANES):
         lanes[o] = 0
     for l in range(LANES):
@@ -1315,35 +1314,17 @@ cdef Py_ssize_t _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const f
         x_img = x + (n * g.c + grp) * g.h * g.w
         gk = gy + (n * g.k + k) * pooled
         yk = y + (n * g.k + k) * pooled
-        ik = idx + (n * g.k + k) * pooled
-        oh = 0
-        ow = 0
-        for o in range(pooled):
-            r = ik[o] - 2 * (oh * g.out_w + ow)
-            bad += (r != 0) & (r != 1) & (r != g.out_w) & (r != g.out_w + 1)
-            ow += 1
-            if ow == pw:
-                ow = 0
-                oh += 1
-        o0 = 0
-        while o0 < pooled:
-            m = pooled - o0
-            if m > TILE:
-                m = TILE
-            for o in range(m):   # the ReLU's mask, read from the pooled output
-                masked[o] = gk[o0 + o] if yk[o0 + o] > 0 else 0
-            for o in range(m):
-                plane[ik[o0 + o]] = masked[o]
-            nfull = m - m % LANES
-            for o in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    bl[l] += masked[o + l]
-            for o in range(nfull, m):
-                bl[o - nfull] += masked[o]
-            o0 += m
+        ck = code + (n * g.k + k) * pooled
+        for oh in range(ph):
+            for ow in range(pw):
+                o = oh * pw + ow
+                c = ck[o]
+                v = gk[o] if yk[o] > 0 else 0   # the ReLU's mask, read from the pooled output
+                plane[2 * (oh * g.out_w + ow) + (c >> 1) * g.out_w + (c & 1)] = v
+                bl[ow % LANES] += v             # LANES independent sums
         _plane3x3_gw(plane, g.out_h, g.out_w, <const floating*>ws if g.copy else x_img, g.wp,
                      lanes, x_img if g.copy else NULL, g.h, g.w, g.top, g.left)
-        memset(plane, 0, out_plane * sizeof(floating))
+        memset(plane, 0, g.out_h * g.out_w * sizeof(floating))
     for t in range(9):
         total = 0
         for l in range(LANES):
@@ -1353,22 +1334,20 @@ cdef Py_ssize_t _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const f
     for l in range(LANES):
         total = total + bl[l]
     gb[k] = total
-    return bad
 
 
-cdef Py_ssize_t _conv_relu_pool_gw_core(const Geometry* g, const floating* gy, const floating* y,
-                                        const int64_t* idx, const floating* x, floating* gw,
-                                        double* gb, floating* ws, Py_ssize_t ws_stride,
-                                        int nthreads) noexcept nogil:
-    cdef Py_ssize_t k, bad = 0
+cdef void _conv_relu_pool_gw_core(const Geometry* g, const floating* gy, const floating* y,
+                                  const uint8_t* code, const floating* x, floating* gw,
+                                  double* gb, floating* ws, Py_ssize_t ws_stride,
+                                  int nthreads) noexcept nogil:
+    cdef Py_ssize_t k
     for k in prange(g.k, num_threads=nthreads, schedule="dynamic"):
-        bad += _conv_relu_pool_gw_task(g, k, gy, y, idx, x, gw, gb, ws + omp_get_thread_num() * ws_stride)
-    return bad
+        _conv_relu_pool_gw_task(g, k, gy, y, code, x, gw, gb, ws + omp_get_thread_num() * ws_stride)
 
 
 cdef void _conv_relu_pool_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                                   const floating[::1] bias, bint has_bias,
-                                  floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, p,
+                                  floating[:, :, :, ::1] y, uint8_t[:, :, :, ::1] code, p,
                                   int nthreads):
     cdef Geometry g = _forward_geometry(p)
     cdef Py_ssize_t ws_stride = (g.hp * g.wp if g.copy else 0) + g.out_h * g.wp
@@ -1377,56 +1356,52 @@ cdef void _conv_relu_pool_forward(const floating[:, :, :, ::1] x, const floating
     cdef const floating* b = &bias[0] if has_bias else NULL
     with nogil:
         _conv_relu_pool_core(&g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], b, &y[0, 0, 0, 0],
-                             &idx[0, 0, 0, 0], &ws_v[0], ws_stride, nthreads)
+                             &code[0, 0, 0, 0], &ws_v[0], ws_stride, nthreads)
 
 
-cdef Py_ssize_t _conv_relu_pool_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] y,
-                                      const int64_t[:, :, :, ::1] idx,
+cdef void _conv_relu_pool_grad_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] y,
+                                      const uint8_t[:, :, :, ::1] code,
                                       const floating[:, :, :, ::1] x, floating[:, :, :, ::1] gw,
                                       double[::1] gb, p, int nthreads):
     cdef Geometry g = _forward_geometry(p)
     cdef Py_ssize_t ws_stride = (g.hp * g.wp if g.copy else 0) + g.out_h * g.out_w
     dtype = np.float32 if floating is float else np.float64
     cdef floating[::1] ws_v = np.zeros(nthreads * ws_stride, dtype=dtype)  # zero borders, zero planes
-    cdef Py_ssize_t bad
     with nogil:
-        bad = _conv_relu_pool_gw_core(&g, &gy[0, 0, 0, 0], &y[0, 0, 0, 0], &idx[0, 0, 0, 0],
-                                      &x[0, 0, 0, 0], &gw[0, 0, 0, 0], &gb[0], &ws_v[0], ws_stride,
-                                      nthreads)
-    return bad
+        _conv_relu_pool_gw_core(&g, &gy[0, 0, 0, 0], &y[0, 0, 0, 0], &code[0, 0, 0, 0],
+                                &x[0, 0, 0, 0], &gw[0, 0, 0, 0], &gb[0], &ws_v[0], ws_stride,
+                                nthreads)
 
 
-def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
+def conv2d_relu_max_pool2d_forward(x, weight, bias, y, codes, p):
     """y (n, k, out_h // 2, out_w // 2) = relu(2x2 max pool of conv2d(x, weight, bias)).
 
-    ``indices`` (int64, like y): each maximum's flat offset in its out_h x out_w convolution
-    plane, as ``max_pool2d`` gives them. One input channel per group, 3x3, stride and
-    dilation 1 (``fastconv.fused.fuses``); float32 or float64, C-contiguous. Parallel over
-    (image, group).
+    ``codes`` (uint8, like y): where each window's maximum is, 0 top-left, 1 top-right,
+    2 bottom-left, 3 bottom-right (``max_pool2d``'s rule: the first maximum, a NaN wins).
+    One input channel per group, 3x3, stride and dilation 1 (``fastconv.fused.fuses``);
+    float32 or float64, C-contiguous. Parallel over (image, group).
     """
     cdef int nthreads = get_num_threads()
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, dtype=x.dtype)
     if x.dtype == np.float32:
-        _conv_relu_pool_forward[float](x, weight, b, has_bias, y, indices, p, nthreads)
+        _conv_relu_pool_forward[float](x, weight, b, has_bias, y, codes, p, nthreads)
     else:
-        _conv_relu_pool_forward[double](x, weight, b, has_bias, y, indices, p, nthreads)
+        _conv_relu_pool_forward[double](x, weight, b, has_bias, y, codes, p, nthreads)
 
 
-def conv2d_relu_max_pool2d_grad_weight(grad_output, output, indices, x, grad_weight, grad_bias, p):
+def conv2d_relu_max_pool2d_grad_weight(grad_output, output, codes, x, grad_weight, grad_bias, p):
     """grad_weight (k, 1, 3, 3) and grad_bias (k,) or None of ``conv2d_relu_max_pool2d_forward``
-    from the pooled grad_output, its output (the ReLU's mask ``output > 0``) and indices.
-    Parallel over filters. Returns how many indices lie outside their own 2x2 window (the
-    results are then meaningless; ``fastconv.fused`` raises)."""
+    from the pooled grad_output, its output (the ReLU's mask ``output > 0``) and window codes
+    (uint8, each < 4). Parallel over filters."""
     cdef int nthreads = get_num_threads()
     gb = np.zeros(p.k, dtype=np.float64)
     if x.dtype == np.float32:
-        bad = _conv_relu_pool_grad_weight[float](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
+        _conv_relu_pool_grad_weight[float](grad_output, output, codes, x, grad_weight, gb, p, nthreads)
     else:
-        bad = _conv_relu_pool_grad_weight[double](grad_output, output, indices, x, grad_weight, gb, p, nthreads)
+        _conv_relu_pool_grad_weight[double](grad_output, output, codes, x, grad_weight, gb, p, nthreads)
     if grad_bias is not None:
         grad_bias[...] = gb
-    return bad
 
 
 def conv2d_forward(x, weight, bias, y, p):

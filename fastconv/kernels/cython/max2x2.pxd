@@ -1,17 +1,22 @@
 # The 2x2/stride-2 max-pool row, shared by pooling.pyx (max_pool2d) and direct.pyx (the
 # fused conv + ReLU + max pool, which pools each convolution plane while it is in cache).
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 
 from fastconv.kernels.cython.blas cimport floating
 
+# Where the maxima go: max_pool2d's int64 flat offsets, or the fused op's one-byte window codes.
+ctypedef fused window_index:
+    int64_t
+    uint8_t
+
 
 cdef inline void max2x2_row(const floating* r0, Py_ssize_t w, Py_ssize_t out_w, floating* yr,
-                            int64_t* ir, int64_t base, int64_t iw) noexcept nogil:
+                            window_index* ir, int64_t base, int64_t step, int64_t iw) noexcept nogil:
     """One output row of 2x2/stride-2 windows over input rows r0 and r0 + w.
 
-    Indices are ``base + 2 * ow`` plus 0, 1, ``iw`` or ``iw + 1``: offsets in a plane of
-    rows of ``iw`` elements (``iw`` differs from the row stride ``w`` when the rows are
-    read from a wider buffer).
+    ``ir[ow] = base + step * ow`` plus 0, 1, ``iw`` or ``iw + 1``: with step 2 and iw the
+    plane width, flat offsets in the plane (``iw`` differs from the row stride ``w`` when the
+    rows are read from a wider buffer); with step 0, base 0 and iw 2, window codes 0-3.
 
     The common case has no NaN: the maximum is a plain max chain and its index the first
     candidate equal to it, both branch-free (vector max/blend, scalar maxss/cmov). A row that
@@ -45,7 +50,7 @@ cdef inline void max2x2_row(const floating* r0, Py_ssize_t w, Py_ssize_t out_w, 
             k = iw if c == best else k
             k = 1 if b == best else k
             k = 0 if a == best else k
-            ir[ow] = base + 2 * ow + k
+            ir[ow] = <window_index>(base + step * ow + k)
     if nan == 0:
         return
     for ow in range(out_w):
@@ -63,4 +68,4 @@ cdef inline void max2x2_row(const floating* r0, Py_ssize_t w, Py_ssize_t out_w, 
         k = iw + 1 if m else k
         yr[ow] = best
         if ir != NULL:
-            ir[ow] = base + 2 * ow + k
+            ir[ow] = <window_index>(base + step * ow + k)

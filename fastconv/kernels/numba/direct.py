@@ -948,10 +948,11 @@ def _plane3x3_gw_task(gy, x, gw, k, groups, pt, pl):
 # The first layer of the MNIST/LeNet models is a one-input-channel 3x3 convolution followed
 # by ReLU and a 2x2 max pool. Fused, each output plane is computed by ``_plane3x3`` into a
 # per-task buffer that stays in L1 and pooled from there: the full-size convolution output
-# (4x the result) is never written to memory nor read back. Backward scatters the masked
-# pooled gradient into an L1 plane and runs ``_plane3x3_gw`` on it, so neither the
-# full-size gradient nor the pool's backward pass exists either. The Cython twins are
-# ``_conv_relu_pool_*`` in direct.pyx.
+# (4x the result) is never written to memory nor read back; where each maximum was is kept
+# as a one-byte window code (not max_pool2d's int64 offsets: 8x less to write and read
+# back). Backward scatters the masked pooled gradient into an L1 plane and runs
+# ``_plane3x3_gw`` on it, so neither the full-size gradient nor the pool's backward pass
+# exists either. The Cython twins are ``_conv_relu_pool_*`` in direct.pyx.
 
 @njit(**JIT_OPTIONS)
 def _plane3x3_wide(padf, wp, convf, out_h, out_w, wk, b):
@@ -977,15 +978,15 @@ def _plane3x3_wide(padf, wp, convf, out_h, out_w, wk, b):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_relu_pool_core(x, weight, bias, has_bias, y, idx, groups, pt, pl, out_h, out_w):
-    """One task per (image, group): its output planes, pooled as they are made; y and idx
+def _conv_relu_pool_core(x, weight, bias, has_bias, y, codes, groups, pt, pl, out_h, out_w):
+    """One task per (image, group): its output planes, pooled as they are made; y and codes
     are (n * k, rows, cols) views."""
     for task in prange(x.shape[0] * groups):
-        _conv_relu_pool_task(x, weight, bias, has_bias, y, idx, task, groups, pt, pl, out_h, out_w)
+        _conv_relu_pool_task(x, weight, bias, has_bias, y, codes, task, groups, pt, pl, out_h, out_w)
 
 
 @njit(**JIT_OPTIONS)
-def _conv_relu_pool_task(x, weight, bias, has_bias, y, idx, task, groups, pt, pl, out_h, out_w):
+def _conv_relu_pool_task(x, weight, bias, has_bias, y, codes, task, groups, pt, pl, out_h, out_w):
     h, w = x.shape[2], x.shape[3]
     k_all = weight.shape[0]
     kg = k_all // groups
@@ -999,28 +1000,30 @@ def _conv_relu_pool_task(x, weight, bias, has_bias, y, idx, task, groups, pt, pl
     conv = np.empty((1, out_h, wp), dtype=x.dtype)
     convf = conv.reshape(out_h * wp)
     valid = conv[:, :, :out_w]  # what the pool reads: indices count in rows of out_w
+    ph, pw = y.shape[1], y.shape[2]
+    idx = np.empty((1, ph, pw), dtype=np.int64)
     for k in range(grp * kg, (grp + 1) * kg):
         b = bias[k] if has_bias else bias[0]
         _plane3x3_wide(padf, wp, convf, out_h, out_w, weight[k, 0], b)
         q = n * k_all + k
-        _max2x2_plane_idx(valid, y[q:q + 1], idx[q:q + 1], 0)
-        yq = y[q]
-        for i in range(yq.shape[0]):
-            row = yq[i]
-            for j in range(row.shape[0]):
-                v = row[j]
+        _max2x2_plane_idx(valid, y[q:q + 1], idx, 0)
+        yq, cq = y[q], codes[q]
+        for i in range(ph):
+            for j in range(pw):
+                v = yq[i, j]
                 # np.maximum(v, 0): NaN stays NaN (as the unfused ReLU).
-                row[j] = v if (v >= 0) | (v != v) else 0
+                yq[i, j] = v if (v >= 0) | (v != v) else 0
+                # The offset in the window, 0, 1, out_w or out_w + 1, as a code 0-3.
+                r = idx[0, i, j] - 2 * (i * out_w + j)
+                below = r >= out_w
+                cq[i, j] = np.uint8(2 * below + r - below * out_w)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_relu_pool_gw_core(gy, y, idx, x, gw, gb, groups, pt, pl, out_h, out_w):
-    """One task per filter k: its nine sums and its bias sum over every image, in image order.
-    Returns how many indices lie outside their own 2x2 window."""
-    bad = 0
+def _conv_relu_pool_gw_core(gy, y, codes, x, gw, gb, groups, pt, pl, out_h, out_w):
+    """One task per filter k: its nine sums and its bias sum over every image, in image order."""
     for k in prange(gw.shape[0]):
-        bad += _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out_w)
-    return bad
+        _conv_relu_pool_gw_task(gy, y, codes, x, gw, gb, k, groups, pt, pl, out_h, out_w)
 
 
 @njit(fastmath={"reassoc"}, **JIT_OPTIONS)
@@ -1033,7 +1036,7 @@ def _plane_sum(plane):
 
 
 @njit(**JIT_OPTIONS)
-def _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out_w):
+def _conv_relu_pool_gw_task(gy, y, codes, x, gw, gb, k, groups, pt, pl, out_h, out_w):
     h, w = x.shape[2], x.shape[3]
     kg = gw.shape[0] // groups
     padf = np.zeros((out_h + 2) * (out_w + 2), dtype=x.dtype)
@@ -1041,19 +1044,15 @@ def _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out
     sums = np.zeros(9, dtype=np.float64)
     part = np.empty(9, dtype=gw.dtype)
     bsum = 0.0
-    bad = 0
     zero = plane.dtype.type(0)
     for n in range(x.shape[0]):
-        g2, y2, i2 = gy[n, k], y[n, k], idx[n, k]
+        g2, y2, c2 = gy[n, k], y[n, k], codes[n, k]
         for i in range(g2.shape[0]):
             for j in range(g2.shape[1]):
-                r = i2[i, j] - 2 * (i * out_w + j)
-                bad += (r != 0) & (r != 1) & (r != out_w) & (r != out_w + 1)
-        for i in range(g2.shape[0]):
-            for j in range(g2.shape[1]):
+                c = c2[i, j]
                 # The ReLU's mask, read from the pooled output: a select, not a branch
                 # (on real data y > 0 is a coin flip).
-                plane[i2[i, j]] = g2[i, j] if y2[i, j] > 0 else zero
+                plane[2 * (i * out_w + j) + (c >> 1) * out_w + (c & 1)] = g2[i, j] if y2[i, j] > 0 else zero
         part[:] = 0
         _plane3x3_gw(plane, padf, x[n, k // kg].reshape(h * w), h, w, out_h, out_w, pt, pl, part)
         for t in range(9):
@@ -1063,33 +1062,32 @@ def _conv_relu_pool_gw_task(gy, y, idx, x, gw, gb, k, groups, pt, pl, out_h, out
     for t in range(9):
         gw[k, 0, t // 3, t % 3] = sums[t]
     gb[k] = bsum
-    return bad
 
 
-def conv2d_relu_max_pool2d_forward(x, weight, bias, y, indices, p):
+def conv2d_relu_max_pool2d_forward(x, weight, bias, y, codes, p):
     """y (n, k, out_h // 2, out_w // 2) = relu(2x2 max pool of conv2d(x, weight, bias)).
 
-    ``indices`` (int64, like y): each maximum's flat offset in its out_h x out_w convolution
-    plane, as ``max_pool2d`` gives them. One input channel per group, 3x3, stride and
-    dilation 1 (``fastconv.fused.fuses``); float32 or float64, C-contiguous.
+    ``codes`` (uint8, like y): where each window's maximum is, 0 top-left, 1 top-right,
+    2 bottom-left, 3 bottom-right (``max_pool2d``'s rule: the first maximum, a NaN wins).
+    One input channel per group, 3x3, stride and dilation 1 (``fastconv.fused.fuses``);
+    float32 or float64, C-contiguous.
     """
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, dtype=y.dtype)
     use_configured_threads()
     # (n * k, rows, cols) views: plane q = n * k + k_index, as the pooling kernels take them.
     _conv_relu_pool_core(x, weight, b, has_bias, y.reshape(-1, y.shape[2], y.shape[3]),
-                         indices.reshape(-1, y.shape[2], y.shape[3]), p.groups, p.pad_top,
+                         codes.reshape(-1, y.shape[2], y.shape[3]), p.groups, p.pad_top,
                          p.pad_left, p.out_h, p.out_w)
 
 
-def conv2d_relu_max_pool2d_grad_weight(grad_output, output, indices, x, grad_weight, grad_bias, p):
+def conv2d_relu_max_pool2d_grad_weight(grad_output, output, codes, x, grad_weight, grad_bias, p):
     """grad_weight (k, 1, 3, 3) and grad_bias (k,) of ``conv2d_relu_max_pool2d_forward`` from
-    the pooled grad_output, its output (the ReLU's mask ``output > 0``) and indices. Returns
-    how many indices lie outside their own 2x2 window (the results are then meaningless;
-    ``fastconv.fused`` raises)."""
+    the pooled grad_output, its output (the ReLU's mask ``output > 0``) and window codes
+    (uint8, each < 4)."""
     gb = grad_bias if grad_bias is not None else np.empty(grad_weight.shape[0], dtype=np.float64)
     use_configured_threads()
-    return _conv_relu_pool_gw_core(grad_output, output, indices, x, grad_weight, gb, p.groups,
+    _conv_relu_pool_gw_core(grad_output, output, codes, x, grad_weight, gb, p.groups,
                             p.pad_top, p.pad_left, p.out_h, p.out_w)
 
 
