@@ -1321,7 +1321,7 @@ cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floatin
                 c = ck[o]
                 v = gk[o] if yk[o] > 0 else 0   # the ReLU's mask, read from the pooled output
                 plane[2 * (oh * g.out_w + ow) + (c >> 1) * g.out_w + (c & 1)] = v
-                bl[ow % LANES] += v             # LANES independent sums
+                bl[ow & (LANES - 1)] += v       # LANES (a power of two) independent sums
         _plane3x3_gw(plane, g.out_h, g.out_w, <const floating*>ws if g.copy else x_img, g.wp,
                      lanes, x_img if g.copy else NULL, g.h, g.w, g.top, g.left)
         memset(plane, 0, g.out_h * g.out_w * sizeof(floating))
