@@ -271,18 +271,28 @@ def input_shape(x_shape, name: str = "x_shape") -> Tuple[int, int, int, int]:
 
 def pool_indices(indices, expected_shape, plane_size: int) -> np.ndarray:
     """Checked int64 argmax indices (flat offsets into each H*W plane, as PyTorch returns)."""
-    indices = indices if isinstance(indices, np.ndarray) else np.asarray(indices)
-    if indices.dtype.kind not in "iu":
-        raise TypeError(f"indices has dtype {indices.dtype}: expected an integer array "
-                        "(as returned by max_pool2d(..., return_indices=True))")
-    if indices.shape != tuple(expected_shape):
-        raise ValueError(f"indices has shape {indices.shape}: expected {tuple(expected_shape)}")
-    checked = np.ascontiguousarray(indices, dtype=np.int64)
-    # One pass: viewed as uint64 a negative index is huge, so the largest value alone tells
-    # whether any index lies outside [0, plane_size) (min() and max() would be two passes).
-    if checked.size and int(checked.view(np.uint64).max()) >= plane_size:
-        low, high = int(indices.min()), int(indices.max())  # the error path only
+    return bounded_ints(indices, "indices", expected_shape, plane_size, np.dtype(np.int64),
+                        "(as returned by max_pool2d(..., return_indices=True))",
+                        f"flat offsets in [0, {plane_size}) into each H*W plane of x")
+
+
+def bounded_ints(values, name: str, expected_shape, bound: int, dtype: np.dtype, source: str,
+                 meaning: str) -> np.ndarray:
+    """``values`` as a contiguous ``dtype`` array of ``expected_shape``, each in [0, bound).
+
+    ``source`` says where such an array comes from, ``meaning`` what its values are (both
+    for the error messages).
+    """
+    values = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"{name} has dtype {values.dtype}: expected an integer array {source}")
+    if values.shape != tuple(expected_shape):
+        raise ValueError(f"{name} has shape {values.shape}: expected {tuple(expected_shape)}")
+    checked = np.ascontiguousarray(values)  # checked in its own dtype: narrowing could wrap
+    # One pass: viewed as unsigned, a negative value is huge, so the largest value alone tells
+    # whether any lies outside [0, bound) (min() and max() would be two passes).
+    if checked.size and int(checked.view(checked.dtype.str.replace("i", "u")).max()) >= bound:
+        low, high = int(values.min()), int(values.max())  # the error path only
         bad = low if low < 0 else high
-        raise ValueError(f"indices holds {bad}: expected flat offsets in [0, {plane_size}) "
-                         "into each H*W plane of x")
-    return checked
+        raise ValueError(f"{name} holds {bad}: expected {meaning}")
+    return np.ascontiguousarray(checked, dtype=dtype)

@@ -128,7 +128,9 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, codes, x, weight, strid
     grad_output = checks.contiguous(checks.gradient_view(grad_output, "grad_output", shape),
                                     "grad_output", x.dtype)
     output = checks.contiguous(checks.gradient_view(output, "output", shape), "output", x.dtype)
-    codes = _checked_codes(codes, shape)
+    codes = checks.bounded_ints(codes, "codes", shape, 4, np.dtype(np.uint8),
+                                "(as returned by conv2d_relu_max_pool2d)",
+                                "window codes 0-3 (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right)")
     x, weight = checks.contiguous(x, "x"), checks.contiguous(weight, "weight", x.dtype)
     kernel = fused_kernel(GRAD_WEIGHT_OP, p, algo, backend) if "weight" in needs else None
     grad_weight = grad_bias = None
@@ -171,22 +173,6 @@ def _window_codes(offsets: np.ndarray, p: ConvParams) -> np.ndarray:
     r = offsets - _window_origins(p)
     below = r >= p.out_w
     return (2 * below + r - below * p.out_w).astype(np.uint8)
-
-
-def _checked_codes(codes, shape) -> np.ndarray:
-    """Contiguous uint8 window codes of ``shape``, each 0-3."""
-    codes = codes if isinstance(codes, np.ndarray) else np.asarray(codes)
-    if codes.dtype.kind not in "iu":
-        raise TypeError(f"codes has dtype {codes.dtype}: expected the integer array "
-                        "conv2d_relu_max_pool2d returned")
-    if codes.shape != tuple(shape):
-        raise ValueError(f"codes has shape {codes.shape}: expected {tuple(shape)}")
-    # One pass: viewed as unsigned, a negative code is huge.
-    if codes.size and int(codes.view(codes.dtype.str.replace("i", "u")).max()) > 3:
-        bad = int(codes.min()) if codes.min() < 0 else int(codes.max())
-        raise ValueError(f"codes holds {bad}: expected window codes 0-3 (0 top-left, 1 top-right, "
-                         "2 bottom-left, 3 bottom-right)")
-    return np.ascontiguousarray(codes, dtype=np.uint8)
 
 
 def _unpooled_gradient(grad_output, output, codes, p: ConvParams) -> np.ndarray:
