@@ -16,9 +16,9 @@ conv2d_grad_weight  ``f(grad_output, x, grad_weight, params)``
 conv2d_grad_bias    ``f(grad_output, grad_bias, params)``
 conv2d_grad_input_  ``f(grad_output, x, weight, grad_input, grad_weight, params)``: both
 weight              gradients in one call (optional; only where sharing work pays)
-conv2d_relu_max_    ``f(x, weight, bias_or_None, y, indices, params)``: relu(2x2 max pool
-pool2d_forward      (conv)) and the argmax indices (optional; ``fastconv.fused``)
-conv2d_relu_max_    ``f(grad_output, output, indices, x, grad_weight, grad_bias_or_None,
+conv2d_relu_max_    ``f(x, weight, bias_or_None, y, codes, params)``: relu(2x2 max pool
+pool2d_forward      (conv)) and each window's argmax code, uint8 0-3 (optional; ``fastconv.fused``)
+conv2d_relu_max_    ``f(grad_output, output, codes, x, grad_weight, grad_bias_or_None,
 pool2d_grad_weight  params)``: the weight and bias gradients of that op
 max_pool2d_forward  ``f(x, y, indices_or_None, params)`` (indices int64)
 max_pool2d_backward ``f(grad_output, indices, grad_input, params)``
