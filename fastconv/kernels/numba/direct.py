@@ -978,30 +978,43 @@ def _plane3x3_wide(padf, wp, convf, out_h, out_w, wk, b):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _conv_relu_pool_core(x, weight, bias, has_bias, y, codes, groups, pt, pl, out_h, out_w):
-    """One task per (image, group): its output planes, pooled as they are made; y and codes
-    are (n * k, rows, cols) views."""
-    for task in prange(x.shape[0] * groups):
-        _conv_relu_pool_task(x, weight, bias, has_bias, y, codes, task, groups, pt, pl, out_h, out_w)
+def _conv_relu_pool_core(x, weight, bias, has_bias, y, codes, groups, pt, pl, out_h, out_w, chunk):
+    """One task per (image, group), ``chunk`` per iteration: its output planes, pooled as they
+    are made; y and codes are (n * k, rows, cols) views."""
+    n_tasks = x.shape[0] * groups
+    for t in prange((n_tasks + chunk - 1) // chunk):
+        _conv_relu_pool_tasks(x, weight, bias, has_bias, y, codes, t * chunk, min(n_tasks, (t + 1) * chunk),
+                              groups, pt, pl, out_h, out_w)
 
 
 @njit(**JIT_OPTIONS)
-def _conv_relu_pool_task(x, weight, bias, has_bias, y, codes, task, groups, pt, pl, out_h, out_w):
+def _conv_relu_pool_tasks(x, weight, bias, has_bias, y, codes, t0, t1, groups, pt, pl, out_h, out_w):
     h, w = x.shape[2], x.shape[3]
     k_all = weight.shape[0]
     kg = k_all // groups
-    n = task // groups
-    grp = task % groups
     wp = out_w + 2
     padf = np.zeros((out_h + 2) * wp, dtype=x.dtype)
-    xf = x[n, grp].reshape(h * w)
-    for a in range(out_h + 2):
-        _plane_copy_row(xf, h, w, padf, wp, a, pt, pl)
     conv = np.empty((1, out_h, wp), dtype=x.dtype)
     convf = conv.reshape(out_h * wp)
     valid = conv[:, :, :out_w]  # what the pool reads: indices count in rows of out_w
     ph, pw = y.shape[1], y.shape[2]
     idx = np.empty((1, ph, pw), dtype=np.int64)
+    for task in range(t0, t1):
+        n = task // groups
+        grp = task % groups
+        _conv_relu_pool_task(x, weight, bias, has_bias, y, codes, n, grp, kg, padf, wp, convf, valid, idx,
+                             pt, pl, out_h, out_w)
+
+
+@njit(**JIT_OPTIONS)
+def _conv_relu_pool_task(x, weight, bias, has_bias, y, codes, n, grp, kg, padf, wp, convf, valid, idx,
+                         pt, pl, out_h, out_w):
+    h, w = x.shape[2], x.shape[3]
+    k_all = weight.shape[0]
+    xf = x[n, grp].reshape(h * w)
+    for a in range(out_h + 2):
+        _plane_copy_row(xf, h, w, padf, wp, a, pt, pl)
+    ph, pw = y.shape[1], y.shape[2]
     for k in range(grp * kg, (grp + 1) * kg):
         b = bias[k] if has_bias else bias[0]
         _plane3x3_wide(padf, wp, convf, out_h, out_w, weight[k, 0], b)
@@ -1078,7 +1091,7 @@ def conv2d_relu_max_pool2d_forward(x, weight, bias, y, codes, p):
     # (n * k, rows, cols) views: plane q = n * k + k_index, as the pooling kernels take them.
     _conv_relu_pool_core(x, weight, b, has_bias, y.reshape(-1, y.shape[2], y.shape[3]),
                          codes.reshape(-1, y.shape[2], y.shape[3]), p.groups, p.pad_top,
-                         p.pad_left, p.out_h, p.out_w)
+                         p.pad_left, p.out_h, p.out_w, _chunk(p.n * p.groups))
 
 
 def conv2d_relu_max_pool2d_grad_weight(grad_output, output, codes, x, grad_weight, grad_bias, p):
