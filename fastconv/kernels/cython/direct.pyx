@@ -1214,8 +1214,8 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
 # ---------------------------------------------------------------- conv + ReLU + 2x2 max pool
 #
 # One-input-channel 3x3 layers followed by ReLU and a 2x2 max pool (the first layer of the
-# MNIST/LeNet models): each output plane is made by ``_plane3x3`` in a per-thread buffer that
-# stays in L1 and pooled from there, so the full-size convolution output (4x the result) is
+# MNIST/LeNet models): each output plane is made by ``_plane3x3_wide`` in a per-thread buffer
+# that stays in L1 and pooled from there, so the full-size convolution output (4x the result) is
 # never written to memory nor read back; where each maximum was is kept as a one-byte window
 # code (not max_pool2d's int64 offsets: 8x less to write and read back). Backward scatters
 # the masked pooled gradient into an L1 plane and runs ``_plane3x3_gw`` on it: no full-size

@@ -946,7 +946,7 @@ def _plane3x3_gw_task(gy, x, gw, k, groups, pt, pl):
 # ---------------------------------------------------------------- conv + ReLU + 2x2 max pool
 #
 # The first layer of the MNIST/LeNet models is a one-input-channel 3x3 convolution followed
-# by ReLU and a 2x2 max pool. Fused, each output plane is computed by ``_plane3x3`` into a
+# by ReLU and a 2x2 max pool. Fused, each output plane is computed by ``_plane3x3_wide`` into a
 # per-task buffer that stays in L1 and pooled from there: the full-size convolution output
 # (4x the result) is never written to memory nor read back; where each maximum was is kept
 # as a one-byte window code (not max_pool2d's int64 offsets: 8x less to write and read
