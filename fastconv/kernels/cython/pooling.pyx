@@ -98,7 +98,7 @@ cdef void _max2x2_plane(const floating* x, floating* y, int64_t* idx, const Pool
             nrows = rows_per_run
         for oh in range(oh0, oh0 + nrows):
             max2x2_row(x + 2 * oh * w, w, out_w, ob + (oh - oh0) * out_w,
-                        oi + (oh - oh0) * out_w if idx != NULL else <int64_t*>NULL, 2 * oh * w, 2, w)
+                        &oi[(oh - oh0) * out_w] if idx != NULL else <int64_t*>NULL, 2 * oh * w, 2, w)
         n = nrows * out_w
         for o in range(n):
             y[oh0 * out_w + o] = ob[o]
