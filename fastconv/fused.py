@@ -153,24 +153,21 @@ def conv2d_relu_max_pool2d_backward(grad_output, output, codes, x, weight, strid
     return grad_input, grad_weight, grad_bias
 
 
-def _window_origins(p: ConvParams) -> np.ndarray:
-    """(H_out // 2, W_out // 2): the flat offset of each 2x2 window's top-left element."""
-    ph, pw = p.out_h // 2, p.out_w // 2
-    return 2 * (np.arange(ph)[:, None] * p.out_w + np.arange(pw)[None, :])
+def _window_origins(ph: int, pw: int, out_w: int) -> np.ndarray:
+    """(ph, pw): the flat offset of each 2x2 window's top-left element in a plane of width out_w."""
+    return 2 * (np.arange(ph)[:, None] * out_w + np.arange(pw)[None, :])
 
 
 def window_offsets(codes, out_w: int) -> np.ndarray:
     """``max_pool2d``'s int64 indices (flat offsets into each convolution plane of width
     ``out_w``) from the window codes of ``conv2d_relu_max_pool2d`` (N, K, PH, PW)."""
     codes = np.asarray(codes).astype(np.int64)
-    ph, pw = codes.shape[-2:]
-    origins = 2 * (np.arange(ph)[:, None] * out_w + np.arange(pw)[None, :])
-    return origins + (codes >> 1) * out_w + (codes & 1)
+    return _window_origins(*codes.shape[-2:], out_w) + (codes >> 1) * out_w + (codes & 1)
 
 
 def _window_codes(offsets: np.ndarray, p: ConvParams) -> np.ndarray:
     """The window codes (uint8) of ``max_pool2d``'s flat indices."""
-    r = offsets - _window_origins(p)
+    r = offsets - _window_origins(p.out_h // 2, p.out_w // 2, p.out_w)
     below = r >= p.out_w
     return (2 * below + r - below * p.out_w).astype(np.uint8)
 
