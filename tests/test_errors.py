@@ -52,7 +52,6 @@ def conv(**kw):
     (dict(backend="cuda"), ValueError, ["backend='cuda'", "numba"]),
     (dict(algo="winograd", stride=2), ValueError, ["winograd", "stride 1"]),
     (dict(algo="winograd", weight=np.zeros((6, 4, 5, 5), np.float32)), ValueError, ["winograd", "3x3"]),
-    (dict(algo="winograd", dilation=2), ValueError, ["winograd", "dilation 1"]),
 ])
 def test_conv2d_bad_arguments(kw, error, words):
     with pytest.raises(error) as info:

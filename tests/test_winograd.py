@@ -14,7 +14,7 @@ import pytest
 import fastconv
 from fastconv import limits, reference
 from fastconv.checks import conv_params
-from fastconv.kernels import winograd_plan as plan, winograd_tables as tables
+from fastconv.kernels import dilation_phases as phases, winograd_plan as plan, winograd_tables as tables
 
 from cases import tolerance
 
@@ -130,12 +130,12 @@ def test_filter_transform_kernels_match_the_table_formula(backend, algo):
 
 # ---------------------------------------------------------------- the kernels
 
-def _check(backend, algo, x_shape, k, padding=0, groups=1, dtype="float64", seed=0, bias=True):
+def _check(backend, algo, x_shape, k, padding=0, groups=1, dtype="float64", seed=0, bias=True, dilation=1):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal((k, x_shape[1] // groups, 3, 3)).astype(dtype)
     b = rng.standard_normal(k).astype(dtype) if bias else None
-    kw = dict(padding=padding, groups=groups)
+    kw = dict(padding=padding, groups=groups, dilation=dilation)
     y = fastconv.conv2d(x, w, b, **kw, algo=algo, backend=backend)
     y_ref = fastconv.conv2d(x.astype(np.float64), w.astype(np.float64),
                             None if b is None else b.astype(np.float64), **kw, algo="reference")
@@ -203,26 +203,99 @@ def test_asymmetric_padding_through_the_kernel_contract(backend, algo, pads):
     np.testing.assert_allclose(gw, gw_ref, rtol=0, atol=1e-10 * np.abs(gw_ref).max())
 
 
+# ---------------------------------------------------------------- dilation: the phase images
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,k,padding,dilation,groups", [
+    ((2, 3, 12, 10), 4, 2, 2, 1),               # "same" size, every phase equally large
+    ((2, 3, 11, 9), 4, 2, 2, 1),                # odd sizes: the last phase is a row/column short
+    ((1, 2, 13, 14), 3, (1, 3), (3, 2), 1),     # unequal dilation and padding
+    ((3, 4, 10, 10), 4, 0, (2, 3), 2),          # no padding (grad_input by the adjoint), groups
+    ((2, 2, 7, 12), 3, (5, 0), (4, 1), 1),      # padding wider than the dilation, dilation 1 across
+    ((1, 3, 9, 7), 2, "same", 2, 1),
+])
+def test_dilated_layers_match_reference(backend, algo, dtype, shape, k, padding, dilation, groups):
+    _check(backend, algo, shape, k, padding, groups=groups, dtype=dtype, dilation=dilation)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_dilated_grad_input_formulations_agree(backend, algo, monkeypatch):
+    """The adjoint (alone and with grad_weight) and the flipped dilated convolution."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 5, 18, 17))
+    w = rng.standard_normal((6, 5, 3, 3))
+    gy = rng.standard_normal((2, 6, 14, 13))
+    run = lambda needs: fastconv.conv2d_backward(gy, x, w, dilation=2, needs=needs, algo=algo, backend=backend)
+    assert plan.adjoint_pays(gy.shape[2:], x.shape[2:], ALGOS[algo], (2, 2))
+    gx_adjoint = run(("input",))[0]
+    gx_fused, gw_fused = run(("input", "weight"))[:2]
+    gw_alone = run(("weight",))[1]
+    monkeypatch.setattr(plan, "adjoint_pays", lambda *args: False)
+    gx_flipped, gw_flipped = run(("input", "weight"))[:2]
+    np.testing.assert_array_equal(gx_fused, gx_adjoint)
+    np.testing.assert_allclose(gx_adjoint, gx_flipped, rtol=0, atol=1e-10 * np.abs(gx_flipped).max())
+    for gw in (gw_fused, gw_flipped):
+        np.testing.assert_allclose(gw, gw_alone, rtol=0, atol=1e-10 * np.abs(gw_alone).max())
+
+
+def _phase_images_by_definition(x, pad_tl, dilation, sub_hw):
+    """The phase images from an explicitly zero-padded copy of x, slice by slice."""
+    (dh, dw), (sh, sw) = dilation, sub_hw
+    n, c, h, w = x.shape
+    big = np.zeros((n, c, pad_tl[0] + h + dh * sh, pad_tl[1] + w + dw * sw), x.dtype)
+    big[:, :, pad_tl[0]:pad_tl[0] + h, pad_tl[1]:pad_tl[1] + w] = x
+    return np.concatenate([big[:, :, i:i + dh * sh:dh, j:j + dw * sw:dw] for i in range(dh) for j in range(dw)])
+
+
+@pytest.mark.parametrize("shape,pad_tl,dilation,sub_hw", [
+    ((2, 3, 9, 8), (2, 2), (2, 2), (7, 6)),
+    ((1, 2, 10, 7), (0, 3), (3, 2), (4, 7)),
+    ((2, 1, 5, 6), (4, 1), (1, 3), (11, 4)),
+])
+def test_phase_split_and_merge(shape, pad_tl, dilation, sub_hw):
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape)
+    z = phases.split_input(x, pad_tl, dilation, sub_hw)
+    np.testing.assert_array_equal(z, _phase_images_by_definition(x, pad_tl, dilation, sub_hw))
+    # merge_input is split_input's adjoint: <split(x), g> = <x, merge(g)>.
+    g = rng.standard_normal(z.shape)
+    back = np.full(shape, np.nan)
+    phases.merge_input(g, back, pad_tl, dilation)
+    assert not np.isnan(back).any()     # every input position lies in some phase image
+    np.testing.assert_allclose(np.vdot(z, g), np.vdot(x, back), rtol=1e-12)
+    # split_output and merge_output invert each other (short phases padded with zeros).
+    y = rng.standard_normal(shape)
+    yz = phases.split_output(y, dilation)
+    assert yz.shape[2:] == phases.phase_output_shape(shape[2:], dilation)
+    again = np.empty_like(y)
+    phases.merge_output(yz, again, dilation)
+    np.testing.assert_array_equal(again, y)
+    assert np.count_nonzero(yz) == y.size
+
+
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("padding", [0, 1])   # 0: grad_input by the adjoint (overlapping tiles)
-def test_tiny_workspace_splits_into_chunks_with_the_same_result(backend, algo, padding):
+@pytest.mark.parametrize("dilation", [1, 2])    # 2: the phase images go in chunks of one image
+def test_tiny_workspace_splits_into_chunks_with_the_same_result(backend, algo, padding, dilation):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 4, 10, 11)).astype(np.float32)
     w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
-    whole = fastconv.conv2d(x, w, padding=padding, algo=algo, backend=backend)
+    kw = dict(padding=padding, dilation=dilation, algo=algo, backend=backend)
+    whole = fastconv.conv2d(x, w, **kw)
     limits.set_workspace_limit(1)       # one tile row per chunk
     try:
-        chunked = fastconv.conv2d(x, w, padding=padding, algo=algo, backend=backend)
-        gx, gw = fastconv.conv2d_backward(whole, x, w, padding=padding, needs=("input", "weight"), algo=algo,
-                                          backend=backend)[:2]
+        chunked = fastconv.conv2d(x, w, **kw)
+        gx, gw = fastconv.conv2d_backward(whole, x, w, needs=("input", "weight"), **kw)[:2]
+        gw_alone = fastconv.conv2d_backward(whole, x, w, needs=("weight",), **kw)[1]
     finally:
         limits.set_workspace_limit(None)
-    gx_whole, gw_whole = fastconv.conv2d_backward(whole, x, w, padding=padding, needs=("input", "weight"),
-                                                  algo=algo, backend=backend)[:2]
+    gx_whole, gw_whole = fastconv.conv2d_backward(whole, x, w, needs=("input", "weight"), **kw)[:2]
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
     np.testing.assert_allclose(gx, gx_whole, rtol=1e-6, atol=1e-6 * np.abs(gx_whole).max())
     # grad_weight sums the chunks' GEMMs: same terms, another order.
-    np.testing.assert_allclose(gw, gw_whole, rtol=1e-5, atol=1e-5 * np.abs(gw_whole).max())
+    for got in (gw, gw_alone):
+        np.testing.assert_allclose(got, gw_whole, rtol=1e-5, atol=1e-5 * np.abs(gw_whole).max())
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
@@ -399,7 +472,7 @@ def test_filter_cache_keeps_within_its_byte_budget():
 @pytest.mark.parametrize("kwargs,w_shape", [
     (dict(), (2, 3, 5, 5)),
     (dict(stride=2), (2, 3, 3, 3)),
-    (dict(dilation=2), (2, 3, 3, 3)),
+    (dict(stride=(1, 2), dilation=2), (2, 3, 3, 3)),
 ])
 def test_forced_winograd_refuses_what_it_cannot_compute(algo, kwargs, w_shape):
     x = np.ones((1, 3, 9, 9), np.float32)

@@ -53,8 +53,6 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
             problems.append(f"a 3x3 kernel (got {params.r}x{params.s})")
         if (params.stride_h, params.stride_w) != (1, 1):
             problems.append(f"stride 1 (got {params.stride_h},{params.stride_w})")
-        if (params.dil_h, params.dil_w) != (1, 1):
-            problems.append(f"dilation 1 (got {params.dil_h},{params.dil_w})")
         if problems:
             return f"{algo} needs " + ", ".join(problems)
     return None
@@ -72,12 +70,17 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: stem 3->64 7x7 s2 (147)       0.55/0.64/0.53      0.75/2.54/1.00      -
 #: mnist_conv2 32->64 3x3 (288)  -                   0.71/0.69/0.86      1.18/0.79/1.05
 #: resnet 64/128/256 3x3         -                   0.50-0.73           1.13-1.71
+#: dilated 64->64 3x3 d2 *       -                   1.17/1.11/1.41      1.60/1.42/1.66
 #: ============================  ==================  ==================  ===================
+#:
+#: (* ``fastconv bench --shapes dilated_3x3_d2 --algos im2col winograd_f43 --threads 1,2
+#: --budget 2 --repeats 9 --compare torch``, Winograd on the phase images; at 2 threads
+#: im2col 0.75/1.16/1.50, Winograd 1.09/1.55/1.69.)
 #:
 #: Hence: direct up to a reduction of 160 with filters up to 5x5 (its register tiles beat a
 #: GEMM with few rows; a 7x7 filter's 49 taps do not fit them), Winograd F(4x4,3x3) for all
-#: three passes of 3x3 stride-1 layers from 32 channels per group (3 channels starve its
-#: 36 GEMMs), im2col otherwise.
+#: three passes of 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels
+#: starve its 36 GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
@@ -102,6 +105,8 @@ def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     if unsupported_reason(op, "winograd_f43", p) is None \
             and min(p.c_per_group, p.k_per_group) >= WINOGRAD_MIN_CHANNELS:
         why = f"3x3 stride 1 with >= {WINOGRAD_MIN_CHANNELS} channels per group: Winograd needs fewer multiplies"
+        if (p.dil_h, p.dil_w) != (1, 1):
+            why += "; dilated, so on its phase images (kernels/dilation_phases.py)"
         order += [("winograd_f43", why), ("winograd_f23", why)]
     order += [("im2col", f"reduction c/groups*r*s = {reduction} is GEMM-sized"), ("direct", "fallback")]
     return order

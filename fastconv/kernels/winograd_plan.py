@@ -13,6 +13,7 @@ from typing import Callable, Iterator, NamedTuple, Tuple
 import numpy as np
 
 from .. import limits, threads
+from . import dilation_phases as phases
 from . import winograd_tables as tables
 
 #: V/M buffers reused between calls (per calling thread; see ``WorkspacePool``).
@@ -54,13 +55,32 @@ def _tile_chunks(n_images: int, n_th: int, n_tw: int, c: int, k: int, groups: in
                m_buf[:aa * k * nt].reshape(aa, groups, nt, k // groups))
 
 
-def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m: int, workers: int) -> None:
+def _phase_chunks(x_shape, y_shape, dilation: Tuple[int, int], phase_hw: Tuple[int, int], dtype,
+                  x_arrays: int = 1) -> Iterator[slice]:
+    """Batch slices for a dilated call: ``x_arrays`` x-sized and one y-sized phase array per image."""
+    a, b = phase_hw
+    per_image = dilation[0] * dilation[1] * (x_arrays * x_shape[1] * (a + 2) * (b + 2) + y_shape[1] * a * b)
+    return phases.image_chunks(x_shape[0], per_image * np.dtype(dtype).itemsize)
+
+
+def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m: int, workers: int,
+             dilation: Tuple[int, int] = (1, 1)) -> None:
     """y (N, K, OH, OW) = 3x3 stride-1 correlation of x (N, C, H, W) with transformed filters u.
 
     ``u`` is (a*a, G, C/G, K/G); output (oy, ox) reads the 3x3 input window starting at
     (oy - pad_top, ox - pad_left), zeros outside x. ``bias`` is (K,) or None. Per chunk:
     V = B^T d B of the input tiles, M[xi] = V[xi] @ U[xi], y = A^T M A + bias.
+    With a dilation, the window's taps are ``dilation`` apart and the correlation runs on
+    the phase images (``dilation_phases``).
     """
+    if phases.dilated(dilation):
+        a, b = phases.phase_output_shape(y.shape[2:], dilation)
+        for s in _phase_chunks(x.shape, y.shape, dilation, (a, b), y.dtype):
+            z = phases.split_input(x[s], (pad_top, pad_left), dilation, (a + 2, b + 2))
+            yz = phases.phase_array("y", y[s].shape, dilation, (a, b), y.dtype)
+            convolve(steps, z, u, bias, yz, 0, 0, m, workers)
+            phases.merge_output(yz, y[s], dilation)
+        return
     c_in, (k_out, oh, ow), groups = x.shape[1], y.shape[1:], u.shape[1]
     a = m + 2
     n_th, n_tw = -(-oh // m), -(-ow // m)
@@ -78,14 +98,24 @@ def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m
 
 
 def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: int, pad_left: int, m: int,
-                    workers: int) -> None:
+                    workers: int, dilation: Tuple[int, int] = (1, 1)) -> None:
     """grad_weight (K, C/G, 3, 3) of the 3x3 stride-1 correlation y = x (*) w, by F(m x m, 3x3).
 
     The adjoint of ``convolve``: per chunk of tile rows, V = B^T d B of x's tiles (as in the
     forward) and D = A dY A^T of grad_output's tiles; dL/dU[xi] = sum over tiles of
     V[xi]^T D[xi] (one GEMM per position, accumulated over chunks); grad_weight = G^T dL/dU G
-    (``winograd_tables.weight_gradient``).
+    (``winograd_tables.weight_gradient``). A dilated layer's is that of its phase images.
     """
+    if phases.dilated(dilation):
+        a, b = phases.phase_output_shape(grad_output.shape[2:], dilation)
+        part = grad_weight
+        for s in _phase_chunks(x.shape, grad_output.shape, dilation, (a, b), x.dtype):
+            z = phases.split_input(x[s], (pad_top, pad_left), dilation, (a + 2, b + 2))
+            weight_gradient(steps, phases.split_output(grad_output[s], dilation), z, part, 0, 0, m, workers)
+            if part is not grad_weight:
+                grad_weight += part
+            part = np.empty_like(grad_weight)
+        return
     c_in, (k_out, oh, ow), cg = x.shape[1], grad_output.shape[1:], grad_weight.shape[1]
     groups = c_in // cg
     n_th, n_tw = -(-oh // m), -(-ow // m)
@@ -104,21 +134,25 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
     grad_weight[...] = tables.weight_gradient(dm, m)
 
 
-def adjoint_pays(out_hw: Tuple[int, int], in_hw: Tuple[int, int], m: int) -> bool:
+def adjoint_pays(out_hw: Tuple[int, int], in_hw: Tuple[int, int], m: int,
+                 dilation: Tuple[int, int] = (1, 1)) -> bool:
     """Whether ``input_gradient`` (tiles over grad_output) beats ``convolve`` on the flipped
     filters (tiles over grad_input) for grad_input.
 
     The adjoint's last step writes a x a values per tile where the flipped convolution writes
     m x m, so it pays only with fewer tiles: when the layer shrinks its input (padding below
-    1), e.g. 13x13 -> 11x11 takes 9 F(4x4) tiles per image against 16.
+    1), e.g. 13x13 -> 11x11 takes 9 F(4x4) tiles per image against 16. A dilated layer's
+    tiles cover its phase images.
     """
+    out_hw = phases.phase_output_shape(out_hw, dilation)
+    in_hw = phases.phase_output_shape(in_hw, dilation)
     tiles_out = -(-out_hw[0] // m) * -(-out_hw[1] // m)
     tiles_in = -(-in_hw[0] // m) * -(-in_hw[1] // m)
     return tiles_out < tiles_in
 
 
 def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: int, pad_left: int, m: int,
-                   workers: int, x=None, grad_weight=None) -> None:
+                   workers: int, x=None, grad_weight=None, dilation: Tuple[int, int] = (1, 1)) -> None:
     """grad_input (N, C, H, W) of the 3x3 stride-1 correlation y = x (*) w, by F(m x m, 3x3).
 
     The adjoint of ``convolve`` with the forward's transformed filters ``ut`` (a*a, G, K/G,
@@ -128,7 +162,24 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
 
     Given ``x`` and ``grad_weight`` (K, C/G, 3, 3), also writes grad_weight as
     ``weight_gradient`` does, from the same D: one transform of grad_output serves both.
+    A dilated layer's gradients are those of its phase images.
     """
+    if phases.dilated(dilation):
+        a, b = phases.phase_output_shape(grad_output.shape[2:], dilation)
+        sub_hw = (a + 2, b + 2)
+        part = grad_weight
+        dtype = grad_input.dtype
+        for s in _phase_chunks(grad_input.shape, grad_output.shape, dilation, (a, b), dtype,
+                               2 if x is not None else 1):
+            gz = phases.split_output(grad_output[s], dilation)
+            z = None if x is None else phases.split_input(x[s], (pad_top, pad_left), dilation, sub_hw)
+            gxz = phases.phase_array("grad_input", grad_input[s].shape, dilation, sub_hw, dtype)
+            input_gradient(steps, gz, ut, gxz, 0, 0, m, workers, z, part)
+            phases.merge_input(gxz, grad_input[s], (pad_top, pad_left), dilation)
+            if part is not None and part is not grad_weight:
+                grad_weight += part
+            part = None if grad_weight is None else np.empty_like(grad_weight)
+        return
     c_in, (k_out, oh, ow), groups = grad_input.shape[1], grad_output.shape[1:], ut.shape[1]
     a = m + 2
     n_th, n_tw = -(-oh // m), -(-ow // m)

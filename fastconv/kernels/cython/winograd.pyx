@@ -681,25 +681,32 @@ def _workers():
     return threads.get_num_threads()
 
 
+def _dilation(params):
+    return (params.dil_h, params.dil_w)
+
+
 def _forward(x, weight, bias, y, params, m):
     u = _transformed_filters(weight, m, params.groups, grad_input=False)
-    plan.convolve(_STEPS, x, u, bias, y, params.pad_top, params.pad_left, m, _workers())
+    plan.convolve(_STEPS, x, u, bias, y, params.pad_top, params.pad_left, m, _workers(), _dilation(params))
 
 
 def _grad_input(grad_output, weight, grad_input, params, m, x=None, grad_weight=None):
     """grad_input, and grad_weight too when x and grad_weight are given (one pass if it pays)."""
-    if plan.adjoint_pays(grad_output.shape[2:], grad_input.shape[2:], m):
+    dilation = _dilation(params)
+    if plan.adjoint_pays(grad_output.shape[2:], grad_input.shape[2:], m, dilation):
         # The forward's U (cached for this weight), channel axes swapped for dV = D U^T.
         ut = np.ascontiguousarray(_transformed_filters(weight, m, params.groups, grad_input=False)
                                   .transpose(0, 1, 3, 2))
         plan.input_gradient(_STEPS, grad_output, ut, grad_input, params.pad_top, params.pad_left, m, _workers(),
-                            x, grad_weight)
+                            x, grad_weight, dilation)
         return
     u = _transformed_filters(weight, m, params.groups, grad_input=True)
-    plan.convolve(_STEPS, grad_output, u, None, grad_input, 2 - params.pad_top, 2 - params.pad_left, m,
-                  _workers())
+    # The flipped filters' taps are as far apart as the forward's: padding 2*dilation - pad.
+    plan.convolve(_STEPS, grad_output, u, None, grad_input, 2 * params.dil_h - params.pad_top,
+                  2 * params.dil_w - params.pad_left, m, _workers(), dilation)
     if grad_weight is not None:
-        plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, m, _workers())
+        plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, m, _workers(),
+                             dilation)
 
 
 # ---------------------------------------------------------------- public kernels
@@ -707,7 +714,8 @@ def _grad_input(grad_output, weight, grad_input, params, m, x=None, grad_weight=
 def conv2d_forward_f23(x, weight, bias, y, params):
     """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/g, 3, 3)) + bias, by F(2x2,3x3).
 
-    float32 or float64; stride 1, dilation 1, any padding and groups.
+    float32 or float64; stride 1, any padding, dilation (on the phase images of
+    ``kernels/dilation_phases.py``) and groups.
     """
     _forward(x, weight, bias, y, params, 2)
 
@@ -715,7 +723,8 @@ def conv2d_forward_f23(x, weight, bias, y, params):
 def conv2d_forward_f43(x, weight, bias, y, params):
     """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/g, 3, 3)) + bias, by F(4x4,3x3).
 
-    float32 or float64; stride 1, dilation 1, any padding and groups.
+    float32 or float64; stride 1, any padding, dilation (on the phase images of
+    ``kernels/dilation_phases.py``) and groups.
     """
     _forward(x, weight, bias, y, params, 4)
 
@@ -732,12 +741,14 @@ def conv2d_grad_input_f43(grad_output, weight, grad_input, params):
 
 def conv2d_grad_weight_f23(grad_output, x, grad_weight, params):
     """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(2x2,3x3)."""
-    plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 2, _workers())
+    plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 2, _workers(),
+                         _dilation(params))
 
 
 def conv2d_grad_weight_f43(grad_output, x, grad_weight, params):
     """grad_weight (K, C/g, 3, 3) from grad_output (N, K, OH, OW) and x (N, C, H, W), by F(4x4,3x3)."""
-    plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 4, _workers())
+    plan.weight_gradient(_STEPS, grad_output, x, grad_weight, params.pad_top, params.pad_left, 4, _workers(),
+                         _dilation(params))
 
 
 def conv2d_grad_input_weight_f23(grad_output, x, weight, grad_input, grad_weight, params):
