@@ -65,6 +65,22 @@ def test_fused_matches_the_separate_ops(case, backend, dtype):
     assert gw.dtype == gb.dtype == gx.dtype == np.dtype(dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tied_maxima_give_max_pool2ds_choice(backend, dtype):
+    """Small integers: exact sums and many windows whose maximum appears more than once."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(-1, 2, (2, 1, 12, 13)).astype(dtype)
+    weight = rng.integers(-1, 2, (4, 1, 3, 3)).astype(dtype)
+    geometry = dict(padding=0, groups=1)
+    y, codes = fastconv.conv2d_relu_max_pool2d(x, weight, None, backend=backend, **geometry)
+    y0, indices0, conv = _separately(x, weight, None, geometry, backend)
+    windows = conv[:, :, :10, :10].reshape(2, 4, 5, 2, 5, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4)
+    assert ((windows == windows.max(axis=1, keepdims=True)).sum(axis=1) > 1).mean() > 0.2
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(fused.window_offsets(codes, conv.shape[3]), indices0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_needs_and_no_bias(backend):
     x, weight, _, geometry = _data(CASES[1], "float64")
