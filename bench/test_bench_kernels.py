@@ -5,6 +5,7 @@ import fastconv
 from fastconv.benchmarks import competitors
 from fastconv.benchmarks.runner import _fastconv_call, _implementations, _ops_for
 from fastconv.benchmarks.suite import CONV_LAYERS, FUSED_LAYERS, POOL_LAYERS, ConvLayer
+from fastconv.benchmarks.timing import settle_allocator
 
 THREADS = fastconv.get_num_threads()
 CASES = []
@@ -14,6 +15,11 @@ for layer in CONV_LAYERS + POOL_LAYERS + FUSED_LAYERS:
             CASES.append(pytest.param(layer, op, algo, backend, id=f"{layer.name}-{op}-{label}"))
         if competitors.available("torch"):
             CASES.append(pytest.param(layer, op, "torch", None, id=f"{layer.name}-{op}-torch"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _settled_allocator():
+    settle_allocator()   # as fastconv bench: no candidate pays page faults the others do not
 
 
 @pytest.mark.parametrize("layer,op,algo,backend", CASES)

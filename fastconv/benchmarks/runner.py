@@ -19,7 +19,7 @@ from .. import conv2d, conv2d_backward, dispatch, fused, threads
 from .. import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from . import competitors
 from .suite import CONV_OPS, FUSED_OPS, POOL_OPS, ConvLayer, FusedLayer, select_layers
-from .timing import interleaved_medians, sgemm_gflops
+from .timing import interleaved_medians, settle_allocator, sgemm_gflops
 
 _DISPATCH_OP = {
     "forward": "conv2d_forward", "grad_input": "conv2d_grad_input", "grad_weight": "conv2d_grad_weight",
@@ -150,6 +150,7 @@ def run(args) -> dict:
     meta = {"python": sys.version.split()[0], "machine": platform.machine(), "processor": platform.processor(),
             "numpy": np.__version__, "dtype": args.dtype, "compare": frameworks, "started": time.ctime(),
             "sgemm_gflops": {}}
+    settle_allocator()
     rows = []
     progress = _progress(len(tasks), "fastconv bench")
     current_threads = None

@@ -8,6 +8,28 @@ from typing import Callable, Dict
 import numpy as np
 
 
+#: glibc's malloc raises its mmap threshold to the size of a freed mapped block up to this
+#: size (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit).
+_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def settle_allocator() -> None:
+    """Put the C allocator in the state a long-running process reaches, before timing.
+
+    glibc's malloc hands out blocks above its mmap threshold (128 KiB at start) as fresh
+    mappings, whose pages fault in on first touch at every call, and raises the threshold to
+    a freed mapped block's size (up to 32 MiB); from then on such blocks come from the heap
+    and are reused. Which outputs of a benchmark pay page faults therefore depended on the
+    largest array freed before them: on this VM a fault costs ~5 us, and PyTorch's 8 MiB
+    CIFAR conv1 output made its forward 13.9 ms in a fresh process and 2.5 ms once a larger
+    array had been freed (same process, same inputs). Freeing one block just under the
+    ceiling first puts every candidate, fastconv's and the frameworks', in the reused state.
+    No effect with other allocators.
+    """
+    block = np.empty(_MMAP_THRESHOLD_MAX // 8 - 4096, dtype=np.float64)
+    del block
+
+
 def interleaved_medians(candidates: Dict[str, Callable[[], object]], repeats: int = 7,
                         warmup: int = 2, budget_s: float = 3.0) -> Dict[str, float]:
     """Median seconds per call of each candidate, timed in turns so drift hits all alike.
