@@ -63,6 +63,19 @@ def _phase_chunks(x_shape, y_shape, dilation: Tuple[int, int], phase_hw: Tuple[i
     return phases.image_chunks(x_shape[0], per_image * np.dtype(dtype).itemsize)
 
 
+def _summed_over_chunks(total, chunks) -> Iterator[tuple]:
+    """``(chunk, part)`` per chunk, where each chunk's kernel writes its partial result to
+    ``part``: the first chunk's is ``total`` itself, later ones are added into it after
+    their turn. ``total`` None (nothing to sum) gives ``part`` None."""
+    for i, chunk in enumerate(chunks):
+        if total is None or i == 0:
+            yield chunk, total
+        else:
+            part = np.empty_like(total)
+            yield chunk, part
+            total += part
+
+
 def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m: int, workers: int,
              dilation: Tuple[int, int] = (1, 1)) -> None:
     """y (N, K, OH, OW) = 3x3 stride-1 correlation of x (N, C, H, W) with transformed filters u.
@@ -108,13 +121,10 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
     """
     if phases.dilated(dilation):
         a, b = phases.phase_output_shape(grad_output.shape[2:], dilation)
-        part = grad_weight
-        for s in _phase_chunks(x.shape, grad_output.shape, dilation, (a, b), x.dtype):
+        chunks = _phase_chunks(x.shape, grad_output.shape, dilation, (a, b), x.dtype)
+        for s, part in _summed_over_chunks(grad_weight, chunks):
             z = phases.split_input(x[s], (pad_top, pad_left), dilation, (a + 2, b + 2))
             weight_gradient(steps, phases.split_output(grad_output[s], dilation), z, part, 0, 0, m, workers)
-            if part is not grad_weight:
-                grad_weight += part
-            part = np.empty_like(grad_weight)
         return
     c_in, (k_out, oh, ow), cg = x.shape[1], grad_output.shape[1:], grad_weight.shape[1]
     groups = c_in // cg
@@ -167,18 +177,15 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
     if phases.dilated(dilation):
         a, b = phases.phase_output_shape(grad_output.shape[2:], dilation)
         sub_hw = (a + 2, b + 2)
-        part = grad_weight
         dtype = grad_input.dtype
-        for s in _phase_chunks(grad_input.shape, grad_output.shape, dilation, (a, b), dtype,
-                               2 if x is not None else 1):
+        chunks = _phase_chunks(grad_input.shape, grad_output.shape, dilation, (a, b), dtype,
+                               2 if x is not None else 1)
+        for s, part in _summed_over_chunks(grad_weight, chunks):
             gz = phases.split_output(grad_output[s], dilation)
             z = None if x is None else phases.split_input(x[s], (pad_top, pad_left), dilation, sub_hw)
             gxz = phases.phase_array("grad_input", grad_input[s].shape, dilation, sub_hw, dtype)
             input_gradient(steps, gz, ut, gxz, 0, 0, m, workers, z, part)
             phases.merge_input(gxz, grad_input[s], (pad_top, pad_left), dilation)
-            if part is not None and part is not grad_weight:
-                grad_weight += part
-            part = None if grad_weight is None else np.empty_like(grad_weight)
         return
     c_in, (k_out, oh, ow), groups = grad_input.shape[1], grad_output.shape[1:], ut.shape[1]
     a = m + 2
