@@ -77,6 +77,21 @@ def test_pool_indices_other_integer_dtypes_are_accepted():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hw", [(6, 40), (11, 11), (26, 27)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_2x2_ties_give_the_first_maximum(backend, hw, dtype):
+    """Small integers (-1, 0, 1): most windows hold their maximum more than once; the index is
+    the first in window order (top-left, top-right, bottom-left, bottom-right), as the oracle's."""
+    x = np.random.default_rng(hw[1]).integers(-1, 2, (2, 3) + hw).astype(dtype)
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True, backend=backend)
+    p = pool_params(x.shape, 2, None, 0, True, dtype)
+    want_y, want_idx = np.empty(p.output_shape, dtype), np.empty(p.output_shape, np.int64)
+    reference.max_pool2d_forward(x, want_y, want_idx, p)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("hw", [(8, 8), (9, 7), (26, 26), (11, 11), (2, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_backward_2x2_matches_reference(backend, hw, dtype):
