@@ -89,3 +89,21 @@ def test_bench_times_the_fused_op_and_its_pytorch_counterpart(tmp_path, capsys):
         _, gw0, gb0 = runner._fastconv_call(layer, "fused_backward", (x, w, b, gy), "auto", "auto")()
         np.testing.assert_allclose(gw0, gw.numpy(), rtol=1e-3, atol=1e-2)
         np.testing.assert_allclose(gb0, gb.numpy(), rtol=1e-3, atol=1e-2)
+
+
+def test_bench_settles_the_allocator_before_the_first_timing(monkeypatch):
+    """Every candidate is timed after the large block is freed, never before it."""
+    from fastconv.benchmarks import runner
+
+    events = []
+    monkeypatch.setattr(runner, "settle_allocator", lambda: events.append("settle"))
+    real = runner.interleaved_medians
+
+    def timed(candidates, **kwargs):
+        events.append("time")
+        return real(candidates, **kwargs)
+
+    monkeypatch.setattr(runner, "interleaved_medians", timed)
+    assert runner.main(["--shapes", "mnist_pool2", "--ops", "maxpool_forward", "--threads", "1",
+                        "--repeats", "1", "--budget", "0.05", "--compare", "none"]) == 0
+    assert events[0] == "settle" and events.count("settle") == 1 and "time" in events
