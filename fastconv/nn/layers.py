@@ -106,7 +106,7 @@ class Conv2d(Module):
                 raise ValueError("Conv2d.forward(max_pool=True) is the fused conv + ReLU + max pool: "
                                  "it needs relu=True")
             y, self._codes = fastconv.conv2d_relu_max_pool2d(x, self.weight.data, bias,
-                                                               **self._geometry())
+                                                             **self._geometry())
             self._x, self._y = x, y
             return y
         y = fastconv.conv2d(x, self.weight.data, bias, **self._geometry())
