@@ -80,6 +80,12 @@ LARGE_CONVS = [
     ("strided_wide_rows", (1, 2, 9, 601), (5, 2, 3, 3), dict(stride=2, padding=1)),
     ("grad_weight_batch_chunks", (16, 2, 10, 10), (2, 2, 3, 3), dict(padding=1)),
     ("pointwise_many_channels", (2, 40, 9, 11), (7, 40, 1, 1), {}),
+    # tap_block: more taps than one call takes (15 * 9 > TAP_CHUNK), 4 + 3 output channels,
+    # rows that leave 8-wide and scalar tails; 4 + 2 channels with 5x5 (LeNet's conv2);
+    # a single output channel (and 4 + 1 channels in grad_input).
+    ("tap_chunks_seven_channels", (2, 15, 11, 13), (7, 15, 3, 3), dict(padding=1)),
+    ("six_channels_5x5", (3, 6, 14, 14), (16, 6, 5, 5), {}),
+    ("one_output_channel", (2, 5, 9, 10), (1, 5, 3, 3), dict(padding=1)),
 ]
 
 
@@ -91,6 +97,17 @@ def test_fast_path_convolutions_match_oracle(name, xshape, wshape, kw, dtype):
     want = _conv_reference(x, w, b, gy, **kw)
     for g, r, what in zip(got, want, ("forward", "grad_input", "grad_weight", "grad_bias")):
         assert_close(g, r, dtype, "direct", what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shift", [1, 2, 3])
+def test_output_channel_values_do_not_depend_on_their_channel_block(shift, dtype):
+    """Output channels are summed in blocks of up to 4; rotating the filters moves each
+    channel into another block (and block size): its values must stay the same bit for bit."""
+    x, w, b, _ = _conv_arrays((2, 6, 12, 17), (7, 6, 3, 3), dtype, seed=shift, padding=1)
+    y = fastconv.conv2d(x, w, b, padding=1, **CY)
+    rolled = fastconv.conv2d(x, np.roll(w, shift, axis=0), np.roll(b, shift), padding=1, **CY)
+    np.testing.assert_array_equal(rolled, np.roll(y, shift, axis=1))
 
 
 @pytest.mark.parametrize("name,xshape,wshape,kw", LARGE_CONVS, ids=[c[0] for c in LARGE_CONVS])
