@@ -52,7 +52,7 @@ from libc.string cimport memset
 from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
-from fastconv.kernels.cython.tap_block cimport tap_block
+from fastconv.kernels.cython.microkernels cimport FC_DOT_LANES_F32, FC_DOT_LANES_F64, dot_block, tap_block
 
 from fastconv.threads import get_num_threads
 
@@ -484,165 +484,6 @@ cdef void _grad_input_scatter(const Geometry* g, const floating* gy, const float
 
 # ---------------------------------------------------------------- grad_weight (dot products)
 
-cdef void _dot4(const floating* g0, Py_ssize_t gstride, const floating* src,
-                const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n,
-                floating* out, Py_ssize_t ostride) noexcept nogil:
-    """out[q*ostride + t] += sum_i g_q[i] * src[i + toff[t]] for 4 channels q and every tap t.
-
-    Each dot product keeps LANES partial sums (vector registers; no -ffast-math needed) that
-    are added in a fixed order at the end. An entry's arithmetic does not depend on which
-    other taps or channels share its pass, so ``_dot1`` gives bit-identical results.
-    """
-    cdef floating p[12][LANES]
-    cdef const floating* g1 = g0 + gstride
-    cdef const floating* g2 = g0 + 2 * gstride
-    cdef const floating* g3 = g0 + 3 * gstride
-    cdef const floating* xa
-    cdef const floating* xb
-    cdef const floating* xc
-    cdef floating ga, gb, gc, gd, va, vb, vc, total
-    cdef Py_ssize_t nfull = n - n % LANES
-    cdef Py_ssize_t i, l, q, t
-    t = 0
-    while t + 3 <= ntaps:
-        xa = src + toff[t]
-        xb = src + toff[t + 1]
-        xc = src + toff[t + 2]
-        for q in range(12):
-            for l in range(LANES):
-                p[q][l] = 0
-        for i in range(0, nfull, 8):  # 8 == LANES
-            for l in range(LANES):
-                ga = g0[i + l]; gb = g1[i + l]; gc = g2[i + l]; gd = g3[i + l]
-                va = xa[i + l]; vb = xb[i + l]; vc = xc[i + l]
-                p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
-                p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
-                p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
-                p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
-        for i in range(nfull, n):
-            l = i - nfull
-            ga = g0[i]; gb = g1[i]; gc = g2[i]; gd = g3[i]
-            va = xa[i]; vb = xb[i]; vc = xc[i]
-            p[0][l] += ga * va; p[1][l] += ga * vb; p[2][l] += ga * vc
-            p[3][l] += gb * va; p[4][l] += gb * vb; p[5][l] += gb * vc
-            p[6][l] += gc * va; p[7][l] += gc * vb; p[8][l] += gc * vc
-            p[9][l] += gd * va; p[10][l] += gd * vb; p[11][l] += gd * vc
-        for q in range(12):
-            total = 0
-            for l in range(LANES):
-                total = total + p[q][l]
-            out[(q // 3) * ostride + t + q % 3] += total
-        t += 3
-    while t < ntaps:
-        xa = src + toff[t]
-        for q in range(4):
-            for l in range(LANES):
-                p[q][l] = 0
-        for i in range(0, nfull, 8):  # 8 == LANES
-            for l in range(LANES):
-                va = xa[i + l]
-                p[0][l] += g0[i + l] * va; p[1][l] += g1[i + l] * va
-                p[2][l] += g2[i + l] * va; p[3][l] += g3[i + l] * va
-        for i in range(nfull, n):
-            l = i - nfull
-            va = xa[i]
-            p[0][l] += g0[i] * va; p[1][l] += g1[i] * va
-            p[2][l] += g2[i] * va; p[3][l] += g3[i] * va
-        for q in range(4):
-            total = 0
-            for l in range(LANES):
-                total = total + p[q][l]
-            out[q * ostride + t] += total
-        t += 1
-
-
-cdef void _dot1(const floating* g0, const floating* src, const Py_ssize_t* toff,
-                Py_ssize_t ntaps, Py_ssize_t n, floating* out) noexcept nogil:
-    """One channel of ``_dot4`` (bit-identical per entry); 9 taps per pass where it can
-    (one grad_output load per 9 FMAs), then 3, then 1."""
-    cdef floating p[9][LANES]
-    cdef const floating* xs[9]
-    cdef floating ga, total
-    cdef Py_ssize_t nfull = n - n % LANES
-    cdef Py_ssize_t i, l, q, t, width
-    t = 0
-    while t < ntaps:
-        width = ntaps - t
-        if width >= 9:
-            width = 9
-        elif width >= 3:
-            width = 3
-        else:
-            width = 1
-        for q in range(width):
-            xs[q] = src + toff[t + q]
-        for q in range(9):
-            for l in range(LANES):
-                p[q][l] = 0
-        if width == 9:
-            _dot1_9(g0, xs, nfull, p)
-        elif width == 3:
-            for i in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    ga = g0[i + l]
-                    p[0][l] += ga * xs[0][i + l]
-                    p[1][l] += ga * xs[1][i + l]
-                    p[2][l] += ga * xs[2][i + l]
-        else:
-            for i in range(0, nfull, 8):  # 8 == LANES
-                for l in range(LANES):
-                    p[0][l] += g0[i + l] * xs[0][i + l]
-        for i in range(nfull, n):
-            l = i - nfull
-            ga = g0[i]
-            for q in range(width):
-                p[q][l] += ga * xs[q][i]
-        for q in range(width):
-            total = 0
-            for l in range(LANES):
-                total = total + p[q][l]
-            out[t + q] += total
-        t += width
-
-
-cdef void _dot1_9(const floating* g0, const floating** xs, Py_ssize_t nfull,
-                  floating (*p)[LANES]) noexcept nogil:
-    """p[q][l] += sum over full lane blocks of g0 * xs[q] for 9 taps (unit step)."""
-    cdef floating q0[LANES]
-    cdef floating q1[LANES]
-    cdef floating q2[LANES]
-    cdef floating q3[LANES]
-    cdef floating q4[LANES]
-    cdef floating q5[LANES]
-    cdef floating q6[LANES]
-    cdef floating q7[LANES]
-    cdef floating q8[LANES]
-    cdef const floating* x0 = xs[0]
-    cdef const floating* x1 = xs[1]
-    cdef const floating* x2 = xs[2]
-    cdef const floating* x3 = xs[3]
-    cdef const floating* x4 = xs[4]
-    cdef const floating* x5 = xs[5]
-    cdef const floating* x6 = xs[6]
-    cdef const floating* x7 = xs[7]
-    cdef const floating* x8 = xs[8]
-    cdef floating ga
-    cdef Py_ssize_t i, l
-    for l in range(LANES):
-        q0[l] = 0; q1[l] = 0; q2[l] = 0; q3[l] = 0; q4[l] = 0
-        q5[l] = 0; q6[l] = 0; q7[l] = 0; q8[l] = 0
-    for i in range(0, nfull, 8):  # 8 == LANES
-        for l in range(LANES):
-            ga = g0[i + l]
-            q0[l] += ga * x0[i + l]; q1[l] += ga * x1[i + l]; q2[l] += ga * x2[i + l]
-            q3[l] += ga * x3[i + l]; q4[l] += ga * x4[i + l]; q5[l] += ga * x5[i + l]
-            q6[l] += ga * x6[i + l]; q7[l] += ga * x7[i + l]; q8[l] += ga * x8[i + l]
-    for l in range(LANES):
-        p[0][l] = q0[l]; p[1][l] = q1[l]; p[2][l] = q2[l]
-        p[3][l] = q3[l]; p[4][l] = q4[l]; p[5][l] = q5[l]
-        p[6][l] = q6[l]; p[7][l] = q7[l]; p[8][l] = q8[l]
-
-
 cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
                        const floating* src, Py_ssize_t wp, floating* p, const floating* raw,
                        Py_ssize_t h, Py_ssize_t wr, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
@@ -775,10 +616,11 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
     cdef floating lanes[4][9 * LANES]
     cdef floating total
     cdef Py_ssize_t t, l
+    # Lane partial sums of every (filter, tap) dot product, carried over the chunk's images.
+    cdef Py_ssize_t nl = FC_DOT_LANES_F32 if floating is float else FC_DOT_LANES_F64
+    cdef floating* dots = xws + (g.cb * g.ps if g.copy else 0)
     if nk > g.kbt:
         nk = g.kbt
-    for a in range(nk * crs):
-        out[a] = 0
     if g.plane3x3:
         # One input channel, 3x3: lane partial sums carried over the chunk's images.
         for kk in range(nk):
@@ -798,6 +640,8 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
                     total = total + lanes[kk][t * LANES + l]
                 out[kk * 9 + t] = total
         return
+    for a in range(nk * crs * nl):
+        dots[a] = 0
     for n in range(n0, n1):
         gy_blk = gy + (n * g.k + k0) * out_plane
         gp = gy_blk
@@ -829,26 +673,18 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
             if g.rows:
                 # Exact pairs only: one dot product per output row (no extra columns).
                 for oh in range(g.out_h):
-                    kk = 0
-                    while kk + 4 <= nk:
-                        _dot4(gp + kk * gstride + oh * g.out_w, gstride, base + oh * g.wp, toff,
-                              ntaps, g.out_w, out + kk * crs + cc * rs, crs)
-                        kk += 4
-                    while kk < nk:
-                        _dot1(gp + kk * gstride + oh * g.out_w, base + oh * g.wp, toff, ntaps,
-                              g.out_w, out + kk * crs + cc * rs)
-                        kk += 1
+                    dot_block(nk, gp + oh * g.out_w, gstride, base + oh * g.wp, toff, ntaps,
+                              g.out_w, dots + cc * rs * nl, crs * nl)
             else:
                 length = (g.out_h - 1) * g.wp + g.out_w
-                kk = 0
-                while kk + 4 <= nk:
-                    _dot4(gp + kk * gstride, gstride, base, toff, ntaps, length,
-                          out + kk * crs + cc * rs, crs)
-                    kk += 4
-                while kk < nk:
-                    _dot1(gp + kk * gstride, base, toff, ntaps, length, out + kk * crs + cc * rs)
-                    kk += 1
+                dot_block(nk, gp, gstride, base, toff, ntaps, length, dots + cc * rs * nl,
+                          crs * nl)
             cc += ncb
+    for a in range(nk * crs):
+        total = 0
+        for l in range(nl):    # a fixed order: the same sum for any thread count
+            total = total + dots[a * nl + l]
+        out[a] = total
 
 
 cdef void _grad_weight_core(const Geometry* g, const floating* gy, const floating* x,
@@ -1043,7 +879,9 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
     dtype = np.float32 if floating is float else np.float64
     toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
-    cdef Py_ssize_t ws_stride = g.kbt * g.out_h * g.wp + (g.cb * g.ps if g.copy else 0)
+    # Per thread: wide grad_output copies, padded input planes, the dot products' lanes.
+    cdef Py_ssize_t ws_stride = (g.kbt * g.out_h * g.wp + (g.cb * g.ps if g.copy else 0)
+                                 + g.kbt * g.cg * g.r * g.s * FC_DOT_LANES_F32)
     cdef floating[::1] ws_v = np.zeros(max(1, nthreads * ws_stride), dtype=dtype)  # zero borders
     cdef floating[:, :, ::1] part_v
     if g.nc == 1:

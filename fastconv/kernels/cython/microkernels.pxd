@@ -1,0 +1,264 @@
+# The register-blocked inner kernels of the direct convolution (``direct.pyx``).
+#
+# tap_block, the correlation (forward, and grad_input with stride 1):
+#
+#     acc_q[i] += sum over taps t of w[q * wstride + t] * src[toff[t] + i]
+#
+# for nq <= 4 output channels q and n outputs i. Blocks of 3 SIMD vectors x nq channels keep
+# their partial sums in registers over all the taps (12 accumulators, 3 input vectors and one
+# broadcast weight: the 16 AVX registers), so each tap costs 3 loads and nq broadcasts for
+# 3 * nq FMAs, and an accumulator is loaded and stored once per call, not once per tap.
+# Every output's sum is formed tap after tap in order (acc + w*x, contracted to one FMA per
+# tap), which is also what the tail loops do: results do not depend on where a block
+# boundary falls.
+#
+# dot_block, the weight gradient's dot products:
+#
+#     lanes[q, t, l] += sum over i = l (mod L) of g_q[i] * src[toff[t] + i]
+#
+# for nq <= 4 filters q: each dot product is kept as L vector-lane partial sums (L = 8
+# floats or 4 doubles, DOT_LANES), in memory between calls so that they carry over the
+# images of a batch chunk and are added up once at the end. Taps go in pairs: 8
+# accumulators, 2 input vectors and one grad_output vector in registers, 6 loads for 8 FMAs
+# (the previous 4 filters x 3 taps form needed 16 loads for 12 FMAs: gcc had no register
+# left for the input vectors), over spans of positions that stay in L1 for all the taps;
+# the positions past the last full vector are loaded masked. A tap's lane sums depend on
+# neither its partner tap nor the span boundaries.
+#
+# Cython cannot hold a value in a SIMD register across a loop (gcc kept such a local array
+# on the stack, one load and one store per step), so these loop nests are C with AVX2/FMA
+# intrinsics, generated for float and double and for nq = 1..4; without AVX2 and FMA at
+# compile time the same loops are plain C with the same lane assignment.
+from fastconv.kernels.cython.blas cimport floating
+
+cdef extern from *:
+    """
+    #if defined(__AVX2__) && defined(__FMA__)
+    #include <immintrin.h>
+
+    #define FC_TAP_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ)                  \\
+    static __attribute__((noinline)) void NAME(const T* src, const Py_ssize_t* toff, Py_ssize_t ntaps, const T* w,     \\
+                     Py_ssize_t wstride, T* acc, Py_ssize_t astride, Py_ssize_t n) {        \\
+        Py_ssize_t i = 0, t;                                                                 \\
+        int q, k;                                                                            \\
+        for (; i + 3 * LANES <= n; i += 3 * LANES) {                                         \\
+            V a[NQ][3];                                                                      \\
+            for (q = 0; q < NQ; q++)                                                         \\
+                for (k = 0; k < 3; k++) a[q][k] = LOADU(acc + q * astride + i + k * LANES);  \\
+            for (t = 0; t < ntaps; t++) {                                                    \\
+                const T* x = src + toff[t] + i;                                              \\
+                V x0 = LOADU(x), x1 = LOADU(x + LANES), x2 = LOADU(x + 2 * LANES);           \\
+                for (q = 0; q < NQ; q++) {                                                   \\
+                    V wq = SET1(w[q * wstride + t]);                                         \\
+                    a[q][0] = FMADD(wq, x0, a[q][0]);                                        \\
+                    a[q][1] = FMADD(wq, x1, a[q][1]);                                        \\
+                    a[q][2] = FMADD(wq, x2, a[q][2]);                                        \\
+                }                                                                            \\
+            }                                                                                \\
+            for (q = 0; q < NQ; q++)                                                         \\
+                for (k = 0; k < 3; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);  \\
+        }                                                                                    \\
+        for (; i + LANES <= n; i += LANES) {                                                 \\
+            V a[NQ];                                                                         \\
+            for (q = 0; q < NQ; q++) a[q] = LOADU(acc + q * astride + i);                    \\
+            for (t = 0; t < ntaps; t++) {                                                    \\
+                V x0 = LOADU(src + toff[t] + i);                                             \\
+                for (q = 0; q < NQ; q++) a[q] = FMADD(SET1(w[q * wstride + t]), x0, a[q]);   \\
+            }                                                                                \\
+            for (q = 0; q < NQ; q++) STOREU(acc + q * astride + i, a[q]);                    \\
+        }                                                                                    \\
+        FC_TAP_TAIL(T, NQ)                                                                   \\
+    }
+    #else
+    #define FC_TAP_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ)                  \\
+    static void NAME(const T* src, const Py_ssize_t* toff, Py_ssize_t ntaps, const T* w,     \\
+                     Py_ssize_t wstride, T* acc, Py_ssize_t astride, Py_ssize_t n) {        \\
+        Py_ssize_t i = 0, t;                                                                 \\
+        int q;                                                                               \\
+        FC_TAP_TAIL(T, NQ)                                                                   \\
+    }
+    #endif
+
+    /* Outputs i.. n one at a time (all of them without AVX2), in the same tap order. */
+    #define FC_TAP_TAIL(T, NQ)                                                               \\
+        for (; i < n; i++) {                                                                 \\
+            T a[NQ];                                                                         \\
+            for (q = 0; q < NQ; q++) a[q] = acc[q * astride + i];                            \\
+            for (t = 0; t < ntaps; t++) {                                                    \\
+                T x0 = src[toff[t] + i];                                                     \\
+                for (q = 0; q < NQ; q++) a[q] = a[q] + w[q * wstride + t] * x0;              \\
+            }                                                                                \\
+            for (q = 0; q < NQ; q++) acc[q * astride + i] = a[q];                            \\
+        }
+
+    #define FC_TAP_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD)                   \\
+    FC_TAP_BLOCK(fc_taps1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 1)              \\
+    FC_TAP_BLOCK(fc_taps2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 2)              \\
+    FC_TAP_BLOCK(fc_taps3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 3)              \\
+    FC_TAP_BLOCK(fc_taps4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 4)              \\
+    static void fc_taps_##SUFFIX(Py_ssize_t nq, const T* src, const Py_ssize_t* toff,        \\
+                                 Py_ssize_t ntaps, const T* w, Py_ssize_t wstride, T* acc,   \\
+                                 Py_ssize_t astride, Py_ssize_t n) {                         \\
+        switch (nq) {                                                                        \\
+        case 4: fc_taps4_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n); break;     \\
+        case 3: fc_taps3_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n); break;     \\
+        case 2: fc_taps2_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n); break;     \\
+        default: fc_taps1_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n);           \\
+        }                                                                                    \\
+    }
+
+    #if defined(__AVX2__) && defined(__FMA__)
+    FC_TAP_BLOCKS(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+                  _mm256_fmadd_ps)
+    FC_TAP_BLOCKS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
+                  _mm256_fmadd_pd)
+    #else
+    FC_TAP_BLOCKS(f32, float, float, 1, , , , )
+    FC_TAP_BLOCKS(f64, double, double, 1, , , , )
+    #endif
+
+    #define FC_DOT_LANES_F32 8
+    #define FC_DOT_LANES_F64 4
+    /* Positions per pass over the taps: the grad_output span (4 x 2 KiB for float) and the
+       input lines its taps read stay in L1 until every tap pair has used them. */
+    #define FC_DOT_SPAN 512
+
+    #if defined(__AVX2__) && defined(__FMA__)
+    static inline __m256 fc_maskload_f32(const float* p, Py_ssize_t m) {
+        __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), lane));
+    }
+    static inline __m256d fc_maskload_f64(const double* p, Py_ssize_t m) {
+        __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+        return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), lane));
+    }
+
+    /* The first m (< LANES) positions from i go to lanes 0..m-1: masked loads read nothing
+       past them, and the zero lanes add 0 * 0. */
+    #define FC_DOT_BLOCK(NAME, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, NQ)                 \\
+    static __attribute__((noinline)) void NAME(const T* g, Py_ssize_t gstride, const T* src,    \\
+            const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, T* lanes,                   \\
+            Py_ssize_t lstride) {                                                               \\
+        Py_ssize_t i, i0, i1, iv, t, u;                                                         \\
+        int q;                                                                                  \\
+        for (i0 = 0; i0 < n; i0 += FC_DOT_SPAN) {                                               \\
+            i1 = i0 + FC_DOT_SPAN < n ? i0 + FC_DOT_SPAN : n;                                   \\
+            iv = i1 - (i1 - i0) % LANES;                                                        \\
+            for (t = 0; t < ntaps; t += 2) {                                                    \\
+                /* A lone last tap is paired with itself; only its first copy is stored. */     \\
+                u = t + 1 < ntaps ? t + 1 : t;                                                  \\
+                const T* xa = src + toff[t];                                                    \\
+                const T* xb = src + toff[u];                                                    \\
+                V a[NQ][2];                                                                     \\
+                for (q = 0; q < NQ; q++) {                                                      \\
+                    a[q][0] = LOADU(lanes + q * lstride + t * LANES);                           \\
+                    a[q][1] = LOADU(lanes + q * lstride + u * LANES);                           \\
+                }                                                                               \\
+                for (i = i0; i < iv; i += LANES) {                                              \\
+                    V va = LOADU(xa + i), vb = LOADU(xb + i);                                   \\
+                    /* In registers: gcc otherwise re-read them inside every FMA. */            \\
+                    __asm__("" : "+x"(va), "+x"(vb));                                           \\
+                    for (q = 0; q < NQ; q++) {                                                  \\
+                        V gq = LOADU(g + q * gstride + i);                                      \\
+                        a[q][0] = FMADD(gq, va, a[q][0]);                                       \\
+                        a[q][1] = FMADD(gq, vb, a[q][1]);                                       \\
+                    }                                                                           \\
+                }                                                                               \\
+                if (iv < i1) {                                                                  \\
+                    V va = MASKLOAD(xa + iv, i1 - iv), vb = MASKLOAD(xb + iv, i1 - iv);         \\
+                    for (q = 0; q < NQ; q++) {                                                  \\
+                        V gq = MASKLOAD(g + q * gstride + iv, i1 - iv);                         \\
+                        a[q][0] = FMADD(gq, va, a[q][0]);                                       \\
+                        a[q][1] = FMADD(gq, vb, a[q][1]);                                       \\
+                    }                                                                           \\
+                }                                                                               \\
+                for (q = 0; q < NQ; q++) {                                                      \\
+                    if (u != t) STOREU(lanes + q * lstride + u * LANES, a[q][1]);               \\
+                    STOREU(lanes + q * lstride + t * LANES, a[q][0]);                           \\
+                }                                                                               \\
+            }                                                                                   \\
+        }                                                                                       \\
+    }
+    #else
+    /* Plain C, the same lane for every position: lane (i - i0) mod LANES of its span. */
+    #define FC_DOT_BLOCK(NAME, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, NQ)                 \\
+    static void NAME(const T* g, Py_ssize_t gstride, const T* src, const Py_ssize_t* toff,      \\
+                     Py_ssize_t ntaps, Py_ssize_t n, T* lanes, Py_ssize_t lstride) {            \\
+        Py_ssize_t i, i0, i1, t;                                                                \\
+        int q;                                                                                  \\
+        for (i0 = 0; i0 < n; i0 += FC_DOT_SPAN) {                                               \\
+            i1 = i0 + FC_DOT_SPAN < n ? i0 + FC_DOT_SPAN : n;                                   \\
+            for (t = 0; t < ntaps; t++)                                                         \\
+                for (q = 0; q < NQ; q++) {                                                      \\
+                    T* lt = lanes + q * lstride + t * LANES;                                    \\
+                    for (i = i0; i < i1; i++)                                                   \\
+                        lt[(i - i0) % LANES] = lt[(i - i0) % LANES]                             \\
+                                               + g[q * gstride + i] * src[toff[t] + i];         \\
+                }                                                                               \\
+        }                                                                                       \\
+    }
+    #endif
+
+    #define FC_DOT_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD)                  \\
+    FC_DOT_BLOCK(fc_dots1_##SUFFIX, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, 1)             \\
+    FC_DOT_BLOCK(fc_dots2_##SUFFIX, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, 2)             \\
+    FC_DOT_BLOCK(fc_dots3_##SUFFIX, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, 3)             \\
+    FC_DOT_BLOCK(fc_dots4_##SUFFIX, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, 4)             \\
+    static void fc_dots_##SUFFIX(Py_ssize_t nq, const T* g, Py_ssize_t gstride, const T* src,   \\
+            const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, T* lanes,                   \\
+            Py_ssize_t lstride) {                                                               \\
+        switch (nq) {                                                                           \\
+        case 4: fc_dots4_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride); break;      \\
+        case 3: fc_dots3_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride); break;      \\
+        case 2: fc_dots2_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride); break;      \\
+        default: fc_dots1_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride);            \\
+        }                                                                                       \\
+    }
+
+    #if defined(__AVX2__) && defined(__FMA__)
+    FC_DOT_BLOCKS(f32, float, __m256, FC_DOT_LANES_F32, _mm256_loadu_ps, _mm256_storeu_ps,
+                  _mm256_fmadd_ps, fc_maskload_f32)
+    FC_DOT_BLOCKS(f64, double, __m256d, FC_DOT_LANES_F64, _mm256_loadu_pd, _mm256_storeu_pd,
+                  _mm256_fmadd_pd, fc_maskload_f64)
+    #else
+    FC_DOT_BLOCKS(f32, float, float, FC_DOT_LANES_F32, , , , )
+    FC_DOT_BLOCKS(f64, double, double, FC_DOT_LANES_F64, , , , )
+    #endif
+
+    """
+    void fc_taps_f32(Py_ssize_t nq, const float* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                     const float* w, Py_ssize_t wstride, float* acc, Py_ssize_t astride,
+                     Py_ssize_t n) noexcept nogil
+    enum:
+        FC_DOT_LANES_F32
+        FC_DOT_LANES_F64
+    void fc_dots_f32(Py_ssize_t nq, const float* g, Py_ssize_t gstride, const float* src,
+                     const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, float* lanes,
+                     Py_ssize_t lstride) noexcept nogil
+    void fc_dots_f64(Py_ssize_t nq, const double* g, Py_ssize_t gstride, const double* src,
+                     const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, double* lanes,
+                     Py_ssize_t lstride) noexcept nogil
+    void fc_taps_f64(Py_ssize_t nq, const double* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                     const double* w, Py_ssize_t wstride, double* acc, Py_ssize_t astride,
+                     Py_ssize_t n) noexcept nogil
+
+
+cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t* toff,
+                           Py_ssize_t ntaps, const floating* w, Py_ssize_t wstride,
+                           floating* acc, Py_ssize_t astride, Py_ssize_t n) noexcept nogil:
+    """acc[q*astride + i] += sum_t w[q*wstride + t] * src[toff[t] + i], q < nq (1-4), i < n."""
+    if floating is float:
+        fc_taps_f32(nq, src, toff, ntaps, w, wstride, acc, astride, n)
+    else:
+        fc_taps_f64(nq, src, toff, ntaps, w, wstride, acc, astride, n)
+
+
+cdef inline void dot_block(Py_ssize_t nq, const floating* g, Py_ssize_t gstride,
+                           const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                           Py_ssize_t n, floating* lanes, Py_ssize_t lstride) noexcept nogil:
+    """lanes[q*lstride + t*L + l] += sum over i < n, i = l (mod L), of g[q*gstride + i] * src[toff[t] + i]
+    for q < nq (1-4) and t < ntaps; L = FC_DOT_LANES_F32 or FC_DOT_LANES_F64."""
+    if floating is float:
+        fc_dots_f32(nq, g, gstride, src, toff, ntaps, n, lanes, lstride)
+    else:
+        fc_dots_f64(nq, g, gstride, src, toff, ntaps, n, lanes, lstride)
