@@ -86,6 +86,10 @@ LARGE_CONVS = [
     ("tap_chunks_seven_channels", (2, 15, 11, 13), (7, 15, 3, 3), dict(padding=1)),
     ("six_channels_5x5", (3, 6, 14, 14), (16, 6, 5, 5), {}),
     ("one_output_channel", (2, 5, 9, 10), (1, 5, 3, 3), dict(padding=1)),
+    # rows summed straight into y: a masked last vector (30 = 3*8 + 6), and channel chunks
+    # (later chunks start from the sums already in y) with 4 + 1 output channels.
+    ("rows_masked_tail", (2, 3, 9, 30), (6, 3, 3, 3), dict(padding=1)),
+    ("rows_channel_chunks", (1, 24, 70, 64), (5, 24, 3, 3), dict(padding=1)),
 ]
 
 
@@ -108,6 +112,15 @@ def test_output_channel_values_do_not_depend_on_their_channel_block(shift, dtype
     y = fastconv.conv2d(x, w, b, padding=1, **CY)
     rolled = fastconv.conv2d(x, np.roll(w, shift, axis=0), np.roll(b, shift), padding=1, **CY)
     np.testing.assert_array_equal(rolled, np.roll(y, shift, axis=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xshape", [(2, 3, 9, 30), (2, 6, 10, 10)], ids=["rows", "tiles"])
+def test_forward_without_bias_matches_oracle(xshape, dtype):
+    x, w, _, _ = _conv_arrays(xshape, (5, xshape[1], 3, 3), dtype, padding=1)
+    y = fastconv.conv2d(x, w, None, padding=1, **CY)
+    want, _, _, _ = _conv_reference(x, w, None, np.zeros((xshape[0], 5) + xshape[2:]), padding=1)
+    assert_close(y, want, dtype, "direct", "forward without bias")
 
 
 @pytest.mark.parametrize("name,xshape,wshape,kw", LARGE_CONVS, ids=[c[0] for c in LARGE_CONVS])

@@ -36,94 +36,8 @@ cdef extern from *:
     #if defined(__AVX2__) && defined(__FMA__)
     #include <immintrin.h>
 
-    #define FC_TAP_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ)                  \\
-    static __attribute__((noinline)) void NAME(const T* src, const Py_ssize_t* toff, Py_ssize_t ntaps, const T* w,     \\
-                     Py_ssize_t wstride, T* acc, Py_ssize_t astride, Py_ssize_t n) {        \\
-        Py_ssize_t i = 0, t;                                                                 \\
-        int q, k;                                                                            \\
-        for (; i + 3 * LANES <= n; i += 3 * LANES) {                                         \\
-            V a[NQ][3];                                                                      \\
-            for (q = 0; q < NQ; q++)                                                         \\
-                for (k = 0; k < 3; k++) a[q][k] = LOADU(acc + q * astride + i + k * LANES);  \\
-            for (t = 0; t < ntaps; t++) {                                                    \\
-                const T* x = src + toff[t] + i;                                              \\
-                V x0 = LOADU(x), x1 = LOADU(x + LANES), x2 = LOADU(x + 2 * LANES);           \\
-                for (q = 0; q < NQ; q++) {                                                   \\
-                    V wq = SET1(w[q * wstride + t]);                                         \\
-                    a[q][0] = FMADD(wq, x0, a[q][0]);                                        \\
-                    a[q][1] = FMADD(wq, x1, a[q][1]);                                        \\
-                    a[q][2] = FMADD(wq, x2, a[q][2]);                                        \\
-                }                                                                            \\
-            }                                                                                \\
-            for (q = 0; q < NQ; q++)                                                         \\
-                for (k = 0; k < 3; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);  \\
-        }                                                                                    \\
-        for (; i + LANES <= n; i += LANES) {                                                 \\
-            V a[NQ];                                                                         \\
-            for (q = 0; q < NQ; q++) a[q] = LOADU(acc + q * astride + i);                    \\
-            for (t = 0; t < ntaps; t++) {                                                    \\
-                V x0 = LOADU(src + toff[t] + i);                                             \\
-                for (q = 0; q < NQ; q++) a[q] = FMADD(SET1(w[q * wstride + t]), x0, a[q]);   \\
-            }                                                                                \\
-            for (q = 0; q < NQ; q++) STOREU(acc + q * astride + i, a[q]);                    \\
-        }                                                                                    \\
-        FC_TAP_TAIL(T, NQ)                                                                   \\
-    }
-    #else
-    #define FC_TAP_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ)                  \\
-    static void NAME(const T* src, const Py_ssize_t* toff, Py_ssize_t ntaps, const T* w,     \\
-                     Py_ssize_t wstride, T* acc, Py_ssize_t astride, Py_ssize_t n) {        \\
-        Py_ssize_t i = 0, t;                                                                 \\
-        int q;                                                                               \\
-        FC_TAP_TAIL(T, NQ)                                                                   \\
-    }
-    #endif
-
-    /* Outputs i.. n one at a time (all of them without AVX2), in the same tap order. */
-    #define FC_TAP_TAIL(T, NQ)                                                               \\
-        for (; i < n; i++) {                                                                 \\
-            T a[NQ];                                                                         \\
-            for (q = 0; q < NQ; q++) a[q] = acc[q * astride + i];                            \\
-            for (t = 0; t < ntaps; t++) {                                                    \\
-                T x0 = src[toff[t] + i];                                                     \\
-                for (q = 0; q < NQ; q++) a[q] = a[q] + w[q * wstride + t] * x0;              \\
-            }                                                                                \\
-            for (q = 0; q < NQ; q++) acc[q * astride + i] = a[q];                            \\
-        }
-
-    #define FC_TAP_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD)                   \\
-    FC_TAP_BLOCK(fc_taps1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 1)              \\
-    FC_TAP_BLOCK(fc_taps2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 2)              \\
-    FC_TAP_BLOCK(fc_taps3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 3)              \\
-    FC_TAP_BLOCK(fc_taps4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, 4)              \\
-    static void fc_taps_##SUFFIX(Py_ssize_t nq, const T* src, const Py_ssize_t* toff,        \\
-                                 Py_ssize_t ntaps, const T* w, Py_ssize_t wstride, T* acc,   \\
-                                 Py_ssize_t astride, Py_ssize_t n) {                         \\
-        switch (nq) {                                                                        \\
-        case 4: fc_taps4_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n); break;     \\
-        case 3: fc_taps3_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n); break;     \\
-        case 2: fc_taps2_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n); break;     \\
-        default: fc_taps1_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n);           \\
-        }                                                                                    \\
-    }
-
-    #if defined(__AVX2__) && defined(__FMA__)
-    FC_TAP_BLOCKS(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
-                  _mm256_fmadd_ps)
-    FC_TAP_BLOCKS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
-                  _mm256_fmadd_pd)
-    #else
-    FC_TAP_BLOCKS(f32, float, float, 1, , , , )
-    FC_TAP_BLOCKS(f64, double, double, 1, , , , )
-    #endif
-
-    #define FC_DOT_LANES_F32 8
-    #define FC_DOT_LANES_F64 4
-    /* Positions per pass over the taps: the grad_output span (4 x 2 KiB for float) and the
-       input lines its taps read stay in L1 until every tap pair has used them. */
-    #define FC_DOT_SPAN 512
-
-    #if defined(__AVX2__) && defined(__FMA__)
+    /* The first m (0 < m <= LANES) elements at p; the other lanes are 0 and nothing past
+       the m elements is read. */
     static inline __m256 fc_maskload_f32(const float* p, Py_ssize_t m) {
         __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), lane));
@@ -132,7 +46,115 @@ cdef extern from *:
         __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
         return _mm256_maskload_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), lane));
     }
+    static inline void fc_maskstore_f32(float* p, Py_ssize_t m, __m256 v) {
+        __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), lane), v);
+    }
+    static inline void fc_maskstore_f64(double* p, Py_ssize_t m, __m256d v) {
+        __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+        _mm256_maskstore_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), lane), v);
+    }
 
+    #define FC_TAP_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, NQ)\\
+    static __attribute__((noinline)) void NAME(const T* src, const Py_ssize_t* toff,            \\
+            Py_ssize_t ntaps, const T* w, Py_ssize_t wstride, T* acc, Py_ssize_t astride,       \\
+            Py_ssize_t n, const T* init) {                                                      \\
+        Py_ssize_t i = 0, t, m;                                                                 \\
+        int q, k;                                                                               \\
+        for (; i + 3 * LANES <= n; i += 3 * LANES) {                                            \\
+            V a[NQ][3];                                                                         \\
+            for (q = 0; q < NQ; q++)                                                            \\
+                for (k = 0; k < 3; k++)                                                         \\
+                    a[q][k] = init ? SET1(init[q]) : LOADU(acc + q * astride + i + k * LANES);  \\
+            for (t = 0; t < ntaps; t++) {                                                       \\
+                const T* x = src + toff[t] + i;                                                 \\
+                V x0 = LOADU(x), x1 = LOADU(x + LANES), x2 = LOADU(x + 2 * LANES);              \\
+                for (q = 0; q < NQ; q++) {                                                      \\
+                    V wq = SET1(w[q * wstride + t]);                                            \\
+                    a[q][0] = FMADD(wq, x0, a[q][0]);                                           \\
+                    a[q][1] = FMADD(wq, x1, a[q][1]);                                           \\
+                    a[q][2] = FMADD(wq, x2, a[q][2]);                                           \\
+                }                                                                               \\
+            }                                                                                   \\
+            for (q = 0; q < NQ; q++)                                                            \\
+                for (k = 0; k < 3; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);     \\
+        }                                                                                       \\
+        for (; i < n; i += LANES) {                                                             \\
+            /* Whole vectors, then the last m < LANES outputs with masked loads and stores. */  \\
+            V a[NQ];                                                                            \\
+            m = n - i;                                                                          \\
+            if (m >= LANES) {                                                                   \\
+                for (q = 0; q < NQ; q++) a[q] = init ? SET1(init[q]) : LOADU(acc + q * astride + i);\\
+                for (t = 0; t < ntaps; t++) {                                                   \\
+                    V x0 = LOADU(src + toff[t] + i);                                            \\
+                    for (q = 0; q < NQ; q++) a[q] = FMADD(SET1(w[q * wstride + t]), x0, a[q]);  \\
+                }                                                                               \\
+                for (q = 0; q < NQ; q++) STOREU(acc + q * astride + i, a[q]);                   \\
+            } else {                                                                            \\
+                for (q = 0; q < NQ; q++)                                                        \\
+                    a[q] = init ? SET1(init[q]) : MASKLOAD(acc + q * astride + i, m);           \\
+                for (t = 0; t < ntaps; t++) {                                                   \\
+                    V x0 = MASKLOAD(src + toff[t] + i, m);                                      \\
+                    for (q = 0; q < NQ; q++) a[q] = FMADD(SET1(w[q * wstride + t]), x0, a[q]);  \\
+                }                                                                               \\
+                for (q = 0; q < NQ; q++) MASKSTORE(acc + q * astride + i, m, a[q]);             \\
+            }                                                                                   \\
+        }                                                                                       \\
+    }
+    #else
+    /* Plain C: one output at a time, the same tap order. */
+    #define FC_TAP_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, NQ)\\
+    static void NAME(const T* src, const Py_ssize_t* toff, Py_ssize_t ntaps, const T* w,        \\
+                     Py_ssize_t wstride, T* acc, Py_ssize_t astride, Py_ssize_t n,              \\
+                     const T* init) {                                                           \\
+        Py_ssize_t i, t;                                                                        \\
+        int q;                                                                                  \\
+        for (i = 0; i < n; i++) {                                                               \\
+            T a[NQ];                                                                            \\
+            for (q = 0; q < NQ; q++) a[q] = init ? init[q] : acc[q * astride + i];              \\
+            for (t = 0; t < ntaps; t++) {                                                       \\
+                T x0 = src[toff[t] + i];                                                        \\
+                for (q = 0; q < NQ; q++) a[q] = a[q] + w[q * wstride + t] * x0;                 \\
+            }                                                                                   \\
+            for (q = 0; q < NQ; q++) acc[q * astride + i] = a[q];                               \\
+        }                                                                                       \\
+    }
+    #endif
+
+    #define FC_TAP_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE) \\
+    FC_TAP_BLOCK(fc_taps1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 1)\\
+    FC_TAP_BLOCK(fc_taps2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 2)\\
+    FC_TAP_BLOCK(fc_taps3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 3)\\
+    FC_TAP_BLOCK(fc_taps4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 4)\\
+    static void fc_taps_##SUFFIX(Py_ssize_t nq, const T* src, const Py_ssize_t* toff,           \\
+            Py_ssize_t ntaps, const T* w, Py_ssize_t wstride, T* acc, Py_ssize_t astride,       \\
+            Py_ssize_t n, const T* init) {                                                      \\
+        switch (nq) {                                                                           \\
+        case 4: fc_taps4_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
+        case 3: fc_taps3_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
+        case 2: fc_taps2_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
+        default: fc_taps1_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init);        \\
+        }                                                                                       \\
+    }
+
+    #if defined(__AVX2__) && defined(__FMA__)
+    FC_TAP_BLOCKS(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+                  _mm256_fmadd_ps, fc_maskload_f32, fc_maskstore_f32)
+    FC_TAP_BLOCKS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
+                  _mm256_fmadd_pd, fc_maskload_f64, fc_maskstore_f64)
+    #else
+    FC_TAP_BLOCKS(f32, float, float, 1, , , , , , )
+    FC_TAP_BLOCKS(f64, double, double, 1, , , , , , )
+    #endif
+
+
+    #define FC_DOT_LANES_F32 8
+    #define FC_DOT_LANES_F64 4
+    /* Positions per pass over the taps: the grad_output span (4 x 2 KiB for float) and the
+       input lines its taps read stay in L1 until every tap pair has used them. */
+    #define FC_DOT_SPAN 512
+
+    #if defined(__AVX2__) && defined(__FMA__)
     /* The first m (< LANES) positions from i go to lanes 0..m-1: masked loads read nothing
        past them, and the zero lanes add 0 * 0. */
     #define FC_DOT_BLOCK(NAME, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, NQ)                 \\
@@ -228,7 +250,7 @@ cdef extern from *:
     """
     void fc_taps_f32(Py_ssize_t nq, const float* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                      const float* w, Py_ssize_t wstride, float* acc, Py_ssize_t astride,
-                     Py_ssize_t n) noexcept nogil
+                     Py_ssize_t n, const float* init) noexcept nogil
     enum:
         FC_DOT_LANES_F32
         FC_DOT_LANES_F64
@@ -240,17 +262,19 @@ cdef extern from *:
                      Py_ssize_t lstride) noexcept nogil
     void fc_taps_f64(Py_ssize_t nq, const double* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                      const double* w, Py_ssize_t wstride, double* acc, Py_ssize_t astride,
-                     Py_ssize_t n) noexcept nogil
+                     Py_ssize_t n, const double* init) noexcept nogil
 
 
 cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t* toff,
                            Py_ssize_t ntaps, const floating* w, Py_ssize_t wstride,
-                           floating* acc, Py_ssize_t astride, Py_ssize_t n) noexcept nogil:
-    """acc[q*astride + i] += sum_t w[q*wstride + t] * src[toff[t] + i], q < nq (1-4), i < n."""
+                           floating* acc, Py_ssize_t astride, Py_ssize_t n,
+                           const floating* init) noexcept nogil:
+    """acc[q*astride + i] = s + sum_t w[q*wstride + t] * src[toff[t] + i] for q < nq (1-4),
+    i < n, where s is init[q], or acc's own value when ``init`` is NULL."""
     if floating is float:
-        fc_taps_f32(nq, src, toff, ntaps, w, wstride, acc, astride, n)
+        fc_taps_f32(nq, src, toff, ntaps, w, wstride, acc, astride, n, init)
     else:
-        fc_taps_f64(nq, src, toff, ntaps, w, wstride, acc, astride, n)
+        fc_taps_f64(nq, src, toff, ntaps, w, wstride, acc, astride, n, init)
 
 
 cdef inline void dot_block(Py_ssize_t nq, const floating* g, Py_ssize_t gstride,
