@@ -58,29 +58,30 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
     return None
 
 
-#: Measured with ``fastconv bench --ops conv --threads 1 --compare torch --repeats 5 --budget 1``
+#: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
 #: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread, best
-#: backend of each algorithm; forward / grad_input / grad_weight):
+#: backend of each algorithm; forward / grad_input / grad_weight), after the Cython direct
+#: kernels moved to register-blocked loops (``kernels/cython/microkernels.pxd``):
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    0.74/1.24/0.76      0.86/1.38/0.79      0.54/0.73/0.25
-#: lenet_conv2 6->16 5x5 (150)   0.88/0.65/0.79      0.62/0.68/0.78      -
-#: stem 3->64 7x7 s2 (147)       0.55/0.64/0.53      0.75/2.54/1.00      -
-#: mnist_conv2 32->64 3x3 (288)  -                   0.71/0.69/0.86      1.18/0.79/1.05
-#: resnet 64/128/256 3x3         -                   0.50-0.73           1.13-1.71
-#: dilated 64->64 3x3 d2 *       -                   1.17/1.11/1.41      1.60/1.42/1.66
+#: cifar_conv1 3->32 3x3 (27)    1.18/2.03/0.91      0.85/1.80/0.78      0.44/0.94/0.30
+#: lenet_conv2 6->16 5x5 (150)   1.14/0.83/0.81      0.66/0.83/0.78      -
+#: stem 3->64 7x7 s2 (147)       0.86/0.64/0.83      0.68/2.60/1.00      -
+#: 3x3 s2 64->128 (576)          0.84/0.21/0.46      0.94/1.16/1.14      -
+#: mnist_conv2 32->64 3x3 (288)  0.87/0.75/0.67      0.85/0.88/1.11      1.35/1.11/1.39
+#: resnet 64/128/256 3x3         0.86-0.91/0.76-0.89 0.81-0.89/0.82-0.89 1.74-2.10/1.67-1.78
+#:                               /0.54-0.90          /1.08-1.34          /2.07-2.31
+#: dilated 64->64 3x3 d2         0.88/0.87/0.77      0.80/0.80/1.35      1.25/1.29/1.78
 #: ============================  ==================  ==================  ===================
 #:
-#: (* ``fastconv bench --shapes dilated_3x3_d2 --algos im2col winograd_f43 --threads 1,2
-#: --budget 2 --repeats 9 --compare torch``, Winograd on the phase images; at 2 threads
-#: im2col 0.75/1.16/1.50, Winograd 1.09/1.55/1.69.)
-#:
-#: Hence: direct up to a reduction of 160 with filters up to 5x5 (its register tiles beat a
-#: GEMM with few rows; a 7x7 filter's 49 taps do not fit them), Winograd F(4x4,3x3) for all
-#: three passes of 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels
-#: starve its 36 GEMMs), im2col otherwise.
+#: At 2 threads the order is the same (LeNet conv2 grad_input: direct 0.91, im2col 0.60).
+#: Hence: direct up to a reduction of 160 (its register blocks beat a GEMM with few rows),
+#: for the gradients only with filters up to 5x5 (a 7x7 filter's strided grad_input scatter
+#: and 49-tap dot products lose to im2col), Winograd F(4x4,3x3) for all three passes of 3x3
+#: stride-1 layers (any dilation) from 32 channels per group (3 channels starve its 36
+#: GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
@@ -97,9 +98,9 @@ def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     if p.is_depthwise or p.c_per_group == 1:
         why = "one input channel per group: no reduction for a GEMM to amortise"
         return [("direct", why), ("im2col", "fallback")]
-    if reduction <= DIRECT_MAX_REDUCTION and p.r * p.s <= DIRECT_MAX_TAPS:
-        why = (f"small reduction (c/groups*r*s = {reduction} <= {DIRECT_MAX_REDUCTION}, "
-               f"{p.r}x{p.s} filter): direct beats a GEMM")
+    if reduction <= DIRECT_MAX_REDUCTION and (op == "conv2d_forward" or p.r * p.s <= DIRECT_MAX_TAPS):
+        why = (f"small reduction (c/groups*r*s = {reduction} <= {DIRECT_MAX_REDUCTION}"
+               + ("" if op == "conv2d_forward" else f", {p.r}x{p.s} filter") + "): direct beats a GEMM")
         return [("direct", why), ("im2col", "fallback")]
     order = []
     if unsupported_reason(op, "winograd_f43", p) is None \
