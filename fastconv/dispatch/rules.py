@@ -98,9 +98,9 @@ def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     if p.is_depthwise or p.c_per_group == 1:
         why = "one input channel per group: no reduction for a GEMM to amortise"
         return [("direct", why), ("im2col", "fallback")]
-    if reduction <= DIRECT_MAX_REDUCTION and (op == "conv2d_forward" or p.r * p.s <= DIRECT_MAX_TAPS):
+    if reduction <= DIRECT_MAX_REDUCTION and (op != "conv2d_grad_input" or p.r * p.s <= DIRECT_MAX_TAPS):
         why = (f"small reduction (c/groups*r*s = {reduction} <= {DIRECT_MAX_REDUCTION}"
-               + ("" if op == "conv2d_forward" else f", {p.r}x{p.s} filter") + "): direct beats a GEMM")
+               + (f", {p.r}x{p.s} filter" if op == "conv2d_grad_input" else "") + "): direct beats a GEMM")
         return [("direct", why), ("im2col", "fallback")]
     order = []
     if unsupported_reason(op, "winograd_f43", p) is None \
