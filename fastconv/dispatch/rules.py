@@ -60,28 +60,29 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 
 #: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
 #: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread, best
-#: backend of each algorithm; forward / grad_input / grad_weight), after the Cython direct
-#: kernels moved to register-blocked loops (``kernels/cython/microkernels.pxd``):
+#: backend of each algorithm; forward / grad_input / grad_weight), with the Cython direct
+#: kernels' register-blocked loops (``kernels/cython/microkernels.pxd``):
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.18/2.03/0.91      0.85/1.80/0.78      0.44/0.94/0.30
-#: lenet_conv2 6->16 5x5 (150)   1.14/0.83/0.81      0.66/0.83/0.78      -
-#: stem 3->64 7x7 s2 (147)       0.86/0.64/0.83      0.68/2.60/1.00      -
-#: 3x3 s2 64->128 (576)          0.84/0.21/0.46      0.94/1.16/1.14      -
-#: mnist_conv2 32->64 3x3 (288)  0.87/0.75/0.67      0.85/0.88/1.11      1.35/1.11/1.39
-#: resnet 64/128/256 3x3         0.86-0.91/0.76-0.89 0.81-0.89/0.82-0.89 1.74-2.10/1.67-1.78
-#:                               /0.54-0.90          /1.08-1.34          /2.07-2.31
-#: dilated 64->64 3x3 d2         0.88/0.87/0.77      0.80/0.80/1.35      1.25/1.29/1.78
+#: cifar_conv1 3->32 3x3 (27)    1.15/2.04/1.17      0.85/1.75/0.79      0.45/0.86/0.32
+#: lenet_conv2 6->16 5x5 (150)   1.16/0.84/1.22      0.66/0.87/0.79      -
+#: stem 3->64 7x7 s2 (147)       0.89/0.72/1.09      0.72/2.63/0.97      -
+#: 3x3 s2 64->128 (576)          0.85/0.22/0.56      0.95/1.25/1.10      -
+#: mnist_conv2 32->64 3x3 (288)  0.86/0.74/1.10      0.84/0.89/1.10      1.35/1.21/1.28
+#: resnet 64/128/256 3x3         0.88-0.91/0.81-0.88 0.80-0.88/0.82-0.87 1.80-2.13/1.72-2.04
+#:                               /0.85-1.14          /1.08-1.12          /1.78-2.12
+#: dilated 64->64 3x3 d2         0.89/0.88/1.32      0.77/0.83/1.36      1.21/1.22/1.80
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same (LeNet conv2 grad_input: direct 0.91, im2col 0.60).
-#: Hence: direct up to a reduction of 160 (its register blocks beat a GEMM with few rows),
-#: for the gradients only with filters up to 5x5 (a 7x7 filter's strided grad_input scatter
-#: and 49-tap dot products lose to im2col), Winograd F(4x4,3x3) for all three passes of 3x3
-#: stride-1 layers (any dilation) from 32 channels per group (3 channels starve its 36
-#: GEMMs), im2col otherwise.
+#: At 2 threads the order is the same but for LeNet conv2's grad_input (direct 0.97, im2col
+#: 0.61) and 3x3 stride 2's forward (direct 1.09, im2col 0.80; 0.93 and 0.90 in the run
+#: before: the rule keeps im2col there). Hence: direct up to a reduction of 160 (its register
+#: blocks beat a GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7
+#: filter's strided grad_input scatter loses to im2col's fold), Winograd F(4x4,3x3) for all
+#: three passes of 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels
+#: starve its 36 GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
