@@ -76,9 +76,10 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: dilated 64->64 3x3 d2         0.89/0.88/1.32      0.77/0.83/1.36      1.21/1.22/1.80
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same but for LeNet conv2's grad_input (direct 0.97, im2col
-#: 0.61) and 3x3 stride 2's forward (direct 1.09, im2col 0.80; 0.93 and 0.90 in the run
-#: before: the rule keeps im2col there). Hence: direct up to a reduction of 160 (its register
+#: At 2 threads the order is the same, with two close calls: LeNet conv2's grad_input, a tie
+#: at 1 thread, is direct's at 2 (0.97 against 0.61); 3x3 stride 2's forward is direct's at
+#: 2 threads in this run (1.09 against 0.80) but was 0.93 against 0.90 in the run before, so
+#: the rule keeps im2col there. Hence: direct up to a reduction of 160 (its register
 #: blocks beat a GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7
 #: filter's strided grad_input scatter loses to im2col's fold), Winograd F(4x4,3x3) for all
 #: three passes of 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels
