@@ -22,10 +22,12 @@ How the loops are laid out (why it is fast):
 * **Padding** is handled once per plane by copying it into a zero-bordered buffer (zeroed
   once per call; only the interior is rewritten), so the inner loops have no bounds checks
   at all; unpadded stride-1 convolutions read ``x`` in place.
-* **Register blocking.** A tile of ``TILE`` outputs for up to 4 output channels is summed
-  by ``tap_block`` (``tap_block.pxd``): blocks of 3 vectors x 4 channels hold their sums in
-  the 12 spare AVX registers through all the taps, so a tap costs 3 input loads and 4
-  weight broadcasts for 12 FMAs, with no accumulator traffic. The finished tile's real
+* **Register blocking.** Up to 4 output channels at a time are summed by ``tap_block``
+  (``microkernels.pxd``): blocks of 3 vectors x 4 channels hold their sums in the 12 spare
+  AVX registers through all the taps, so a tap costs 3 input loads and 4 weight broadcasts
+  for 12 FMAs, with no accumulator traffic. Output rows of at least 3 vectors whose last
+  vector wastes no more lanes than a wide row's extra columns are summed straight into
+  ``y``; shorter rows are summed as ``TILE`` wide positions in a local tile whose real
   outputs are then copied into their rows of ``y``.
 * **One input channel, 3x3 (depthwise layers, C = 1 first layers).** ``_plane3x3`` keeps
   the nine weights in registers for a whole plane and computes two output rows per pass
@@ -36,9 +38,11 @@ How the loops are laid out (why it is fast):
   grad_output with flipped, transposed filters (a gather: every task owns its outputs), so
   it gets every fast path of the forward; strided grad_input scatters into private phase
   planes per (image, channel) with unit-stride updates, then interleaves them. grad_weight
-  is a set of dot products per filter entry, accumulated in 8 vector lanes; each task owns
-  its filter entries, and the batch is split into a number of chunks fixed by the shape
-  alone, so the result is bit-identical for any thread count.
+  is a set of dot products per filter entry, summed by ``dot_block`` (3 taps x 4 filters
+  in registers) into vector-lane partial sums carried over a batch chunk's images and added
+  in a fixed order at the end; each task owns its filter entries, and the batch is split
+  into a number of chunks fixed by the shape alone, so the result is bit-identical for any
+  thread count.
 
 No ``-ffast-math``: NaN and Inf propagate as IEEE arithmetic says. Every output element's
 sum is formed in the same order whatever the thread count or blocking.
