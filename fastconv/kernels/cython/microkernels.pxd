@@ -80,6 +80,25 @@ cdef extern from *:
             for (q = 0; q < NQ; q++)                                                            \\
                 for (k = 0; k < 3; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);     \\
         }                                                                                       \\
+        if (i + 2 * LANES <= n) {                                                               \\
+            /* Two vectors left over: 8 FMAs for 6 loads, not two passes of 4 FMAs for 5. */    \\
+            V a[NQ][2];                                                                         \\
+            for (q = 0; q < NQ; q++)                                                            \\
+                for (k = 0; k < 2; k++)                                                         \\
+                    a[q][k] = init ? SET1(init[q]) : LOADU(acc + q * astride + i + k * LANES);  \\
+            for (t = 0; t < ntaps; t++) {                                                       \\
+                const T* x = src + toff[t] + i;                                                 \\
+                V x0 = LOADU(x), x1 = LOADU(x + LANES);                                         \\
+                for (q = 0; q < NQ; q++) {                                                      \\
+                    V wq = SET1(w[q * wstride + t]);                                            \\
+                    a[q][0] = FMADD(wq, x0, a[q][0]);                                           \\
+                    a[q][1] = FMADD(wq, x1, a[q][1]);                                           \\
+                }                                                                               \\
+            }                                                                                   \\
+            for (q = 0; q < NQ; q++)                                                            \\
+                for (k = 0; k < 2; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);     \\
+            i += 2 * LANES;                                                                     \\
+        }                                                                                       \\
         for (; i < n; i += LANES) {                                                             \\
             /* Whole vectors, then the last m < LANES outputs with masked loads and stores. */  \\
             V a[NQ];                                                                            \\
