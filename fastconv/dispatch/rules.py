@@ -66,24 +66,24 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.15/2.04/1.17      0.85/1.75/0.79      0.45/0.86/0.32
-#: lenet_conv2 6->16 5x5 (150)   1.16/0.84/1.22      0.66/0.87/0.79      -
-#: stem 3->64 7x7 s2 (147)       0.89/0.72/1.09      0.72/2.63/0.97      -
-#: 3x3 s2 64->128 (576)          0.85/0.22/0.56      0.95/1.25/1.10      -
-#: mnist_conv2 32->64 3x3 (288)  0.86/0.74/1.10      0.84/0.89/1.10      1.35/1.21/1.28
-#: resnet 64/128/256 3x3         0.88-0.91/0.81-0.88 0.80-0.88/0.82-0.87 1.80-2.13/1.72-2.04
-#:                               /0.85-1.14          /1.08-1.12          /1.78-2.12
-#: dilated 64->64 3x3 d2         0.89/0.88/1.32      0.77/0.83/1.36      1.21/1.22/1.80
+#: cifar_conv1 3->32 3x3 (27)    1.30/2.04/1.13      0.92/1.78/0.84      0.48/0.86/0.33
+#: lenet_conv2 6->16 5x5 (150)   1.25/0.81/1.21      0.67/0.86/0.78      -
+#: stem 3->64 7x7 s2 (147)       0.90/0.76/1.07      0.70/2.65/0.96      -
+#: 3x3 s2 64->128 (576)          0.89/0.21/0.57      0.97/1.26/1.11      -
+#: mnist_conv2 32->64 3x3 (288)  0.94/0.75/1.04      0.87/0.90/1.12      1.41/1.10/1.36
+#: resnet 64/128/256 3x3         0.88-0.94/0.79-0.88 0.81-0.91/0.84-0.87 1.84-2.14/1.69-1.93
+#:                               /0.81-1.13          /1.01-1.10          /1.68-2.14
+#: dilated 64->64 3x3 d2         0.84/0.88/1.38      0.81/0.83/1.40      1.29/1.15/1.59
 #: ============================  ==================  ==================  ===================
 #:
 #: At 2 threads the order is the same, with two close calls: LeNet conv2's grad_input, a tie
-#: at 1 thread, is direct's at 2 (0.97 against 0.61); 3x3 stride 2's forward is direct's at
-#: 2 threads in this run (1.09 against 0.80) but was 0.93 against 0.90 in the run before, so
-#: the rule keeps im2col there. Hence: direct up to a reduction of 160 (its register
-#: blocks beat a GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7
-#: filter's strided grad_input scatter loses to im2col's fold), Winograd F(4x4,3x3) for all
-#: three passes of 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels
-#: starve its 36 GEMMs), im2col otherwise.
+#: at 1 thread, is direct's at 2 (0.90 against 0.58); 3x3 stride 2's forward was direct's at
+#: 2 threads in one run (1.09 against 0.80) and about even in two others (0.90 against 0.88,
+#: 0.93 against 0.90), so the rule keeps im2col there. Hence: direct up to a reduction of
+#: 160 (its register blocks beat a GEMM with few rows), for grad_input only with filters up
+#: to 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's fold), Winograd
+#: F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation) from 32 channels
+#: per group (3 channels starve its 36 GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32

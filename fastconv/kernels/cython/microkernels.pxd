@@ -8,9 +8,9 @@
 # their partial sums in registers over all the taps (12 accumulators, 3 input vectors and one
 # broadcast weight: the 16 AVX registers), so each tap costs 3 loads and nq broadcasts for
 # 3 * nq FMAs, and an accumulator is loaded and stored once per call, not once per tap.
-# Every output's sum is formed tap after tap in order (acc + w*x, contracted to one FMA per
-# tap), which is also what the tail loops do: results do not depend on where a block
-# boundary falls.
+# What is left of n goes as 2 vectors, then 1, then one masked vector. Every output's sum is
+# formed tap after tap in order (acc + w*x, contracted to one FMA per tap), in every one of
+# those blocks alike: results do not depend on where a block boundary falls.
 #
 # dot_block, the weight gradient's dot products:
 #
