@@ -56,69 +56,54 @@ cdef extern from *:
         _mm256_maskstore_pd(p, _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), lane), v);
     }
 
+    /* NV vectors x NQ channels of outputs from i: sums held in registers over all taps. */
+    #define FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, NV)                     \\
+        {                                                                                       \\
+            V a[NQ][NV];                                                                        \\
+            for (q = 0; q < NQ; q++)                                                            \\
+                for (k = 0; k < NV; k++)                                                        \\
+                    a[q][k] = init ? SET1(init[q]) : LOADU(acc + q * astride + i + k * LANES);  \\
+            for (t = 0; t < ntaps; t++) {                                                       \\
+                const T* x = src + toff[t] + i;                                                 \\
+                V xv[NV];                                                                       \\
+                for (k = 0; k < NV; k++) xv[k] = LOADU(x + k * LANES);                          \\
+                for (q = 0; q < NQ; q++) {                                                      \\
+                    V wq = SET1(w[q * wstride + t]);                                            \\
+                    for (k = 0; k < NV; k++) a[q][k] = FMADD(wq, xv[k], a[q][k]);               \\
+                }                                                                               \\
+            }                                                                                   \\
+            for (q = 0; q < NQ; q++)                                                            \\
+                for (k = 0; k < NV; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);    \\
+        }
+
     #define FC_TAP_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, NQ)\\
     static __attribute__((noinline)) void NAME(const T* src, const Py_ssize_t* toff,            \\
             Py_ssize_t ntaps, const T* w, Py_ssize_t wstride, T* acc, Py_ssize_t astride,       \\
             Py_ssize_t n, const T* init) {                                                      \\
         Py_ssize_t i = 0, t, m;                                                                 \\
         int q, k;                                                                               \\
-        for (; i + 3 * LANES <= n; i += 3 * LANES) {                                            \\
-            V a[NQ][3];                                                                         \\
-            for (q = 0; q < NQ; q++)                                                            \\
-                for (k = 0; k < 3; k++)                                                         \\
-                    a[q][k] = init ? SET1(init[q]) : LOADU(acc + q * astride + i + k * LANES);  \\
-            for (t = 0; t < ntaps; t++) {                                                       \\
-                const T* x = src + toff[t] + i;                                                 \\
-                V x0 = LOADU(x), x1 = LOADU(x + LANES), x2 = LOADU(x + 2 * LANES);              \\
-                for (q = 0; q < NQ; q++) {                                                      \\
-                    V wq = SET1(w[q * wstride + t]);                                            \\
-                    a[q][0] = FMADD(wq, x0, a[q][0]);                                           \\
-                    a[q][1] = FMADD(wq, x1, a[q][1]);                                           \\
-                    a[q][2] = FMADD(wq, x2, a[q][2]);                                           \\
-                }                                                                               \\
-            }                                                                                   \\
-            for (q = 0; q < NQ; q++)                                                            \\
-                for (k = 0; k < 3; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);     \\
-        }                                                                                       \\
+        /* 3 vectors at a time; what is left as 2 (8 FMAs for 6 loads, not 2 x 4 for 5), 1,     \\
+           and the last m < LANES outputs with masked loads and stores. */                      \\
+        for (; i + 3 * LANES <= n; i += 3 * LANES)                                              \\
+            FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, 3)                      \\
         if (i + 2 * LANES <= n) {                                                               \\
-            /* Two vectors left over: 8 FMAs for 6 loads, not two passes of 4 FMAs for 5. */    \\
-            V a[NQ][2];                                                                         \\
-            for (q = 0; q < NQ; q++)                                                            \\
-                for (k = 0; k < 2; k++)                                                         \\
-                    a[q][k] = init ? SET1(init[q]) : LOADU(acc + q * astride + i + k * LANES);  \\
-            for (t = 0; t < ntaps; t++) {                                                       \\
-                const T* x = src + toff[t] + i;                                                 \\
-                V x0 = LOADU(x), x1 = LOADU(x + LANES);                                         \\
-                for (q = 0; q < NQ; q++) {                                                      \\
-                    V wq = SET1(w[q * wstride + t]);                                            \\
-                    a[q][0] = FMADD(wq, x0, a[q][0]);                                           \\
-                    a[q][1] = FMADD(wq, x1, a[q][1]);                                           \\
-                }                                                                               \\
-            }                                                                                   \\
-            for (q = 0; q < NQ; q++)                                                            \\
-                for (k = 0; k < 2; k++) STOREU(acc + q * astride + i + k * LANES, a[q][k]);     \\
+            FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, 2)                      \\
             i += 2 * LANES;                                                                     \\
         }                                                                                       \\
-        for (; i < n; i += LANES) {                                                             \\
-            /* Whole vectors, then the last m < LANES outputs with masked loads and stores. */  \\
+        if (i + LANES <= n) {                                                                   \\
+            FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, 1)                      \\
+            i += LANES;                                                                         \\
+        }                                                                                       \\
+        m = n - i;                                                                              \\
+        if (m > 0) {                                                                            \\
             V a[NQ];                                                                            \\
-            m = n - i;                                                                          \\
-            if (m >= LANES) {                                                                   \\
-                for (q = 0; q < NQ; q++) a[q] = init ? SET1(init[q]) : LOADU(acc + q * astride + i);\\
-                for (t = 0; t < ntaps; t++) {                                                   \\
-                    V x0 = LOADU(src + toff[t] + i);                                            \\
-                    for (q = 0; q < NQ; q++) a[q] = FMADD(SET1(w[q * wstride + t]), x0, a[q]);  \\
-                }                                                                               \\
-                for (q = 0; q < NQ; q++) STOREU(acc + q * astride + i, a[q]);                   \\
-            } else {                                                                            \\
-                for (q = 0; q < NQ; q++)                                                        \\
-                    a[q] = init ? SET1(init[q]) : MASKLOAD(acc + q * astride + i, m);           \\
-                for (t = 0; t < ntaps; t++) {                                                   \\
-                    V x0 = MASKLOAD(src + toff[t] + i, m);                                      \\
-                    for (q = 0; q < NQ; q++) a[q] = FMADD(SET1(w[q * wstride + t]), x0, a[q]);  \\
-                }                                                                               \\
-                for (q = 0; q < NQ; q++) MASKSTORE(acc + q * astride + i, m, a[q]);             \\
+            for (q = 0; q < NQ; q++)                                                            \\
+                a[q] = init ? SET1(init[q]) : MASKLOAD(acc + q * astride + i, m);               \\
+            for (t = 0; t < ntaps; t++) {                                                       \\
+                V x0 = MASKLOAD(src + toff[t] + i, m);                                          \\
+                for (q = 0; q < NQ; q++) a[q] = FMADD(SET1(w[q * wstride + t]), x0, a[q]);      \\
             }                                                                                   \\
+            for (q = 0; q < NQ; q++) MASKSTORE(acc + q * astride + i, m, a[q]);                 \\
         }                                                                                       \\
     }
     #else
