@@ -620,7 +620,8 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
     """Group, block of ``kbt`` filters, batch chunk: dot products over that chunk's images.
 
     ``ws`` holds the wide copies of the block's grad_output planes (zero in the extra
-    columns, so those positions add nothing) followed by the padded input planes.
+    columns, so those positions add nothing), the padded input planes (when copied), then
+    ``dot_block``'s lane sums of every (filter, tap) dot product.
     """
     cdef Py_ssize_t nci = task % g.nc
     cdef Py_ssize_t rest = task // g.nc
@@ -639,11 +640,12 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
     cdef const floating* gp
     cdef const floating* x_img
     cdef const floating* base
-    cdef Py_ssize_t gstride, n, kk, nq, cc, ncb, c, ntaps, length, oh, a
+    cdef Py_ssize_t gstride, n, kk, nq, cc, ncb, c, ntaps, oh, a
+    cdef Py_ssize_t length = (g.out_h - 1) * g.wp + g.out_w   # wide positions of a plane
     cdef floating lanes[4][9 * LANES]
     cdef floating total
     cdef Py_ssize_t t, l
-    # Lane partial sums of every (filter, tap) dot product, carried over the chunk's images.
+    # dot_block's lane sums, carried over the chunk's images (L per dot product).
     cdef Py_ssize_t nl = FC_DOT_LANES_F32 if floating is float else FC_DOT_LANES_F64
     cdef floating* dots = xws + (g.cb * g.ps if g.copy else 0)
     if nk > g.kbt:
@@ -697,7 +699,6 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
             else:
                 base = x_img + cc * in_plane
             ntaps = ncb * rs
-            length = (g.out_h - 1) * g.wp + g.out_w
             kk = 0
             while kk < nk:
                 nq = nk - kk if nk - kk < 4 else 4

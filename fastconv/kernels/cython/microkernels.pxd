@@ -17,7 +17,7 @@
 #     lanes[q, t, l] += sum over i = l (mod L) of g_q[i] * src[toff[t] + i]
 #
 # for nq <= 4 filters q: each dot product is kept as L vector-lane partial sums (L = 8
-# floats or 4 doubles, DOT_LANES), in memory between calls so that they carry over the
+# floats or 4 doubles: FC_DOT_LANES_F32 / _F64), in memory between calls so that they carry over the
 # images of a batch chunk and are added up once at the end. Taps go in threes: 12
 # accumulators, 3 input vectors and one grad_output vector, all pinned in registers (an
 # empty asm statement: gcc otherwise folded the loads into the FMAs, 15 loads for 12 FMAs),
@@ -156,7 +156,7 @@ cdef extern from *:
     #define FC_DOT_LANES_F32 8
     #define FC_DOT_LANES_F64 4
     /* Positions per pass over the taps: the grad_output span (4 x 2 KiB for float) and the
-       input lines its taps read stay in L1 until every tap pair has used them. */
+       input lines its taps read stay in L1 until every group of taps has used them. */
     #define FC_DOT_SPAN 512
 
     #if defined(__AVX2__) && defined(__FMA__)
@@ -265,6 +265,9 @@ cdef extern from *:
     void fc_taps_f32(Py_ssize_t nq, const float* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                      const float* w, Py_ssize_t wstride, float* acc, Py_ssize_t astride,
                      Py_ssize_t n, const float* init) noexcept nogil
+    void fc_taps_f64(Py_ssize_t nq, const double* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
+                     const double* w, Py_ssize_t wstride, double* acc, Py_ssize_t astride,
+                     Py_ssize_t n, const double* init) noexcept nogil
     enum:
         FC_DOT_LANES_F32
         FC_DOT_LANES_F64
@@ -274,9 +277,6 @@ cdef extern from *:
     void fc_dots_f64(Py_ssize_t nq, const double* g, Py_ssize_t gstride, const double* src,
                      const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, double* lanes,
                      Py_ssize_t lstride) noexcept nogil
-    void fc_taps_f64(Py_ssize_t nq, const double* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
-                     const double* w, Py_ssize_t wstride, double* acc, Py_ssize_t astride,
-                     Py_ssize_t n, const double* init) noexcept nogil
 
 
 cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t* toff,
