@@ -122,6 +122,52 @@ cdef extern from *:
             fc_lin42_run_f(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
         }
     }
+    static void fc_lin46_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, float *__restrict__ y4, float *__restrict__ y5, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        const float c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
+        const float c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
+        const float c40 = c[16], c41 = c[17], c42 = c[18], c43 = c[19];
+        const float c50 = c[20], c51 = c[21], c52 = c[22], c53 = c[23];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3;
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3;
+        }
+    }
+    static void fc_lin46_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin46_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin24_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *c, Py_ssize_t n) {
+        const float c00 = c[0], c01 = c[1];
+        const float c10 = c[2], c11 = c[3];
+        const float c20 = c[4], c21 = c[5];
+        const float c30 = c[6], c31 = c[7];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const float v0 = x0[z], v1 = x1[z];
+            y0[z] = c00 * v0 + c01 * v1;
+            y1[z] = c10 * v0 + c11 * v1;
+            y2[z] = c20 * v0 + c21 * v1;
+            y3[z] = c30 * v0 + c31 * v1;
+        }
+    }
+    static void fc_lin24_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const float *s = src + s_base + u * s_outer;
+            float *d = dst + d_base + u * d_outer;
+            fc_lin24_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], c, n_inner);
+        }
+    }
     static void fc_lin66_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, double *__restrict__ y4, double *__restrict__ y5, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *__restrict__ x4, const double *__restrict__ x5, const double *c, Py_ssize_t n) {
         const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
         const double c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
@@ -206,6 +252,52 @@ cdef extern from *:
             fc_lin42_run_d(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
         }
     }
+    static void fc_lin46_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, double *__restrict__ y4, double *__restrict__ y5, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
+        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+        const double c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
+        const double c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
+        const double c40 = c[16], c41 = c[17], c42 = c[18], c43 = c[19];
+        const double c50 = c[20], c51 = c[21], c52 = c[22], c53 = c[23];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3;
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3;
+        }
+    }
+    static void fc_lin46_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin46_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
+        }
+    }
+    static void fc_lin24_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *c, Py_ssize_t n) {
+        const double c00 = c[0], c01 = c[1];
+        const double c10 = c[2], c11 = c[3];
+        const double c20 = c[4], c21 = c[5];
+        const double c30 = c[6], c31 = c[7];
+        for (Py_ssize_t z = 0; z < n; z++) {
+            const double v0 = x0[z], v1 = x1[z];
+            y0[z] = c00 * v0 + c01 * v1;
+            y1[z] = c10 * v0 + c11 * v1;
+            y2[z] = c20 * v0 + c21 * v1;
+            y3[z] = c30 * v0 + c31 * v1;
+        }
+    }
+    static void fc_lin24_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
+            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        for (Py_ssize_t u = 0; u < n_outer; u++) {
+            const double *s = src + s_base + u * s_outer;
+            double *d = dst + d_base + u * d_outer;
+            fc_lin24_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], c, n_inner);
+        }
+    }
     """
     void fc_lin66_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
                     float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
@@ -223,33 +315,52 @@ cdef extern from *:
                     double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
     void fc_lin42_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
                     double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin46_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin24_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin46_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
+    void fc_lin24_d(const double* c, const double* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
+                    double* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
 
 
 cdef inline void _apply(const floating* c, Py_ssize_t n_out, Py_ssize_t n_in, const floating* src,
                         Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer, floating* dst,
                         Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer,
                         Py_ssize_t n_inner) noexcept nogil:
-    """The fc_lin kernel of c's shape (a x a for B^T, m x a for A^T; a = 4 or 6)."""
+    """The fc_lin kernel of c's shape: a x a for B^T (and B), m x a for A^T, a x m for A
+    (the grad_output transform); a = 4 or 6."""
     if floating is float:
         if n_in == 6:
             if n_out == 6:
                 fc_lin66_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
             else:
                 fc_lin64_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
-        elif n_out == 4:
-            fc_lin44_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif n_in == 4:
+            if n_out == 6:
+                fc_lin46_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            elif n_out == 4:
+                fc_lin44_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                fc_lin42_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         else:
-            fc_lin42_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            fc_lin24_f(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
     else:
         if n_in == 6:
             if n_out == 6:
                 fc_lin66_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
             else:
                 fc_lin64_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
-        elif n_out == 4:
-            fc_lin44_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif n_in == 4:
+            if n_out == 6:
+                fc_lin46_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            elif n_out == 4:
+                fc_lin44_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                fc_lin42_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         else:
-            fc_lin42_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            fc_lin24_d(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
 
 
 # ---------------------------------------------------------------- layout changes
@@ -388,12 +499,14 @@ def _transformed_filters(weight, m, groups, grad_input):
 cdef void _input_row(const floating* x, Py_ssize_t n_img, Py_ssize_t c_in, Py_ssize_t h, Py_ssize_t w,
                      floating* v, Py_ssize_t groups, Py_ssize_t nt, Py_ssize_t cg,
                      Py_ssize_t row, Py_ssize_t grow, Py_ssize_t pad_top, Py_ssize_t pad_left,
-                     Py_ssize_t n_th, Py_ssize_t n_tw, const floating* bt, Py_ssize_t a,
+                     Py_ssize_t n_th, Py_ssize_t n_tw, const floating* bt, Py_ssize_t a, Py_ssize_t n_in,
                      const Py_ssize_t* slot_of_col, Py_ssize_t cols, const Py_ssize_t* down_offs,
                      const Py_ssize_t* across_offs, floating* xr, floating* r) noexcept nogil:
     """V of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
 
-    x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a x a, row-major); xr: scratch of
+    x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a x n_in, row-major): each tile reads
+    the n_in x n_in window at its corner (n_in = a, or m for the grad_output transform,
+    whose tiles do not overlap); xr: scratch of
     (a+1)*m*S*C and r of a*m*S*C elements (S = n_tw + 1 column slots, cols = m*S): the tile
     row's a input rows channel-last plus one staging row, with column ``s*m + ph`` at
     ``[i, g, ph, s, c]`` (``slot_of_col[col] = ph*S + s``), and their transform down the rows.
@@ -416,7 +529,7 @@ cdef void _input_row(const floating* x, Py_ssize_t n_img, Py_ssize_t c_in, Py_ss
         line[z] = 0
     for z in range(hi * c_in, cols * c_in):
         line[z] = 0
-    for i in range(a):
+    for i in range(n_in):
         yy = y0 + i
         dst = xr + i * plane
         if yy < 0 or yy >= h:
@@ -437,18 +550,18 @@ cdef void _input_row(const floating* x, Py_ssize_t n_img, Py_ssize_t c_in, Py_ss
     # follow C interleaved streams), and the arithmetic below hides the fetch.
     img = (grow + 1) // n_th
     y0 = (grow + 1 - img * n_th) * m - pad_top
-    i = 0 if y0 + pad_top == 0 else a - m
+    i = 0 if y0 + pad_top == 0 else max(n_in - m, 0)
     if img < n_img:
-        for yy in range(max(y0 + i, 0), min(y0 + a, h)):
+        for yy in range(max(y0 + i, 0), min(y0 + n_in, h)):
             fc_prefetch_rows(<const char*>(x + (img * c_in * h + yy) * w), h * w * sizeof(floating), c_in,
                              w * sizeof(floating))
     # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
-    _apply(bt, a, a, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
+    _apply(bt, a, n_in, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
     # Across each tile's columns, all tiles of the row at once:
     # V[p*a + q, g, tiles] = sum_j B^T[q, j] r[p, g, column j of the tiles].
     for p in range(a):
         for grp in range(groups):
-            _apply(bt, a, a, r, p * plane + grp * gsize, across_offs, 0,
+            _apply(bt, a, n_in, r, p * plane + grp * gsize, across_offs, 0,
                    v, ((p * a * groups + grp) * nt + row * n_tw) * cg, groups * nt * cg, 0, 1, n_tw * cg)
 
 
@@ -456,10 +569,11 @@ def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, P
                      Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th, Py_ssize_t n_tw,
                      const floating[:, ::1] bt, const Py_ssize_t[::1] slot_of_col,
                      const Py_ssize_t[::1] down_offs, const Py_ssize_t[::1] across_offs, int nthreads):
-    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W), bt = B^T).
+    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W), bt = B^T
+    (a x a), or A (a x m) to transform grad_output tiles).
 
     Tile (img, th, tw) reads input rows from ``th*m - pad_top`` and columns from
-    ``tw*m - pad_left``. OpenMP splits the tile rows statically; each thread owns one slice
+    ``tw*m - pad_left``, as many as bt has columns. OpenMP splits the tile rows statically; each thread owns one slice
     of the scratch array.
     """
     cdef Py_ssize_t a = bt.shape[0]
@@ -474,7 +588,7 @@ def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, P
     for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
         scratch = &scratch_all[omp_get_thread_num(), 0]
         _input_row(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3], &v[0, 0, 0, 0], groups, nt, cg,
-                   row, row_start + row, pad_top, pad_left, n_th, n_tw, &bt[0, 0], a,
+                   row, row_start + row, pad_top, pad_left, n_th, n_tw, &bt[0, 0], a, bt.shape[1],
                    &slot_of_col[0], cols, &down_offs[0], &across_offs[0],
                    scratch, scratch + (a + 1) * plane)
 
@@ -617,6 +731,11 @@ cdef void _input_adjoint_row(const floating* v, Py_ssize_t groups, Py_ssize_t nt
     cdef floating* out
     cdef floating* dst
     cdef const floating* src
+    # The grad_input rows this tile row adds to, every channel's, requested before the
+    # transforms below: the per-channel adds at the end otherwise wait on each row's lines.
+    for yy in range(max(y0, 0), min(y0 + a, h)):
+        fc_prefetch_rows_for_write(<char*>(gx + (img * c_in * h + yy) * w), h * w * sizeof(floating),
+                                   c_in, w * sizeof(floating))
     # Down the tiles' rows: s1[i, q, g] = sum_p B[i, p] dV[p*a + q, g, tiles of the row].
     for q in range(a):
         for grp in range(groups):
@@ -628,17 +747,28 @@ cdef void _input_adjoint_row(const floating* v, Py_ssize_t groups, Py_ssize_t nt
             continue
         # Across: dt[j] = sum_q B[j, q] s1[i, q], this input row of every tile.
         _apply(b, a, a, s1, i * a * plane, across_offs, 0, dt, 0, plane, 0, 1, plane)
-        # The tiles' columns to a [col][c] line (neighbouring tiles share two columns), then
-        # transposed and added to every channel's row.
-        for z in range(cols * c_in):
-            line[z] = 0
-        for j in range(a):
-            for tw in range(n_tw):
+        # The tiles' columns to a [col][c] line, then transposed and added to every channel's
+        # row. Column tw*m + j (j < m) is tile tw's column j plus, for j < 2, tile tw-1's
+        # column m + j (neighbours share two columns); the last tile adds two more. Each line
+        # element is written once: adding into a zeroed line measured 7% of MNIST conv2's
+        # grad_input in that one loop (reloading just-written lines).
+        for tw in range(n_tw):
+            for j in range(m):
                 for grp in range(groups):
                     src = dt + j * plane + grp * run + tw * cg
                     out = line + (tw * m + j) * c_in + grp * cg
-                    for z in range(cg):
-                        out[z] = out[z] + src[z]
+                    if j < 2 and tw > 0:
+                        for z in range(cg):
+                            out[z] = src[z] + src[(m * plane) - cg + z]
+                    else:
+                        for z in range(cg):
+                            out[z] = src[z]
+        for j in range(m, a):
+            for grp in range(groups):
+                src = dt + j * plane + grp * run + (n_tw - 1) * cg
+                out = line + ((n_tw - 1) * m + j) * c_in + grp * cg
+                for z in range(cg):
+                    out[z] = src[z]
         _transpose(line, c_in, tline, cols, cols, c_in)
         for c in range(c_in):
             dst = gx + ((img * c_in + c) * h + yy) * w

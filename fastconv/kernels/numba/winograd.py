@@ -50,8 +50,8 @@ grad_weight from the same D, so one transform of grad_output serves both gradien
 
 grad_weight is the adjoint of the forward. The forward is linear in U, so
 ``dL/dU[xi] = sum over tiles of V[xi]^T (A dY A^T)[xi]`` -- the input transform of x (as in
-the forward) and of grad_output (with A, zero-padded to a x a, in place of B^T: the windows'
-last two rows and columns belong to the next tile and meet zero coefficients), then one GEMM
+the forward) and of grad_output (with A, a x m, in place of B^T: its m x m windows do not
+overlap), then one GEMM
 per position summed over the chunks -- and ``dL/dw = G^T dL/dU G``. Partial
 tiles are exact: the outputs beyond the edge have zero gradient.
 """
@@ -221,20 +221,82 @@ def _lin42(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer
             y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3
 
 
+@njit(**JIT_OPTIONS)
+def _lin46(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """6 outputs from 4 inputs (see the section comment)."""
+    c00, c01, c02, c03 = c[0, 0], c[0, 1], c[0, 2], c[0, 3]
+    c10, c11, c12, c13 = c[1, 0], c[1, 1], c[1, 2], c[1, 3]
+    c20, c21, c22, c23 = c[2, 0], c[2, 1], c[2, 2], c[2, 3]
+    c30, c31, c32, c33 = c[3, 0], c[3, 1], c[3, 2], c[3, 3]
+    c40, c41, c42, c43 = c[4, 0], c[4, 1], c[4, 2], c[4, 3]
+    c50, c51, c52, c53 = c[5, 0], c[5, 1], c[5, 2], c[5, 3]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        y4 = dst[d + 4 * d_row:d + 4 * d_row + n_inner]
+        y5 = dst[d + 5 * d_row:d + 5 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3
+
+
+@njit(**JIT_OPTIONS)
+def _lin24(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """4 outputs from 2 inputs (see the section comment)."""
+    c00, c01 = c[0, 0], c[0, 1]
+    c10, c11 = c[1, 0], c[1, 1]
+    c20, c21 = c[2, 0], c[2, 1]
+    c30, c31 = c[3, 0], c[3, 1]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]
+            y0[z] = c00 * v0 + c01 * v1
+            y1[z] = c10 * v0 + c11 * v1
+            y2[z] = c20 * v0 + c21 * v1
+            y3[z] = c30 * v0 + c31 * v1
+
+
 
 @njit(**JIT_OPTIONS)
 def _apply(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
-    """The ``_lin*`` kernel of c's shape (a x a for B^T, m x a for A^T; a = 4 or 6)."""
+    """The ``_lin*`` kernel of c's shape: a x a for B^T (and B), m x a for A^T, a x m for A
+    (the grad_output transform); a = 4 or 6."""
     n_out, n_in = c.shape
     if n_in == 6:
         if n_out == 6:
             _lin66(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         else:
             _lin64(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
-    elif n_out == 4:
-        _lin44(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    elif n_in == 4:
+        if n_out == 6:
+            _lin46(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif n_out == 4:
+            _lin44(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        else:
+            _lin42(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
     else:
-        _lin42(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        _lin24(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
 
 
 # ---------------------------------------------------------------- layout changes
@@ -280,7 +342,9 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
                across_offs, xr, r):
     """V of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
 
-    x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a, a); xr: scratch of (a+1)*m*S*C and
+    x (N, C, H, W); v: V (a*a, G, T, C/G); bt = B^T (a, n_in): each tile reads the n_in x n_in
+    window at its corner (n_in = a, or m for the grad_output transform, whose tiles do not
+    overlap); xr: scratch of (a+1)*m*S*C and
     r of a*m*S*C elements (S = n_tw + 1 column slots): the tile row's a input rows channel-last
     plus one staging row, with column ``s*m + ph`` at ``[i, g, ph, s, c]`` (``slot_of_col[col]
     = ph*S + s``), and their transform down the rows. In that layout the j-th columns of all
@@ -288,7 +352,7 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
     one vector operation per output row p.
     """
     c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
-    a = bt.shape[0]
+    a, n_in = bt.shape
     m = a - 2
     groups, nt, cg = v.shape[1], v.shape[2], v.shape[3]
     cols = slot_of_col.size                 # m * S columns, n_tw*m + 2 of them used
@@ -304,7 +368,7 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
         line[z] = 0
     for z in range(hi * c_in, cols * c_in):
         line[z] = 0
-    for i in range(a):
+    for i in range(n_in):
         yy = y0 + i
         dst = xr[i * plane:(i + 1) * plane]
         if yy < 0 or yy >= h:
@@ -323,9 +387,9 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
     # above wait on memory otherwise, and the arithmetic below hides the fetch.
     img = (grow + 1) // n_th
     y0 = (grow + 1 - img * n_th) * m - pad_top
-    first = 0 if y0 + pad_top == 0 else a - m
+    first = 0 if y0 + pad_top == 0 else max(n_in - m, 0)
     if img < x.shape[0]:
-        for yy in range(max(y0 + first, 0), min(y0 + a, h)):
+        for yy in range(max(y0 + first, 0), min(y0 + n_in, h)):
             _prefetch_rows(xf, (img * c_in * h + yy) * w, h * w, c_in, w, False)
     # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
     _apply(bt, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
@@ -341,10 +405,11 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, down_offs,
                      across_offs, workers):
-    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W), bt = B^T).
+    """V (a*a, G, T, C/G) of the chunk's tile rows row_start .. (x (N, C, H, W), bt = B^T
+    (a x a), or A (a x m) to transform grad_output tiles).
 
     Tile (img, th, tw) reads input rows from ``th*m - pad_top`` and columns from
-    ``tw*m - pad_left``. The tile rows are split into ``workers`` contiguous ranges, one per
+    ``tw*m - pad_left``, as many as bt has columns. The tile rows are split into ``workers`` contiguous ranges, one per
     parallel iteration, so each worker owns one slice of the scratch array.
     """
     a = bt.shape[0]
