@@ -22,12 +22,17 @@ import numpy as np
 from cython.parallel cimport prange
 
 from fastconv.kernels.cython.blas cimport floating, gemm
+from fastconv.kernels.cython.microkernels cimport tap_block
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 
 from fastconv import threads
 from fastconv.kernels import winograd_plan as plan, winograd_tables as tables
 
 _FILTER_CACHE = tables.FilterTransformCache()
+
+#: Channel counts (C/G and K/G) up to which ``_batched_gemm`` uses its own register-blocked
+#: loop instead of BLAS.
+SMALL_GEMM_CHANNELS = 64
 
 
 # ---------------------------------------------------------------- small dense transforms
@@ -602,15 +607,26 @@ def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floa
     v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small
     (K and C/G often 32-64), so OpenMP runs whole GEMMs side by side on a one-thread BLAS
     (the caller holds ``threads.single_threaded_blas``) rather than BLAS splitting each one:
-    at 2 threads the latter measured no faster than 1.
+    at 2 threads the latter measured no faster than 1. Up to SMALL_GEMM_CHANNELS channels
+    both ways, the products skip BLAS for ``tap_block`` (``microkernels.pxd``): 4 rows of
+    mm x 3 vectors of its columns summed in registers over the C/G terms, straight from v
+    and u, where BLAS spends a third of its time packing both operands and zeroing mm.
     """
     cdef int nt = v.shape[2], cg = v.shape[3], kg = u.shape[3]
-    cdef Py_ssize_t groups = u.shape[1], job, xi, g
+    cdef Py_ssize_t groups = u.shape[1], job, xi, g, t
+    cdef bint small = cg <= SMALL_GEMM_CHANNELS and kg <= SMALL_GEMM_CHANNELS
+    cdef Py_ssize_t[::1] row_offsets = np.arange(cg, dtype=np.intp) * kg     # u's rows
+    cdef floating[::1] zeros = np.zeros(4, dtype=np.float32 if floating is float else np.float64)
     for job in prange(u.shape[0] * groups, nogil=True, num_threads=nthreads, schedule="static"):
         xi = job // groups
         g = job - xi * groups
-        gemm(False, False, nt, kg, cg, <floating>1, &v[xi, g, 0, 0], cg, &u[xi, g, 0, 0], kg,
-             <floating>0, &mm[xi, g, 0, 0], kg)
+        if small:
+            for t in range(0, nt, 4):
+                tap_block(min(4, nt - t), &u[xi, g, 0, 0], &row_offsets[0], cg, &v[xi, g, t, 0], cg,
+                          &mm[xi, g, t, 0], kg, kg, &zeros[0])
+        else:
+            gemm(False, False, nt, kg, cg, <floating>1, &v[xi, g, 0, 0], cg, &u[xi, g, 0, 0], kg,
+                 <floating>0, &mm[xi, g, 0, 0], kg)
 
 
 def _batched_gemm_tn(const floating[:, :, :, ::1] v, const floating[:, :, :, ::1] d,
