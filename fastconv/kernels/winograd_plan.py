@@ -132,13 +132,13 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
     bt = tables.MATRICES[m][2].astype(x.dtype)
     dt = tables.grad_output_transform(m).astype(x.dtype)
     slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, cg)
-    _, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups)
+    gy_slots, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups, window=m)
     dm = np.zeros(((m + 2) ** 2, groups, cg, k_out // groups), dtype=x.dtype)
     with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
         for r0, v, d in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype):
             steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
                                   workers)
-            steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, slot_of_col, gy_down, gy_across,
+            steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across,
                                   workers)
             steps.batched_gemm_tn(v, d, dm, workers)
     grad_weight[...] = tables.weight_gradient(dm, m)
@@ -195,14 +195,14 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
     bt = tables.MATRICES[m][2].astype(dtype)
     dt = tables.grad_output_transform(m).astype(dtype)
     slot_of_col, x_down, x_across = tables.input_transform_offsets(m, n_tw, groups, c_in // groups)
-    _, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups)
+    gy_slots, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups, window=m)
     across = (np.arange(a) * (c_in * n_tw)).astype(np.intp)
     dm = None if grad_weight is None else np.zeros((a * a, groups, c_in // groups, k_out // groups), dtype=dtype)
     grad_input[...] = 0
     with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
         for r0, v, d in _tile_chunks(grad_output.shape[0], n_th, n_tw, c_in, k_out, groups, m, dtype, ut.nbytes):
             down = (np.arange(a) * (a * v[0].size)).astype(np.intp)
-            steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, slot_of_col, gy_down, gy_across, workers)
+            steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across, workers)
             steps.batched_gemm(d, ut, v, workers)
             steps.input_transform_adjoint(v, grad_input, r0, pad_top, pad_left, n_th, n_tw, b, down, across, workers)
             if dm is not None:  # v is free again: x's tiles, as in the forward

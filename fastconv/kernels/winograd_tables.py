@@ -168,20 +168,25 @@ def grad_output_transform(m: int) -> np.ndarray:
     return t
 
 
-def input_transform_offsets(m: int, n_tw: int, groups: int, cg: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def input_transform_offsets(m: int, n_tw: int, groups: int, cg: int,
+                            window: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(slot_of_col, down_offs, across_offs)`` of the input-transform kernels, as intp.
 
     A tile row's input rows are staged channel-last with column ``s*m + ph`` at slot
-    ``ph*S + s`` (``S = n_tw + 1``), so the j-th columns of all tiles form one contiguous run:
+    ``ph*S + s``, so the j-th columns of all tiles form one contiguous run:
     ``down_offs[i]`` is where staged row i starts, ``across_offs[j]`` where column j's run
-    starts within a row (``cg`` channels per group, ``groups`` groups).
+    starts within a row (``cg`` channels per group, ``groups`` groups). Each tile reads a
+    ``window`` x ``window`` corner (a = m + 2 by default; m for the grad_output transform):
+    ``S = n_tw + 1`` slots hold the last tile's columns past n_tw*m, ``S = n_tw`` when the
+    windows do not reach past their tile.
     """
     a = m + 2
-    slots = n_tw + 1
+    window = window or a
+    slots = n_tw + (1 if window > m else 0)
     cols = np.arange(m * slots)
     slot_of_col = ((cols % m) * slots + cols // m).astype(np.intp)
-    down = (np.arange(a) * (groups * m * slots * cg)).astype(np.intp)
-    across = np.array([((j % m) * slots + j // m) * cg for j in range(a)], dtype=np.intp)
+    down = (np.arange(window) * (groups * m * slots * cg)).astype(np.intp)
+    across = np.array([((j % m) * slots + j // m) * cg for j in range(window)], dtype=np.intp)
     return slot_of_col, down, across
 
 
