@@ -118,6 +118,23 @@ def test_filters_channel_last_is_the_flipped_transposed_filter_for_grad_input():
                 np.testing.assert_array_equal(f[g, k, :, :, c], w[g * 2 + k, c, ::-1, ::-1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_f43_transforms_take_their_factored_kernels_and_nothing_else_does(backend, dtype):
+    # The factored kernels are written for these exact matrices; a table that differed would
+    # silently fall back to the dense kernels (correct, but slower).
+    mod = _backend_module(backend)
+    at, _, bt = tables.MATRICES[4]
+    mats = {"bt43": bt, "b43": bt.T, "at43": at, "a43": tables.grad_output_transform(4)}
+    for name, mat in mats.items():
+        assert mod._factored_kernel(mat.astype(dtype)) == name
+        changed = mat.astype(dtype).copy()
+        changed[1, 1] += 1
+        assert mod._factored_kernel(changed) is None
+    at2, _, bt2 = tables.MATRICES[2]
+    for mat in (bt2, bt2.T, at2, tables.grad_output_transform(2)):
+        assert mod._factored_kernel(mat) is None
+
+
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_filter_transform_kernels_match_the_table_formula(backend, algo):
     mod = _backend_module(backend)

@@ -57,7 +57,8 @@ Points used (``POINTS``):
   0, +-1, 1/2, -2      2.9e-6      3.3e-6      5.1e-6   (used)
   ===================  ==========  ==========  ==========
 
-  The kernels apply the matrices densely, so the denser B^T of the mixed set costs nothing.
+  Both backends have F(4x4,3x3) transform kernels written out for these matrices (zeros
+  skipped, ones added, x1 +- x2 pairs shared); a denser B^T costs them a few operations.
 
 Numerical error of the kernels
 ------------------------------

@@ -35,12 +35,135 @@ _FILTER_CACHE = tables.FilterTransformCache()
 SMALL_GEMM_CHANNELS = 64
 
 
+# ---------------------------------------------------------------- factored F(4x4,3x3) transforms
+# The transforms are compute-bound, and F(4x4,3x3)'s matrices are a third zeros, with ones
+# and pairs (x1 +- x2; x0 + x2 +- (x1 + x3)): written out term by term they take 10-24
+# operations per element instead of 24-36 multiply-adds (the output transform alone: MNIST
+# conv2 forward 0.91x the time). fc_lin66/64/46 run them when their matrix equals the
+# reference copy (FC_REF_*, filled from ``winograd_tables`` at import), so any other matrix
+# still gets the dense kernels.
+cdef extern from *:
+    """
+    static double FC_REF_BT43[36], FC_REF_B43[36], FC_REF_AT43[24], FC_REF_A43[24];
+    #define FC_FACTORED(T, SUF)                                                                   \\
+    static int fc_is_##SUF(const T *c, const double *ref, int n) {                               \\
+        for (int i = 0; i < n; i++) if ((double)c[i] != ref[i]) return 0;                         \\
+        return 1;                                                                                 \\
+    }                                                                                             \\
+    /* B^T: the input transform. */                                                               \\
+    static void fc_bt43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,      \\
+            T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, const T *__restrict__ x0,  \\
+            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3,          \\
+            const T *__restrict__ x4, const T *__restrict__ x5, Py_ssize_t n) {                   \\
+        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];      \\
+            const T d31 = v3 - v1, e42 = v4 - v2;                                                  \\
+            y0[z] = v0 + (T)1.5 * d31 + e42 - v2;                                                  \\
+            y1[z] = v4 - v1 + (T)0.5 * v2 + (T)2.5 * v3;                                           \\
+            y2[z] = v4 + v1 - (T)2.5 * v2 + (T)0.5 * v3;                                           \\
+            y3[z] = e42 + (T)2 * d31;                                                              \\
+            y4[z] = e42 - (T)0.5 * d31;                                                            \\
+            y5[z] = v5 + v1 - (T)1.5 * v2 - (T)2 * v3 + (T)1.5 * v4;                               \\
+        }                                                                                         \\
+    }                                                                                             \\
+    /* B = (B^T)^T: the adjoint of the input transform. */                                        \\
+    static void fc_b43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,       \\
+            T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, const T *__restrict__ x0,  \\
+            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3,          \\
+            const T *__restrict__ x4, const T *__restrict__ x5, Py_ssize_t n) {                   \\
+        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];      \\
+            y0[z] = v0;                                                                            \\
+            y1[z] = v2 - v1 + v5 - (T)1.5 * v0 - (T)2 * v3 + (T)0.5 * v4;                          \\
+            y2[z] = (T)0.5 * v1 - (T)2 * v0 - (T)2.5 * v2 - v3 - v4 - (T)1.5 * v5;                 \\
+            y3[z] = (T)1.5 * v0 + (T)2.5 * v1 + (T)0.5 * v2 + (T)2 * v3 - (T)0.5 * v4 - (T)2 * v5; \\
+            y4[z] = v0 + v1 + v2 + v3 + v4 + (T)1.5 * v5;                                          \\
+            y5[z] = v5;                                                                            \\
+        }                                                                                         \\
+    }                                                                                             \\
+    /* A^T: the output transform. */                                                              \\
+    static void fc_at43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,      \\
+            T *__restrict__ y3, const T *__restrict__ x0, const T *__restrict__ x1,                \\
+            const T *__restrict__ x2, const T *__restrict__ x3, const T *__restrict__ x4,          \\
+            const T *__restrict__ x5, Py_ssize_t n) {                                             \\
+        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];      \\
+            const T s12 = v1 + v2, d12 = v1 - v2;                                                  \\
+            y0[z] = v0 + s12 + v3 + v4;                                                            \\
+            y1[z] = d12 + (T)0.5 * v3 - (T)2 * v4;                                                 \\
+            y2[z] = s12 + (T)0.25 * v3 + (T)4 * v4;                                                \\
+            y3[z] = d12 + (T)0.125 * v3 - (T)8 * v4 + v5;                                          \\
+        }                                                                                         \\
+    }                                                                                             \\
+    /* A = (A^T)^T: the grad_output transform. */                                                 \\
+    static void fc_a43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,       \\
+            T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, const T *__restrict__ x0,  \\
+            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3,          \\
+            Py_ssize_t n) {                                                                       \\
+        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];                               \\
+            const T e = v0 + v2, o = v1 + v3;                                                      \\
+            y0[z] = v0;                                                                            \\
+            y1[z] = e + o;                                                                         \\
+            y2[z] = e - o;                                                                         \\
+            y3[z] = v0 + (T)0.5 * v1 + (T)0.25 * v2 + (T)0.125 * v3;                               \\
+            y4[z] = v0 - (T)2 * v1 + (T)4 * v2 - (T)8 * v3;                                        \\
+            y5[z] = v3;                                                                            \\
+        }                                                                                         \\
+    }
+    FC_FACTORED(float, f)
+    FC_FACTORED(double, d)
+    """
+    double FC_REF_BT43[36]
+    double FC_REF_B43[36]
+    double FC_REF_AT43[24]
+    double FC_REF_A43[24]
+    bint fc_is_f(const float* c, const double* ref, int n) nogil
+    bint fc_is_d(const double* c, const double* ref, int n) nogil
+
+
+cdef void _copy_table(mat, double* dst):
+    flat = np.ascontiguousarray(mat, dtype=np.float64).ravel()
+    for i in range(flat.size):
+        dst[i] = flat[i]
+
+
+def _set_factored_tables():
+    """Copy F(4x4,3x3)'s B^T, B, A^T and A from ``winograd_tables`` to the FC_REF_* arrays."""
+    at, _, bt = tables.MATRICES[4]
+    _copy_table(bt, FC_REF_BT43)
+    _copy_table(bt.T, FC_REF_B43)
+    _copy_table(at, FC_REF_AT43)
+    _copy_table(tables.grad_output_transform(4), FC_REF_A43)
+
+
+_set_factored_tables()
+
+
+def _factored_kernel(c):
+    """The factored kernel the fc_lin kernels run for matrix ``c``: "bt43", "b43", "at43",
+    "a43", or None for the dense one."""
+    cdef const double[:, ::1] cc = np.ascontiguousarray(c, dtype=np.float64)
+    cdef int n = cc.shape[0] * cc.shape[1]
+    if cc.shape[0] == 6 and cc.shape[1] == 6:
+        if fc_is_d(&cc[0, 0], FC_REF_BT43, n):
+            return "bt43"
+        if fc_is_d(&cc[0, 0], FC_REF_B43, n):
+            return "b43"
+    elif cc.shape[0] == 4 and cc.shape[1] == 6 and fc_is_d(&cc[0, 0], FC_REF_AT43, n):
+        return "at43"
+    elif cc.shape[0] == 6 and cc.shape[1] == 4 and fc_is_d(&cc[0, 0], FC_REF_A43, n):
+        return "a43"
+    return None
+
+
 # ---------------------------------------------------------------- small dense transforms
 # fc_lin<n_in><n_out>: dst row o (o < n_out) = sum_i c[o, i] * src row i (i < n_in), for
 # u < n_outer runs of n_inner contiguous elements: src row i of run u starts at
 # src + s_base + s_offs[i] + u*s_outer, dst row o at dst + d_base + o*d_row + u*d_outer.
 # c is the row-major n_out x n_in table matrix, applied densely (its zeros cost
-# multiplications, not memory traffic). _f: float, _d: double.
+# multiplications, not memory traffic), except F(4x4,3x3)'s matrices, which go to the
+# factored kernels above. _f: float, _d: double.
 cdef extern from *:
     """
     static void fc_lin66_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, float *__restrict__ y4, float *__restrict__ y5, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *__restrict__ x4, const float *__restrict__ x5, const float *c, Py_ssize_t n) {
@@ -62,6 +185,22 @@ cdef extern from *:
     }
     static void fc_lin66_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
             float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        if (fc_is_f(c, FC_REF_BT43, 36)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const float *s = src + s_base + u * s_outer;
+                float *d = dst + d_base + u * d_outer;
+                fc_bt43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
+            }
+            return;
+        }
+        if (fc_is_f(c, FC_REF_B43, 36)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const float *s = src + s_base + u * s_outer;
+                float *d = dst + d_base + u * d_outer;
+                fc_b43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
+            }
+            return;
+        }
         for (Py_ssize_t u = 0; u < n_outer; u++) {
             const float *s = src + s_base + u * s_outer;
             float *d = dst + d_base + u * d_outer;
@@ -83,6 +222,14 @@ cdef extern from *:
     }
     static void fc_lin64_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
             float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        if (fc_is_f(c, FC_REF_AT43, 24)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const float *s = src + s_base + u * s_outer;
+                float *d = dst + d_base + u * d_outer;
+                fc_at43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
+            }
+            return;
+        }
         for (Py_ssize_t u = 0; u < n_outer; u++) {
             const float *s = src + s_base + u * s_outer;
             float *d = dst + d_base + u * d_outer;
@@ -146,6 +293,14 @@ cdef extern from *:
     }
     static void fc_lin46_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
             float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        if (fc_is_f(c, FC_REF_A43, 24)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const float *s = src + s_base + u * s_outer;
+                float *d = dst + d_base + u * d_outer;
+                fc_a43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], n_inner);
+            }
+            return;
+        }
         for (Py_ssize_t u = 0; u < n_outer; u++) {
             const float *s = src + s_base + u * s_outer;
             float *d = dst + d_base + u * d_outer;
@@ -192,6 +347,22 @@ cdef extern from *:
     }
     static void fc_lin66_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
             double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        if (fc_is_d(c, FC_REF_BT43, 36)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const double *s = src + s_base + u * s_outer;
+                double *d = dst + d_base + u * d_outer;
+                fc_bt43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
+            }
+            return;
+        }
+        if (fc_is_d(c, FC_REF_B43, 36)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const double *s = src + s_base + u * s_outer;
+                double *d = dst + d_base + u * d_outer;
+                fc_b43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
+            }
+            return;
+        }
         for (Py_ssize_t u = 0; u < n_outer; u++) {
             const double *s = src + s_base + u * s_outer;
             double *d = dst + d_base + u * d_outer;
@@ -213,6 +384,14 @@ cdef extern from *:
     }
     static void fc_lin64_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
             double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        if (fc_is_d(c, FC_REF_AT43, 24)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const double *s = src + s_base + u * s_outer;
+                double *d = dst + d_base + u * d_outer;
+                fc_at43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
+            }
+            return;
+        }
         for (Py_ssize_t u = 0; u < n_outer; u++) {
             const double *s = src + s_base + u * s_outer;
             double *d = dst + d_base + u * d_outer;
@@ -276,6 +455,14 @@ cdef extern from *:
     }
     static void fc_lin46_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
             double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
+        if (fc_is_d(c, FC_REF_A43, 24)) {
+            for (Py_ssize_t u = 0; u < n_outer; u++) {
+                const double *s = src + s_base + u * s_outer;
+                double *d = dst + d_base + u * d_outer;
+                fc_a43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], n_inner);
+            }
+            return;
+        }
         for (Py_ssize_t u = 0; u < n_outer; u++) {
             const double *s = src + s_base + u * s_outer;
             double *d = dst + d_base + u * d_outer;
@@ -335,7 +522,8 @@ cdef inline void _apply(const floating* c, Py_ssize_t n_out, Py_ssize_t n_in, co
                         Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer,
                         Py_ssize_t n_inner) noexcept nogil:
     """The fc_lin kernel of c's shape: a x a for B^T (and B), m x a for A^T, a x m for A
-    (the grad_output transform); a = 4 or 6."""
+    (the grad_output transform); a = 4 or 6. F(4x4,3x3)'s four matrices go to their
+    factored kernels."""
     if floating is float:
         if n_in == 6:
             if n_out == 6:

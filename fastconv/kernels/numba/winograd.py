@@ -26,9 +26,11 @@ columns of all the row's tiles form one contiguous run; B^T is then applied down
 applies A^T down and across a tile row's M and writes the tiles to NCHW through a
 [column][channel] line (the only strided accesses). Every arithmetic step is one of the
 ``_lin*`` kernels: ``n_out`` outputs from ``n_in`` inputs held in registers, vectorised over
-a contiguous run of (tile, channel). They apply the table matrices densely: the zero entries
-cost multiplications but no memory traffic, which was the bottleneck of sparse
-one-term-at-a-time updates (measured 1.4-2x slower).
+a contiguous run of (tile, channel). They apply a table matrix densely (its zeros cost
+multiplications but no memory traffic, which was the bottleneck of sparse
+one-term-at-a-time updates: 1.4-2x slower), except F(4x4,3x3)'s four matrices, which have
+kernels written out term by term (``_bt43``, ``_b43``, ``_at43``, ``_a43``: the whole
+element's inputs and outputs still in registers, 10-24 operations instead of 24-36).
 
 Numerics: the filter transform ``U = G g G^T`` runs in float64 (``G`` holds 1/3, 1/15, ...
 which round in float32), once per weight array while its values are unchanged
@@ -278,19 +280,183 @@ def _lin24(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer
 
 
 
+# ---------------------------------------------------------------- factored F(4x4,3x3) transforms
+# The transforms are compute-bound, and F(4x4,3x3)'s matrices are a third zeros, with ones
+# and pairs (x1 +- x2; x0 + x2 +- (x1 + x3)): written out term by term they take 10-24
+# operations per element instead of 24-36 multiply-adds. ``_apply`` runs them when c equals
+# the table matrix they are written for (``_REF_*``); their other coefficients are read from
+# c, in the data's dtype.
+
+_REF_BT43 = np.ascontiguousarray(tables.MATRICES[4][2], dtype=np.float64)
+_REF_B43 = np.ascontiguousarray(tables.MATRICES[4][2].T, dtype=np.float64)
+_REF_AT43 = np.ascontiguousarray(tables.MATRICES[4][0], dtype=np.float64)
+_REF_A43 = np.ascontiguousarray(tables.grad_output_transform(4), dtype=np.float64)
+
+
+@njit(**JIT_OPTIONS)
+def _equals(c, ref):
+    """Whether matrix c has ref's shape and values."""
+    if c.shape[0] != ref.shape[0] or c.shape[1] != ref.shape[1]:
+        return False
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            if c[i, j] != ref[i, j]:
+                return False
+    return True
+
+
+@njit(**JIT_OPTIONS)
+def _bt43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """``_lin66`` for F(4x4,3x3)'s B^T (the input transform)."""
+    c03, c12, c13, c22, c23 = c[0, 3], c[1, 2], c[1, 3], c[2, 2], c[2, 3]
+    c33, c43, c52, c53, c54 = c[3, 3], c[4, 3], c[5, 2], c[5, 3], c[5, 4]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        x4 = src[s + s_offs[4]:s + s_offs[4] + n_inner]
+        x5 = src[s + s_offs[5]:s + s_offs[5] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        y4 = dst[d + 4 * d_row:d + 4 * d_row + n_inner]
+        y5 = dst[d + 5 * d_row:d + 5 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]; v4 = x4[z]; v5 = x5[z]
+            d31 = v3 - v1
+            e42 = v4 - v2
+            y0[z] = v0 + c03 * d31 + e42 - v2
+            y1[z] = v4 - v1 + c12 * v2 + c13 * v3
+            y2[z] = v4 + v1 + c22 * v2 + c23 * v3
+            y3[z] = e42 + c33 * d31
+            y4[z] = e42 + c43 * d31
+            y5[z] = v5 + v1 + c52 * v2 + c53 * v3 + c54 * v4
+
+
+@njit(**JIT_OPTIONS)
+def _b43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """``_lin66`` for F(4x4,3x3)'s B (the adjoint of the input transform)."""
+    c10, c13, c14, c20, c21, c22, c25 = c[1, 0], c[1, 3], c[1, 4], c[2, 0], c[2, 1], c[2, 2], c[2, 5]
+    c30, c31, c32, c33, c34, c35, c45 = c[3, 0], c[3, 1], c[3, 2], c[3, 3], c[3, 4], c[3, 5], c[4, 5]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        x4 = src[s + s_offs[4]:s + s_offs[4] + n_inner]
+        x5 = src[s + s_offs[5]:s + s_offs[5] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        y4 = dst[d + 4 * d_row:d + 4 * d_row + n_inner]
+        y5 = dst[d + 5 * d_row:d + 5 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]; v4 = x4[z]; v5 = x5[z]
+            y0[z] = v0
+            y1[z] = v2 - v1 + v5 + c10 * v0 + c13 * v3 + c14 * v4
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 - v3 - v4 + c25 * v5
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5
+            y4[z] = v0 + v1 + v2 + v3 + v4 + c45 * v5
+            y5[z] = v5
+
+
+@njit(**JIT_OPTIONS)
+def _at43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """``_lin64`` for F(4x4,3x3)'s A^T (the output transform)."""
+    c13, c14, c23, c24, c33, c34 = c[1, 3], c[1, 4], c[2, 3], c[2, 4], c[3, 3], c[3, 4]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        x4 = src[s + s_offs[4]:s + s_offs[4] + n_inner]
+        x5 = src[s + s_offs[5]:s + s_offs[5] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]; v4 = x4[z]; v5 = x5[z]
+            s12 = v1 + v2
+            d12 = v1 - v2
+            y0[z] = v0 + s12 + v3 + v4
+            y1[z] = d12 + c13 * v3 + c14 * v4
+            y2[z] = s12 + c23 * v3 + c24 * v4
+            y3[z] = d12 + c33 * v3 + c34 * v4 + v5
+
+
+@njit(**JIT_OPTIONS)
+def _a43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+    """``_lin46`` for F(4x4,3x3)'s A (the grad_output transform)."""
+    c31, c32, c33, c41, c42, c43 = c[3, 1], c[3, 2], c[3, 3], c[4, 1], c[4, 2], c[4, 3]
+    for u in range(n_outer):
+        s = s_base + u * s_outer
+        d = d_base + u * d_outer
+        x0 = src[s + s_offs[0]:s + s_offs[0] + n_inner]
+        x1 = src[s + s_offs[1]:s + s_offs[1] + n_inner]
+        x2 = src[s + s_offs[2]:s + s_offs[2] + n_inner]
+        x3 = src[s + s_offs[3]:s + s_offs[3] + n_inner]
+        y0 = dst[d + 0 * d_row:d + 0 * d_row + n_inner]
+        y1 = dst[d + 1 * d_row:d + 1 * d_row + n_inner]
+        y2 = dst[d + 2 * d_row:d + 2 * d_row + n_inner]
+        y3 = dst[d + 3 * d_row:d + 3 * d_row + n_inner]
+        y4 = dst[d + 4 * d_row:d + 4 * d_row + n_inner]
+        y5 = dst[d + 5 * d_row:d + 5 * d_row + n_inner]
+        for z in range(n_inner):
+            v0 = x0[z]; v1 = x1[z]; v2 = x2[z]; v3 = x3[z]
+            e = v0 + v2
+            o = v1 + v3
+            y0[z] = v0
+            y1[z] = e + o
+            y2[z] = e - o
+            y3[z] = v0 + c31 * v1 + c32 * v2 + c33 * v3
+            y4[z] = v0 + c41 * v1 + c42 * v2 + c43 * v3
+            y5[z] = v3
+
+
+def _factored_kernel(c):
+    """The factored kernel ``_apply`` runs for matrix ``c``: "bt43", "b43", "at43", "a43",
+    or None for the dense one."""
+    c = np.asarray(c, dtype=np.float64)
+    for name, ref in (("bt43", _REF_BT43), ("b43", _REF_B43), ("at43", _REF_AT43), ("a43", _REF_A43)):
+        if c.shape == ref.shape and np.array_equal(c, ref):
+            return name
+    return None
+
+
 @njit(**JIT_OPTIONS)
 def _apply(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
     """The ``_lin*`` kernel of c's shape: a x a for B^T (and B), m x a for A^T, a x m for A
-    (the grad_output transform); a = 4 or 6."""
+    (the grad_output transform); a = 4 or 6. F(4x4,3x3)'s four matrices go to their
+    factored kernels."""
     n_out, n_in = c.shape
     if n_in == 6:
         if n_out == 6:
-            _lin66(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            if _equals(c, _REF_BT43):
+                _bt43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            elif _equals(c, _REF_B43):
+                _b43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                _lin66(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+        elif _equals(c, _REF_AT43):
+            _at43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         else:
             _lin64(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
     elif n_in == 4:
         if n_out == 6:
-            _lin46(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            if _equals(c, _REF_A43):
+                _a43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            else:
+                _lin46(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         elif n_out == 4:
             _lin44(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         else:
