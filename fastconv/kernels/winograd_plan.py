@@ -168,7 +168,9 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
     The adjoint of ``convolve`` with the forward's transformed filters ``ut`` (a*a, G, K/G,
     C/G; U with its channel axes swapped): per chunk of grad_output's tile rows,
     D = A dY A^T (as in ``weight_gradient``), dV[xi] = D[xi] @ U[xi]^T, and every tile adds
-    B dV B^T to grad_input where the forward read its input tile.
+    B dV B^T to grad_input where the forward read its input tile (the first tile row to reach
+    a row stores, the next adds: ``input_transform_adjoint`` writes grad_input, and only the
+    pixels no tile reaches are zeroed beforehand).
 
     Given ``x`` and ``grad_weight`` (K, C/G, 3, 3), also writes grad_weight as
     ``weight_gradient`` does, from the same D: one transform of grad_output serves both.
@@ -198,7 +200,9 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
     gy_slots, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups, window=m)
     across = (np.arange(a) * (c_in * n_tw)).astype(np.intp)
     dm = None if grad_weight is None else np.zeros((a * a, groups, c_in // groups, k_out // groups), dtype=dtype)
-    grad_input[...] = 0
+    in_h, in_w = grad_input.shape[2:]
+    if n_th * m + 2 - pad_top < in_h or n_tw * m + 2 - pad_left < in_w:
+        grad_input[...] = 0     # pixels past the last tiles: none is read by the forward
     with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
         for r0, v, d in _tile_chunks(grad_output.shape[0], n_th, n_tw, c_in, k_out, groups, m, dtype, ut.nbytes):
             down = (np.arange(a) * (a * v[0].size)).astype(np.intp)

@@ -10,7 +10,7 @@ Per chunk of tile rows (planned by ``kernels/winograd_plan.py``, shared with the
 twin): ``_input_transform`` (OpenMP over tile rows) writes
 V[xi, g, t, c]; ``_batched_gemm`` runs one BLAS GEMM per position and group,
 M[xi, g] = V[xi, g] @ U[xi, g], outside any parallel region; ``_output_transform`` (OpenMP
-over tile rows) writes y = A^T M A + bias in NCHW. ``_input_transform_adjoint`` adds
+over tile rows) writes y = A^T M A + bias in NCHW. ``_input_transform_adjoint`` writes
 B dV B^T of every tile into grad_input, for the adjoint formulation of grad_input.
 
 The row helpers work on raw pointers into C-contiguous arrays. The small dense transforms
@@ -914,12 +914,14 @@ cdef void _input_adjoint_row(const floating* v, Py_ssize_t groups, Py_ssize_t nt
                              const floating* b, Py_ssize_t a, const Py_ssize_t* down_offs,
                              const Py_ssize_t* across_offs, floating* s1, floating* dt, floating* line,
                              floating* tline) noexcept nogil:
-    """gx += B dV B^T of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the batch).
+    """B dV B^T of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the batch) into gx.
 
     v: dV (a*a, G, T, C/G); gx (N, C, H, W); b = B (a x a, row-major); ``down_offs[p]`` =
-    offset of dV's plane p*a, ``across_offs[q]`` = q * C*n_tw. Tile (img, th, tw) adds its
+    offset of dV's plane p*a, ``across_offs[q]`` = q * C*n_tw. Tile (img, th, tw) puts its
     a x a values at rows from ``th*m - pad_top`` and columns from ``tw*m - pad_left``; what
-    falls outside gx is dropped (it was padding). s1: scratch a*a*C*n_tw (B dV,
+    falls outside gx is dropped (it was padding). The first a - m rows are added to what the
+    image's previous tile row left there (th > 0; it must have run already), the others are
+    stored: every row of gx is written first by one tile row. s1: scratch a*a*C*n_tw (B dV,
     [i][q][g][tile][c]); dt: scratch a*C*n_tw (one row of the tiles, [j][g][tile][c]);
     line, tline: scratch (n_tw*m + 2)*C each (one input row, [col][c] and [c][col]).
     """
@@ -935,8 +937,9 @@ cdef void _input_adjoint_row(const floating* v, Py_ssize_t groups, Py_ssize_t nt
     cdef floating* out
     cdef floating* dst
     cdef const floating* src
-    # The grad_input rows this tile row adds to, every channel's, requested before the
-    # transforms below: the per-channel adds at the end otherwise wait on each row's lines.
+    cdef bint add
+    # The grad_input rows this tile row writes, every channel's, requested before the
+    # transforms below: the per-channel stores at the end otherwise wait on each row's lines.
     for yy in range(max(y0, 0), min(y0 + a, h)):
         fc_prefetch_rows_for_write(<char*>(gx + (img * c_in * h + yy) * w), h * w * sizeof(floating),
                                    c_in, w * sizeof(floating))
@@ -974,21 +977,29 @@ cdef void _input_adjoint_row(const floating* v, Py_ssize_t groups, Py_ssize_t nt
                 for z in range(cg):
                     out[z] = src[z]
         _transpose(line, c_in, tline, cols, cols, c_in)
+        add = i < a - m and grow % n_th > 0
         for c in range(c_in):
             dst = gx + ((img * c_in + c) * h + yy) * w
             src = tline + c * cols + pad_left
-            for z in range(lo - pad_left, hi - pad_left):
-                dst[z] = dst[z] + src[z]
+            if add:
+                for z in range(lo - pad_left, hi - pad_left):
+                    dst[z] = dst[z] + src[z]
+            else:
+                for z in range(lo - pad_left, hi - pad_left):
+                    dst[z] = src[z]
 
 
 def _input_transform_adjoint(const floating[:, :, :, ::1] v, floating[:, :, :, ::1] gx, Py_ssize_t row_start,
                              Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th, Py_ssize_t n_tw,
                              const floating[:, ::1] b, const Py_ssize_t[::1] down_offs,
                              const Py_ssize_t[::1] across_offs, int nthreads):
-    """gx += B dV B^T of the chunk's tile rows row_start .. (v (a*a, G, T, C/G), gx (N, C, H, W)).
+    """B dV B^T of the chunk's tile rows row_start .. into gx (v (a*a, G, T, C/G), gx (N, C, H, W)).
 
-    Neighbouring tile rows of an image share two input rows, so the even tile rows run first
-    and the odd ones after them (rows two apart never overlap); OpenMP splits each half.
+    Writes every gx row the tiles reach (``_input_adjoint_row``): the chunks must come in
+    order, and the rows a chunk's tiles do not reach keep their values. Neighbouring tile rows
+    of an image share a - m rows, so one thread takes all of an image's tile rows in the
+    chunk, in order; OpenMP splits the images. (Adding into a zeroed gx, even tile rows
+    first, waited on every gx line: 14% of MNIST conv2's grad_input was that one add.)
     """
     cdef Py_ssize_t a = b.shape[0]
     cdef Py_ssize_t groups = v.shape[1], nt = v.shape[2], cg = v.shape[3]
@@ -996,20 +1007,20 @@ def _input_transform_adjoint(const floating[:, :, :, ::1] v, floating[:, :, :, :
     cdef Py_ssize_t n_rows = nt // n_tw
     cdef Py_ssize_t cols = n_tw * (a - 2) + 2
     cdef Py_ssize_t s1_size = a * a * c_in * n_tw, dt_size = a * c_in * n_tw, line_size = cols * c_in
-    cdef Py_ssize_t row, grow, phase
+    cdef Py_ssize_t first_img = row_start // n_th
+    cdef Py_ssize_t n_imgs = (row_start + n_rows - 1) // n_th - first_img + 1
+    cdef Py_ssize_t k, grow
     cdef floating* scratch
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] scratch_all = np.empty((nthreads, s1_size + dt_size + 2 * line_size), dtype=dtype)
-    for phase in range(2):
-        for row in prange(n_rows, nogil=True, num_threads=nthreads, schedule="static"):
-            grow = row_start + row
-            if (grow % n_th) % 2 != phase:
-                continue
-            scratch = &scratch_all[omp_get_thread_num(), 0]
+    for k in prange(n_imgs, nogil=True, num_threads=nthreads, schedule="static"):
+        scratch = &scratch_all[omp_get_thread_num(), 0]
+        for grow in range(max(row_start, (first_img + k) * n_th),
+                          min(row_start + n_rows, (first_img + k + 1) * n_th)):
             _input_adjoint_row(&v[0, 0, 0, 0], groups, nt, cg, &gx[0, 0, 0, 0], gx.shape[2], gx.shape[3],
-                               row, grow, pad_top, pad_left, n_th, n_tw, &b[0, 0], a, &down_offs[0],
-                               &across_offs[0], scratch, scratch + s1_size, scratch + s1_size + dt_size,
-                               scratch + s1_size + dt_size + line_size)
+                               grow - row_start, grow, pad_top, pad_left, n_th, n_tw, &b[0, 0], a,
+                               &down_offs[0], &across_offs[0], scratch, scratch + s1_size,
+                               scratch + s1_size + dt_size, scratch + s1_size + dt_size + line_size)
 
 
 # ---------------------------------------------------------------- the driver

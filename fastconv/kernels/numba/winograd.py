@@ -44,9 +44,9 @@ windows start at ``(oy - (2 - pad_top), ox - (2 - pad_left))``; the driver takes
 negative) offsets: windows that leave grad_output read zeros, which is exactly the case
 pad > 2. Its tiles cover grad_input. (2) The adjoint of the forward, whose tiles cover
 grad_output: ``D = A dY A^T`` (as for grad_weight below), ``dV[xi] = D[xi] @ U[xi]^T`` with
-the forward's own U, and ``_input_transform_adjoint`` adds ``B dV B^T`` of every tile into
-grad_input (neighbouring tiles overlap by two rows and columns: even tile rows first, then
-odd). A layer that shrinks its input (padding 0: MNIST's 13x13 -> 11x11) needs 9 F(4x4)
+the forward's own U, and ``_input_transform_adjoint`` writes ``B dV B^T`` of every tile into
+grad_input (neighbouring tiles overlap by two rows and columns: an image's tile rows run in
+order, each adding its first two rows to the previous one's last two). A layer that shrinks its input (padding 0: MNIST's 13x13 -> 11x11) needs 9 F(4x4)
 tiles per image for (2) against 16 for (1). With (2), ``conv2d_grad_input_weight`` computes
 grad_weight from the same D, so one transform of grad_output serves both gradients.
 
@@ -697,12 +697,14 @@ def _output_transform(mm, y, bias, row_start, n_th, n_tw, at, down_offs, across_
 @njit(**JIT_OPTIONS)
 def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_offs, across_offs,
                        s1, dt, line, tline):
-    """gx += B dV B^T of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the batch).
+    """B dV B^T of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the batch) into gx.
 
     v: dV (a*a, G, T, C/G); gx (N, C, H, W); b = B (a, a); ``down_offs[p]`` = offset of dV's
-    plane p*a in the flat dV, ``across_offs[q]`` = q * C*n_tw. Tile (img, th, tw) adds its
+    plane p*a in the flat dV, ``across_offs[q]`` = q * C*n_tw. Tile (img, th, tw) puts its
     a x a values at rows from ``th*m - pad_top`` and columns from ``tw*m - pad_left``; what
-    falls outside gx is dropped (it was padding). s1: scratch a*a*C*n_tw (B dV,
+    falls outside gx is dropped (it was padding). The first a - m rows are added to what the
+    image's previous tile row left there (th > 0; it must have run already), the others are
+    stored: every row of gx is written first by one tile row. s1: scratch a*a*C*n_tw (B dV,
     [i][q][g][tile][c]); dt: scratch a*C*n_tw (one row of the tiles, [j][g][tile][c]);
     line, tline: scratch (n_tw*m + 2)*C each (one input row, [col][c] and [c][col]).
     """
@@ -718,6 +720,10 @@ def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_
     lo, hi = max(pad_left, 0), min(w + pad_left, cols)      # columns inside gx
     vf = v.reshape(-1)
     gf = gx.reshape(-1)
+    # The grad_input rows this tile row writes, every channel's, requested before the
+    # transforms below: the per-channel stores at the end otherwise wait on each row's lines.
+    for yy in range(max(y0, 0), min(y0 + a, h)):
+        _prefetch_rows(gf, (img * c_in * h + yy) * w, h * w, c_in, w, True)
     # Down the tiles' rows: s1[i, q, g] = sum_p B[i, p] dV[p*a + q, g, tiles of the row].
     for q in range(a):
         for grp in range(groups):
@@ -729,51 +735,71 @@ def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_
             continue
         # Across: dt[j] = sum_q B[j, q] s1[i, q], this input row of every tile.
         _apply(b, s1, i * a * plane, across_offs, 0, dt, 0, plane, 0, 1, plane)
-        # The tiles' columns to a [col][c] line (neighbouring tiles share two columns), then
-        # transposed and added to every channel's row.
-        for z in range(cols * c_in):
-            line[z] = 0
-        for j in range(a):
-            for tw in range(n_tw):
+        # The tiles' columns to a [col][c] line, then transposed into every channel's row.
+        # Column tw*m + j (j < m) is tile tw's column j plus, for j < 2, tile tw-1's column
+        # m + j (neighbours share two columns); the last tile adds two more. Each line element
+        # is written once (adding into a zeroed line reloaded just-written lines).
+        for tw in range(n_tw):
+            for j in range(m):
                 for grp in range(groups):
-                    src = dt[j * plane + grp * run + tw * cg:j * plane + grp * run + (tw + 1) * cg]
+                    s0 = j * plane + grp * run + tw * cg
+                    src = dt[s0:s0 + cg]
                     out = line[(tw * m + j) * c_in + grp * cg:(tw * m + j) * c_in + (grp + 1) * cg]
-                    for z in range(cg):     # slices: indices known >= 0, so the loop vectorises
-                        out[z] += src[z]
+                    if j < 2 and tw > 0:
+                        prev = dt[s0 + m * plane - cg:s0 + m * plane]
+                        for z in range(cg):     # slices: indices known >= 0, so the loop vectorises
+                            out[z] = src[z] + prev[z]
+                    else:
+                        for z in range(cg):
+                            out[z] = src[z]
+        for j in range(m, a):
+            for grp in range(groups):
+                s0 = j * plane + grp * run + (n_tw - 1) * cg
+                src = dt[s0:s0 + cg]
+                out = line[((n_tw - 1) * m + j) * c_in + grp * cg:((n_tw - 1) * m + j) * c_in + (grp + 1) * cg]
+                for z in range(cg):
+                    out[z] = src[z]
         _transpose(line, 0, c_in, tline, 0, cols, cols, c_in)
+        add = i < a - m and grow % n_th > 0
         for c in range(c_in):
             d0 = ((img * c_in + c) * h + yy) * w
             t0 = c * cols
             dst = gf[d0 + lo - pad_left:d0 + hi - pad_left]
             src = tline[t0 + lo:t0 + hi]
-            for z in range(hi - lo):
-                dst[z] += src[z]
+            if add:
+                for z in range(hi - lo):
+                    dst[z] += src[z]
+            else:
+                for z in range(hi - lo):
+                    dst[z] = src[z]
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _input_transform_adjoint(v, gx, row_start, pad_top, pad_left, n_th, n_tw, b, down_offs, across_offs,
                              workers):
-    """gx += B dV B^T of the chunk's tile rows row_start .. (v (a*a, G, T, C/G), gx (N, C, H, W)).
+    """B dV B^T of the chunk's tile rows row_start .. into gx (v (a*a, G, T, C/G), gx (N, C, H, W)).
 
-    Neighbouring tile rows of an image share two input rows, so the even tile rows run first
-    and the odd ones after them (rows two apart never overlap); workers split each half as in
-    _input_transform.
+    Writes every gx row the tiles reach (``_input_adjoint_row``): the chunks must come in
+    order, and the rows a chunk's tiles do not reach keep their values. Neighbouring tile rows
+    of an image share a - m rows, so one worker takes all of an image's tile rows in the
+    chunk, in order; the images are split into ``workers`` contiguous ranges.
     """
     a = b.shape[0]
     c_in = gx.shape[1]
     n_rows = v.shape[2] // n_tw
     cols = n_tw * (a - 2) + 2
+    first_img = row_start // n_th
+    n_imgs = (row_start + n_rows - 1) // n_th - first_img + 1
     s1 = np.empty((workers, a * a * c_in * n_tw), dtype=gx.dtype)
     dt = np.empty((workers, a * c_in * n_tw), dtype=gx.dtype)
     line = np.empty((workers, cols * c_in), dtype=gx.dtype)
     tline = np.empty((workers, cols * c_in), dtype=gx.dtype)
-    for phase in range(2):
-        for worker in prange(workers):
-            for row in range(worker * n_rows // workers, (worker + 1) * n_rows // workers):
-                grow = row_start + row
-                if (grow % n_th) % 2 == phase:
-                    _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_offs,
-                                       across_offs, s1[worker], dt[worker], line[worker], tline[worker])
+    for worker in prange(workers):
+        for k in range(worker * n_imgs // workers, (worker + 1) * n_imgs // workers):
+            img = first_img + k
+            for grow in range(max(row_start, img * n_th), min(row_start + n_rows, (img + 1) * n_th)):
+                _input_adjoint_row(v, gx, grow - row_start, grow, pad_top, pad_left, n_th, n_tw, b, down_offs,
+                                   across_offs, s1[worker], dt[worker], line[worker], tline[worker])
 
 
 # ---------------------------------------------------------------- the driver
