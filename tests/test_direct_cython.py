@@ -90,6 +90,12 @@ LARGE_CONVS = [
     # (later chunks start from the sums already in y) with 4 + 1 output channels.
     ("rows_masked_tail", (2, 3, 9, 30), (6, 3, 3, 3), dict(padding=1)),
     ("rows_channel_chunks", (1, 24, 70, 64), (5, 24, 3, 3), dict(padding=1)),
+    # stride-1 grad_input rows that share their zero borders (a read past a row's end lands
+    # in the next row's left border): dilated taps, an even kernel's uneven "same" padding,
+    # and grad_output planes in several channel chunks (reads past the last row of a plane).
+    ("shared_border_dilated", (2, 5, 13, 17), (4, 5, 3, 3), dict(padding=1, dilation=2)),
+    ("shared_border_even_same", (2, 3, 12, 15), (4, 3, 4, 4), dict(padding="same")),
+    ("shared_border_channel_chunks", (1, 3, 100, 101), (12, 3, 5, 5), {}),
 ]
 
 

@@ -857,7 +857,7 @@ cdef void _conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :
 cdef void _conv2d_grad_input(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] w,
                              floating[:, :, :, ::1] gx, p, int nthreads):
     cdef Geometry g
-    cdef Py_ssize_t hp, wp, ws_stride
+    cdef Py_ssize_t hp, wp, ws_stride, left, shared
     cdef floating[::1] ws_v
     cdef const floating[:, :, :, ::1] wt
     dtype = np.float32 if floating is float else np.float64
@@ -869,9 +869,20 @@ cdef void _conv2d_grad_input(const floating[:, :, :, ::1] gy, const floating[:, 
         # the flipped filters, transposed to (c, k/groups, r, s) within each group.
         hp = p.h + p.dil_h * (p.r - 1)
         wp = p.w + p.dil_w * (p.s - 1)
+        # Zero borders of the padded grad_output rows: left, right.
+        left = p.dil_w * (p.s - 1) - p.pad_left
+        shared = min(left, p.dil_w * (p.s - 1) - p.pad_right)
+        if shared > 0:
+            # The right border shares its zeros with the next row's left border: a read past
+            # the end of a row lands in the next row's first columns, which hold zeros, so
+            # each row is ``shared`` columns narrower (and the plane gets that many zeros
+            # after its last row). Fewer wide-row outputs to compute: LeNet conv2's
+            # grad_input (14 wide, 5x5) 14 per row instead of 18 (0.83x the time).
+            wp -= shared
         g = _geometry(p.n, p.k, p.out_h, p.out_w, p.c, p.groups, p.r, p.s, 1, 1,
-                      p.dil_h, p.dil_w, p.dil_h * (p.r - 1) - p.pad_top,
-                      p.dil_w * (p.s - 1) - p.pad_left, hp, wp, p.h, p.w)
+                      p.dil_h, p.dil_w, p.dil_h * (p.r - 1) - p.pad_top, left, hp, wp, p.h, p.w)
+        if shared > 0 and g.copy:
+            g.ps += shared
         flipped = np.asarray(w).reshape(p.groups, p.k_per_group, p.c_per_group, p.r, p.s)[..., ::-1, ::-1]
         wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(
             p.c, p.k_per_group, p.r, p.s)
