@@ -61,25 +61,27 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
 #: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread, best
 #: backend of each algorithm; forward / grad_input / grad_weight), with the Cython direct
-#: kernels' register-blocked loops (``kernels/cython/microkernels.pxd``):
+#: kernels' register-blocked loops (``kernels/cython/microkernels.pxd``) and Winograd's
+#: small GEMMs on them:
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.30/2.04/1.13      0.92/1.78/0.84      0.48/0.86/0.33
-#: lenet_conv2 6->16 5x5 (150)   1.25/0.81/1.21      0.67/0.86/0.78      -
-#: stem 3->64 7x7 s2 (147)       0.90/0.76/1.07      0.70/2.65/0.96      -
-#: 3x3 s2 64->128 (576)          0.89/0.21/0.57      0.97/1.26/1.11      -
-#: mnist_conv2 32->64 3x3 (288)  0.94/0.75/1.04      0.87/0.90/1.12      1.41/1.10/1.36
-#: resnet 64/128/256 3x3         0.88-0.94/0.79-0.88 0.81-0.91/0.84-0.87 1.84-2.14/1.69-1.93
-#:                               /0.81-1.13          /1.01-1.10          /1.68-2.14
-#: dilated 64->64 3x3 d2         0.84/0.88/1.38      0.81/0.83/1.40      1.29/1.15/1.59
+#: cifar_conv1 3->32 3x3 (27)    1.28/2.02/1.16      0.95/1.95/0.85      0.58/0.92/0.33
+#: lenet_conv2 6->16 5x5 (150)   1.13/0.94/1.15      0.64/0.80/0.75      -
+#: stem 3->64 7x7 s2 (147)       0.95/0.70/1.10      0.75/2.65/0.97      -
+#: 3x3 s2 64->128 (576)          0.84/0.20/0.57      0.96/1.20/1.12      -
+#: mnist_conv2 32->64 3x3 (288)  0.89/0.79/1.04      0.82/0.85/1.11      1.84/1.50/1.69
+#: resnet 64/128/256 3x3         0.86-0.92/0.80-0.88 0.81-0.89/0.83-0.88 1.95-2.26/1.84-2.30
+#:                               /0.80-1.17          /1.11-1.12          /1.99-2.54
+#: dilated 64->64 3x3 d2         0.88/0.85/1.39      0.79/0.81/1.40      1.64/1.53/2.01
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same, with two close calls: LeNet conv2's grad_input, a tie
-#: at 1 thread, is direct's at 2 (0.90 against 0.58); 3x3 stride 2's forward was direct's at
-#: 2 threads in one run (1.09 against 0.80) and about even in two others (0.90 against 0.88,
-#: 0.93 against 0.90), so the rule keeps im2col there. Hence: direct up to a reduction of
+#: At 2 threads the order is the same (LeNet conv2's grad_input 1.13 direct against 0.69
+#: im2col), with one close call: 3x3 stride 2's forward, 0.89 direct against 0.88 im2col
+#: here, was direct's at 2 threads in one earlier run (1.09 against 0.80) and about even in
+#: others (0.90 against 0.88, 0.93 against 0.90), and im2col's at 1 thread in all, so the
+#: rule keeps im2col there. Hence: direct up to a reduction of
 #: 160 (its register blocks beat a GEMM with few rows), for grad_input only with filters up
 #: to 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's fold), Winograd
 #: F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation) from 32 channels

@@ -64,22 +64,23 @@ Numerical error of the kernels
 ------------------------------
 Max |y - y_ref| / max |y_ref| against the float64 NumPy oracle (``fastconv.reference``),
 x and grad_output ~ N(0, 1), Kaiming-scaled weights ~ N(0, 2 / (9 C)), the larger of the two
-backends (they agree to rounding), forward / grad_input:
+backends (they agree to rounding), forward / grad_input, F(4x4,3x3) with its factored
+transform kernels:
 
 ================================  ===================  ===================  ===================  ===================
 layer                             F23 float32          F43 float32          F23 float64          F43 float64
 ================================  ===================  ===================  ===================  ===================
-MNIST conv2 32->64 13x13 b128     2.5e-7 / 2.9e-7      2.0e-6 / 1.7e-6      5.8e-16 / 2.0e-15    3.5e-15 / 3.1e-15
-ResNet 64@56x56 pad 1 b8          3.5e-7 / 3.6e-7      2.6e-6 / 2.9e-6      8.6e-16 / 6.9e-16    5.8e-15 / 5.5e-15
-ResNet 128@28x28 pad 1 b8         4.9e-7 / 4.4e-7      4.3e-6 / 5.2e-6      9.8e-16 / 8.9e-16    6.9e-15 / 7.4e-15
-ResNet 256@14x14 pad 1 b8         6.5e-7 / 5.9e-7      5.3e-6 / 4.3e-6      1.2e-15 / 1.4e-15    8.3e-15 / 7.3e-15
+MNIST conv2 32->64 13x13 b128     2.5e-7 / 2.9e-7      1.9e-6 / 1.6e-6      5.8e-16 / 6.6e-16    3.8e-15 / 3.6e-15
+ResNet 64@56x56 pad 1 b8          4.1e-7 / 4.4e-7      3.0e-6 / 2.6e-6      8.4e-16 / 8.3e-16    5.3e-15 / 5.8e-15
+ResNet 128@28x28 pad 1 b8         5.3e-7 / 6.0e-7      3.7e-6 / 3.6e-6      1.1e-15 / 1.2e-15    7.6e-15 / 7.6e-15
+ResNet 256@14x14 pad 1 b8         6.3e-7 / 6.7e-7      4.6e-6 / 5.6e-6      1.3e-15 / 1.4e-15    8.7e-15 / 8.4e-15
 ================================  ===================  ===================  ===================  ===================
 
 MNIST conv2's grad_input is the adjoint (``winograd_plan.input_gradient``: it takes fewer
 tiles there), the other rows' the flipped-filter convolution.
 
 grad_weight (the adjoint, ``weight_gradient``), same layers and data, against the float64
-direct kernel, F23 / F43 float32: MNIST 5.4e-7 / 3.1e-6, ResNet 64 6.4e-7 / 3.2e-6, ResNet 128
+direct kernel, F23 / F43 float32 (dense transforms): MNIST 5.4e-7 / 3.1e-6, ResNet 64 6.4e-7 / 3.2e-6, ResNet 128
 6.3e-7 / 3.2e-6, ResNet 256 7.3e-7 / 3.3e-6 (float64: 1.2e-15 to 6.6e-15).
 
 F(4x4,3x3) is about 8x less accurate than F(2x2,3x3) in float32 (its transforms reach
