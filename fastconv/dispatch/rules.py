@@ -67,18 +67,18 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.28/2.02/1.16      0.95/1.95/0.85      0.58/0.92/0.33
-#: lenet_conv2 6->16 5x5 (150)   1.13/0.94/1.15      0.64/0.80/0.75      -
-#: stem 3->64 7x7 s2 (147)       0.95/0.70/1.10      0.75/2.65/0.97      -
-#: 3x3 s2 64->128 (576)          0.84/0.20/0.57      0.96/1.20/1.12      -
-#: mnist_conv2 32->64 3x3 (288)  0.89/0.79/1.04      0.82/0.85/1.11      1.84/1.50/1.69
-#: resnet 64/128/256 3x3         0.86-0.92/0.80-0.88 0.81-0.89/0.83-0.88 1.95-2.26/1.84-2.30
-#:                               /0.80-1.17          /1.11-1.12          /1.99-2.54
-#: dilated 64->64 3x3 d2         0.88/0.85/1.39      0.79/0.81/1.40      1.64/1.53/2.01
+#: cifar_conv1 3->32 3x3 (27)    1.36/2.08/1.17      0.98/1.97/0.88      0.59/0.91/0.33
+#: lenet_conv2 6->16 5x5 (150)   1.14/0.98/1.17      0.63/0.82/0.75      -
+#: stem 3->64 7x7 s2 (147)       0.96/0.72/1.11      0.76/2.71/1.00      -
+#: 3x3 s2 64->128 (576)          0.84/0.21/0.57      0.97/1.28/1.14      -
+#: mnist_conv2 32->64 3x3 (288)  0.90/0.78/1.06      0.84/0.85/1.11      1.93/1.47/1.66
+#: resnet 64/128/256 3x3         0.87-0.92/0.81-0.88 0.82-0.92/0.82-0.90 1.93-2.29/1.79-2.18
+#:                               /0.82-1.11          /1.10-1.13          /1.92-2.41
+#: dilated 64->64 3x3 d2         0.87/0.85/1.36      0.79/0.82/1.39      1.47/1.46/1.93
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same (LeNet conv2's grad_input 1.13 direct against 0.69
-#: im2col), with one close call: 3x3 stride 2's forward, 0.89 direct against 0.88 im2col
+#: At 2 threads the order is the same (LeNet conv2's grad_input 1.16 direct against 0.70
+#: im2col), with one close call: 3x3 stride 2's forward, 0.88 direct against 0.90 im2col
 #: here, was direct's at 2 threads in one earlier run (1.09 against 0.80) and about even in
 #: others (0.90 against 0.88, 0.93 against 0.90), and im2col's at 1 thread in all, so the
 #: rule keeps im2col there. Hence: direct up to a reduction of
