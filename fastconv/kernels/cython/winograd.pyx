@@ -46,70 +46,70 @@ cdef extern from *:
     """
     static double FC_REF_BT43[36], FC_REF_B43[36], FC_REF_AT43[24], FC_REF_A43[24];
     #define FC_FACTORED(T, SUF)                                                                   \\
-    static int fc_is_##SUF(const T *c, const double *ref, int n) {                               \\
-        for (int i = 0; i < n; i++) if ((double)c[i] != ref[i]) return 0;                         \\
-        return 1;                                                                                 \\
-    }                                                                                             \\
+    static int fc_is_##SUF(const T *c, const double *ref, int n) { \\
+        for (int i = 0; i < n; i++) if ((double)c[i] != ref[i]) return 0; \\
+        return 1; \\
+    } \\
     /* B^T: the input transform. */                                                               \\
-    static void fc_bt43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,      \\
+    static void fc_bt43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, \\
             T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, const T *__restrict__ x0,  \\
-            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3,          \\
-            const T *__restrict__ x4, const T *__restrict__ x5, Py_ssize_t n) {                   \\
-        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
-            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];      \\
-            const T d31 = v3 - v1, e42 = v4 - v2;                                                  \\
-            y0[z] = v0 + (T)1.5 * d31 + e42 - v2;                                                  \\
-            y1[z] = v4 - v1 + (T)0.5 * v2 + (T)2.5 * v3;                                           \\
-            y2[z] = v4 + v1 - (T)2.5 * v2 + (T)0.5 * v3;                                           \\
-            y3[z] = e42 + (T)2 * d31;                                                              \\
-            y4[z] = e42 - (T)0.5 * d31;                                                            \\
-            y5[z] = v5 + v1 - (T)1.5 * v2 - (T)2 * v3 + (T)1.5 * v4;                               \\
-        }                                                                                         \\
-    }                                                                                             \\
+            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, \\
+            const T *__restrict__ x4, const T *__restrict__ x5, Py_ssize_t n) { \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z]; \\
+            const T d31 = v3 - v1, e42 = v4 - v2; \\
+            y0[z] = v0 + (T)1.5 * d31 + e42 - v2; \\
+            y1[z] = v4 - v1 + (T)0.5 * v2 + (T)2.5 * v3; \\
+            y2[z] = v4 + v1 - (T)2.5 * v2 + (T)0.5 * v3; \\
+            y3[z] = e42 + (T)2 * d31; \\
+            y4[z] = e42 - (T)0.5 * d31; \\
+            y5[z] = v5 + v1 - (T)1.5 * v2 - (T)2 * v3 + (T)1.5 * v4; \\
+        } \\
+    } \\
     /* B = (B^T)^T: the adjoint of the input transform. */                                        \\
-    static void fc_b43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,       \\
+    static void fc_b43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, \\
             T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, const T *__restrict__ x0,  \\
-            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3,          \\
-            const T *__restrict__ x4, const T *__restrict__ x5, Py_ssize_t n) {                   \\
-        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
-            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];      \\
-            y0[z] = v0;                                                                            \\
-            y1[z] = v2 - v1 + v5 - (T)1.5 * v0 - (T)2 * v3 + (T)0.5 * v4;                          \\
-            y2[z] = (T)0.5 * v1 - (T)2 * v0 - (T)2.5 * v2 - v3 - v4 - (T)1.5 * v5;                 \\
+            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, \\
+            const T *__restrict__ x4, const T *__restrict__ x5, Py_ssize_t n) { \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z]; \\
+            y0[z] = v0; \\
+            y1[z] = v2 - v1 + v5 - (T)1.5 * v0 - (T)2 * v3 + (T)0.5 * v4; \\
+            y2[z] = (T)0.5 * v1 - (T)2 * v0 - (T)2.5 * v2 - v3 - v4 - (T)1.5 * v5; \\
             y3[z] = (T)1.5 * v0 + (T)2.5 * v1 + (T)0.5 * v2 + (T)2 * v3 - (T)0.5 * v4 - (T)2 * v5; \\
-            y4[z] = v0 + v1 + v2 + v3 + v4 + (T)1.5 * v5;                                          \\
-            y5[z] = v5;                                                                            \\
-        }                                                                                         \\
-    }                                                                                             \\
+            y4[z] = v0 + v1 + v2 + v3 + v4 + (T)1.5 * v5; \\
+            y5[z] = v5; \\
+        } \\
+    } \\
     /* A^T: the output transform. */                                                              \\
-    static void fc_at43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,      \\
+    static void fc_at43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, \\
             T *__restrict__ y3, const T *__restrict__ x0, const T *__restrict__ x1,                \\
-            const T *__restrict__ x2, const T *__restrict__ x3, const T *__restrict__ x4,          \\
-            const T *__restrict__ x5, Py_ssize_t n) {                                             \\
-        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
-            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];      \\
-            const T s12 = v1 + v2, d12 = v1 - v2;                                                  \\
-            y0[z] = v0 + s12 + v3 + v4;                                                            \\
-            y1[z] = d12 + (T)0.5 * v3 - (T)2 * v4;                                                 \\
-            y2[z] = s12 + (T)0.25 * v3 + (T)4 * v4;                                                \\
-            y3[z] = d12 + (T)0.125 * v3 - (T)8 * v4 + v5;                                          \\
-        }                                                                                         \\
-    }                                                                                             \\
+            const T *__restrict__ x2, const T *__restrict__ x3, const T *__restrict__ x4, \\
+            const T *__restrict__ x5, Py_ssize_t n) { \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z]; \\
+            const T s12 = v1 + v2, d12 = v1 - v2; \\
+            y0[z] = v0 + s12 + v3 + v4; \\
+            y1[z] = d12 + (T)0.5 * v3 - (T)2 * v4; \\
+            y2[z] = s12 + (T)0.25 * v3 + (T)4 * v4; \\
+            y3[z] = d12 + (T)0.125 * v3 - (T)8 * v4 + v5; \\
+        } \\
+    } \\
     /* A = (A^T)^T: the grad_output transform. */                                                 \\
-    static void fc_a43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2,       \\
+    static void fc_a43_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, \\
             T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, const T *__restrict__ x0,  \\
-            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3,          \\
-            Py_ssize_t n) {                                                                       \\
-        for (Py_ssize_t z = 0; z < n; z++) {                                                      \\
-            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];                               \\
-            const T e = v0 + v2, o = v1 + v3;                                                      \\
-            y0[z] = v0;                                                                            \\
-            y1[z] = e + o;                                                                         \\
-            y2[z] = e - o;                                                                         \\
-            y3[z] = v0 + (T)0.5 * v1 + (T)0.25 * v2 + (T)0.125 * v3;                               \\
-            y4[z] = v0 - (T)2 * v1 + (T)4 * v2 - (T)8 * v3;                                        \\
-            y5[z] = v3;                                                                            \\
-        }                                                                                         \\
+            const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, \\
+            Py_ssize_t n) { \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z]; \\
+            const T e = v0 + v2, o = v1 + v3; \\
+            y0[z] = v0; \\
+            y1[z] = e + o; \\
+            y2[z] = e - o; \\
+            y3[z] = v0 + (T)0.5 * v1 + (T)0.25 * v2 + (T)0.125 * v3; \\
+            y4[z] = v0 - (T)2 * v1 + (T)4 * v2 - (T)8 * v3; \\
+            y5[z] = v3; \\
+        } \\
     }
     FC_FACTORED(float, f)
     FC_FACTORED(double, d)
@@ -166,330 +166,199 @@ def _factored_kernel(c):
 # factored kernels above. _f: float, _d: double.
 cdef extern from *:
     """
-    static void fc_lin66_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, float *__restrict__ y4, float *__restrict__ y5, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *__restrict__ x4, const float *__restrict__ x5, const float *c, Py_ssize_t n) {
-        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
-        const float c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
-        const float c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
-        const float c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
-        const float c40 = c[24], c41 = c[25], c42 = c[26], c43 = c[27], c44 = c[28], c45 = c[29];
-        const float c50 = c[30], c51 = c[31], c52 = c[32], c53 = c[33], c54 = c[34], c55 = c[35];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
-            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5;
-            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5;
-        }
+    /* One macro per shape, instantiated for float (_f) and double (_d) below. */
+    #define FC_LIN66(T, SUF) \\
+    static void fc_lin66_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, \\
+            const T *__restrict__ x0, const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, const T *__restrict__ x4, const T *__restrict__ x5, const T *c, Py_ssize_t n) { \\
+        const T c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5]; \\
+        const T c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11]; \\
+        const T c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17]; \\
+        const T c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23]; \\
+        const T c40 = c[24], c41 = c[25], c42 = c[26], c43 = c[27], c44 = c[28], c45 = c[29]; \\
+        const T c50 = c[30], c51 = c[31], c52 = c[32], c53 = c[33], c54 = c[34], c55 = c[35]; \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z]; \\
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5; \\
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5; \\
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5; \\
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5; \\
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5; \\
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5; \\
+        } \\
+    } \\
+    static void fc_lin66_##SUF(const T *c, const T *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, \\
+            Py_ssize_t s_outer, T *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, \\
+            Py_ssize_t n_outer, Py_ssize_t n_inner) { \\
+        if (fc_is_##SUF(c, FC_REF_BT43, 36)) { \\
+            for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+                const T *s = src + s_base + u * s_outer; \\
+                T *d = dst + d_base + u * d_outer; \\
+                fc_bt43_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner); \\
+            } \\
+            return; \\
+        } \\
+        if (fc_is_##SUF(c, FC_REF_B43, 36)) { \\
+            for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+                const T *s = src + s_base + u * s_outer; \\
+                T *d = dst + d_base + u * d_outer; \\
+                fc_b43_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner); \\
+            } \\
+            return; \\
+        } \\
+        for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+            const T *s = src + s_base + u * s_outer; \\
+            T *d = dst + d_base + u * d_outer; \\
+            fc_lin66_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner); \\
+        } \\
     }
-    static void fc_lin66_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        if (fc_is_f(c, FC_REF_BT43, 36)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const float *s = src + s_base + u * s_outer;
-                float *d = dst + d_base + u * d_outer;
-                fc_bt43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
-            }
-            return;
-        }
-        if (fc_is_f(c, FC_REF_B43, 36)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const float *s = src + s_base + u * s_outer;
-                float *d = dst + d_base + u * d_outer;
-                fc_b43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
-            }
-            return;
-        }
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const float *s = src + s_base + u * s_outer;
-            float *d = dst + d_base + u * d_outer;
-            fc_lin66_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
-        }
+    #define FC_LIN64(T, SUF) \\
+    static void fc_lin64_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, T *__restrict__ y3, \\
+            const T *__restrict__ x0, const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, const T *__restrict__ x4, const T *__restrict__ x5, const T *c, Py_ssize_t n) { \\
+        const T c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5]; \\
+        const T c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11]; \\
+        const T c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17]; \\
+        const T c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23]; \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z]; \\
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5; \\
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5; \\
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5; \\
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5; \\
+        } \\
+    } \\
+    static void fc_lin64_##SUF(const T *c, const T *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, \\
+            Py_ssize_t s_outer, T *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, \\
+            Py_ssize_t n_outer, Py_ssize_t n_inner) { \\
+        if (fc_is_##SUF(c, FC_REF_AT43, 24)) { \\
+            for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+                const T *s = src + s_base + u * s_outer; \\
+                T *d = dst + d_base + u * d_outer; \\
+                fc_at43_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner); \\
+            } \\
+            return; \\
+        } \\
+        for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+            const T *s = src + s_base + u * s_outer; \\
+            T *d = dst + d_base + u * d_outer; \\
+            fc_lin64_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner); \\
+        } \\
     }
-    static void fc_lin64_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *__restrict__ x4, const float *__restrict__ x5, const float *c, Py_ssize_t n) {
-        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
-        const float c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
-        const float c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
-        const float c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
-        }
+    #define FC_LIN46(T, SUF) \\
+    static void fc_lin46_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, T *__restrict__ y3, T *__restrict__ y4, T *__restrict__ y5, \\
+            const T *__restrict__ x0, const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, const T *c, Py_ssize_t n) { \\
+        const T c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3]; \\
+        const T c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7]; \\
+        const T c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11]; \\
+        const T c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15]; \\
+        const T c40 = c[16], c41 = c[17], c42 = c[18], c43 = c[19]; \\
+        const T c50 = c[20], c51 = c[21], c52 = c[22], c53 = c[23]; \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z]; \\
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3; \\
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3; \\
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3; \\
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3; \\
+            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3; \\
+            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3; \\
+        } \\
+    } \\
+    static void fc_lin46_##SUF(const T *c, const T *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, \\
+            Py_ssize_t s_outer, T *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, \\
+            Py_ssize_t n_outer, Py_ssize_t n_inner) { \\
+        if (fc_is_##SUF(c, FC_REF_A43, 24)) { \\
+            for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+                const T *s = src + s_base + u * s_outer; \\
+                T *d = dst + d_base + u * d_outer; \\
+                fc_a43_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], n_inner); \\
+            } \\
+            return; \\
+        } \\
+        for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+            const T *s = src + s_base + u * s_outer; \\
+            T *d = dst + d_base + u * d_outer; \\
+            fc_lin46_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner); \\
+        } \\
     }
-    static void fc_lin64_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        if (fc_is_f(c, FC_REF_AT43, 24)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const float *s = src + s_base + u * s_outer;
-                float *d = dst + d_base + u * d_outer;
-                fc_at43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
-            }
-            return;
-        }
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const float *s = src + s_base + u * s_outer;
-            float *d = dst + d_base + u * d_outer;
-            fc_lin64_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
-        }
+    #define FC_LIN44(T, SUF) \\
+    static void fc_lin44_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, T *__restrict__ y3, \\
+            const T *__restrict__ x0, const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, const T *c, Py_ssize_t n) { \\
+        const T c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3]; \\
+        const T c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7]; \\
+        const T c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11]; \\
+        const T c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15]; \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z]; \\
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3; \\
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3; \\
+            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3; \\
+            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3; \\
+        } \\
+    } \\
+    static void fc_lin44_##SUF(const T *c, const T *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, \\
+            Py_ssize_t s_outer, T *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, \\
+            Py_ssize_t n_outer, Py_ssize_t n_inner) { \\
+        for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+            const T *s = src + s_base + u * s_outer; \\
+            T *d = dst + d_base + u * d_outer; \\
+            fc_lin44_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner); \\
+        } \\
     }
-    static void fc_lin44_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
-        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
-        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
-        const float c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
-        const float c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
-        }
+    #define FC_LIN42(T, SUF) \\
+    static void fc_lin42_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, \\
+            const T *__restrict__ x0, const T *__restrict__ x1, const T *__restrict__ x2, const T *__restrict__ x3, const T *c, Py_ssize_t n) { \\
+        const T c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3]; \\
+        const T c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7]; \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z]; \\
+            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3; \\
+            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3; \\
+        } \\
+    } \\
+    static void fc_lin42_##SUF(const T *c, const T *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, \\
+            Py_ssize_t s_outer, T *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, \\
+            Py_ssize_t n_outer, Py_ssize_t n_inner) { \\
+        for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+            const T *s = src + s_base + u * s_outer; \\
+            T *d = dst + d_base + u * d_outer; \\
+            fc_lin42_run_##SUF(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner); \\
+        } \\
     }
-    static void fc_lin44_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const float *s = src + s_base + u * s_outer;
-            float *d = dst + d_base + u * d_outer;
-            fc_lin44_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
-        }
+    #define FC_LIN24(T, SUF) \\
+    static void fc_lin24_run_##SUF(T *__restrict__ y0, T *__restrict__ y1, T *__restrict__ y2, T *__restrict__ y3, \\
+            const T *__restrict__ x0, const T *__restrict__ x1, const T *c, Py_ssize_t n) { \\
+        const T c00 = c[0], c01 = c[1]; \\
+        const T c10 = c[2], c11 = c[3]; \\
+        const T c20 = c[4], c21 = c[5]; \\
+        const T c30 = c[6], c31 = c[7]; \\
+        for (Py_ssize_t z = 0; z < n; z++) { \\
+            const T v0 = x0[z], v1 = x1[z]; \\
+            y0[z] = c00 * v0 + c01 * v1; \\
+            y1[z] = c10 * v0 + c11 * v1; \\
+            y2[z] = c20 * v0 + c21 * v1; \\
+            y3[z] = c30 * v0 + c31 * v1; \\
+        } \\
+    } \\
+    static void fc_lin24_##SUF(const T *c, const T *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, \\
+            Py_ssize_t s_outer, T *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, \\
+            Py_ssize_t n_outer, Py_ssize_t n_inner) { \\
+        for (Py_ssize_t u = 0; u < n_outer; u++) { \\
+            const T *s = src + s_base + u * s_outer; \\
+            T *d = dst + d_base + u * d_outer; \\
+            fc_lin24_run_##SUF(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], c, n_inner); \\
+        } \\
     }
-    static void fc_lin42_run_f(float *__restrict__ y0, float *__restrict__ y1, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
-        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
-        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
-        }
-    }
-    static void fc_lin42_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const float *s = src + s_base + u * s_outer;
-            float *d = dst + d_base + u * d_outer;
-            fc_lin42_run_f(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
-        }
-    }
-    static void fc_lin46_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, float *__restrict__ y4, float *__restrict__ y5, const float *__restrict__ x0, const float *__restrict__ x1, const float *__restrict__ x2, const float *__restrict__ x3, const float *c, Py_ssize_t n) {
-        const float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
-        const float c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
-        const float c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
-        const float c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
-        const float c40 = c[16], c41 = c[17], c42 = c[18], c43 = c[19];
-        const float c50 = c[20], c51 = c[21], c52 = c[22], c53 = c[23];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const float v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
-            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3;
-            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3;
-        }
-    }
-    static void fc_lin46_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        if (fc_is_f(c, FC_REF_A43, 24)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const float *s = src + s_base + u * s_outer;
-                float *d = dst + d_base + u * d_outer;
-                fc_a43_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], n_inner);
-            }
-            return;
-        }
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const float *s = src + s_base + u * s_outer;
-            float *d = dst + d_base + u * d_outer;
-            fc_lin46_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
-        }
-    }
-    static void fc_lin24_run_f(float *__restrict__ y0, float *__restrict__ y1, float *__restrict__ y2, float *__restrict__ y3, const float *__restrict__ x0, const float *__restrict__ x1, const float *c, Py_ssize_t n) {
-        const float c00 = c[0], c01 = c[1];
-        const float c10 = c[2], c11 = c[3];
-        const float c20 = c[4], c21 = c[5];
-        const float c30 = c[6], c31 = c[7];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const float v0 = x0[z], v1 = x1[z];
-            y0[z] = c00 * v0 + c01 * v1;
-            y1[z] = c10 * v0 + c11 * v1;
-            y2[z] = c20 * v0 + c21 * v1;
-            y3[z] = c30 * v0 + c31 * v1;
-        }
-    }
-    static void fc_lin24_f(const float *c, const float *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            float *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const float *s = src + s_base + u * s_outer;
-            float *d = dst + d_base + u * d_outer;
-            fc_lin24_run_f(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], c, n_inner);
-        }
-    }
-    static void fc_lin66_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, double *__restrict__ y4, double *__restrict__ y5, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *__restrict__ x4, const double *__restrict__ x5, const double *c, Py_ssize_t n) {
-        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
-        const double c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
-        const double c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
-        const double c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
-        const double c40 = c[24], c41 = c[25], c42 = c[26], c43 = c[27], c44 = c[28], c45 = c[29];
-        const double c50 = c[30], c51 = c[31], c52 = c[32], c53 = c[33], c54 = c[34], c55 = c[35];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
-            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3 + c44 * v4 + c45 * v5;
-            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5;
-        }
-    }
-    static void fc_lin66_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        if (fc_is_d(c, FC_REF_BT43, 36)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const double *s = src + s_base + u * s_outer;
-                double *d = dst + d_base + u * d_outer;
-                fc_bt43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
-            }
-            return;
-        }
-        if (fc_is_d(c, FC_REF_B43, 36)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const double *s = src + s_base + u * s_outer;
-                double *d = dst + d_base + u * d_outer;
-                fc_b43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
-            }
-            return;
-        }
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const double *s = src + s_base + u * s_outer;
-            double *d = dst + d_base + u * d_outer;
-            fc_lin66_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
-        }
-    }
-    static void fc_lin64_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *__restrict__ x4, const double *__restrict__ x5, const double *c, Py_ssize_t n) {
-        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c04 = c[4], c05 = c[5];
-        const double c10 = c[6], c11 = c[7], c12 = c[8], c13 = c[9], c14 = c[10], c15 = c[11];
-        const double c20 = c[12], c21 = c[13], c22 = c[14], c23 = c[15], c24 = c[16], c25 = c[17];
-        const double c30 = c[18], c31 = c[19], c32 = c[20], c33 = c[21], c34 = c[22], c35 = c[23];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z], v4 = x4[z], v5 = x5[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3 + c04 * v4 + c05 * v5;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3 + c14 * v4 + c15 * v5;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3 + c24 * v4 + c25 * v5;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3 + c34 * v4 + c35 * v5;
-        }
-    }
-    static void fc_lin64_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        if (fc_is_d(c, FC_REF_AT43, 24)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const double *s = src + s_base + u * s_outer;
-                double *d = dst + d_base + u * d_outer;
-                fc_at43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], n_inner);
-            }
-            return;
-        }
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const double *s = src + s_base + u * s_outer;
-            double *d = dst + d_base + u * d_outer;
-            fc_lin64_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], s + s_offs[4], s + s_offs[5], c, n_inner);
-        }
-    }
-    static void fc_lin44_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
-        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
-        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
-        const double c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
-        const double c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
-        }
-    }
-    static void fc_lin44_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const double *s = src + s_base + u * s_outer;
-            double *d = dst + d_base + u * d_outer;
-            fc_lin44_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
-        }
-    }
-    static void fc_lin42_run_d(double *__restrict__ y0, double *__restrict__ y1, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
-        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
-        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
-        }
-    }
-    static void fc_lin42_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const double *s = src + s_base + u * s_outer;
-            double *d = dst + d_base + u * d_outer;
-            fc_lin42_run_d(d + 0 * d_row, d + 1 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
-        }
-    }
-    static void fc_lin46_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, double *__restrict__ y4, double *__restrict__ y5, const double *__restrict__ x0, const double *__restrict__ x1, const double *__restrict__ x2, const double *__restrict__ x3, const double *c, Py_ssize_t n) {
-        const double c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3];
-        const double c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
-        const double c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11];
-        const double c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
-        const double c40 = c[16], c41 = c[17], c42 = c[18], c43 = c[19];
-        const double c50 = c[20], c51 = c[21], c52 = c[22], c53 = c[23];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const double v0 = x0[z], v1 = x1[z], v2 = x2[z], v3 = x3[z];
-            y0[z] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3;
-            y1[z] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3;
-            y2[z] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3;
-            y3[z] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3;
-            y4[z] = c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3;
-            y5[z] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3;
-        }
-    }
-    static void fc_lin46_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        if (fc_is_d(c, FC_REF_A43, 24)) {
-            for (Py_ssize_t u = 0; u < n_outer; u++) {
-                const double *s = src + s_base + u * s_outer;
-                double *d = dst + d_base + u * d_outer;
-                fc_a43_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], n_inner);
-            }
-            return;
-        }
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const double *s = src + s_base + u * s_outer;
-            double *d = dst + d_base + u * d_outer;
-            fc_lin46_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, d + 4 * d_row, d + 5 * d_row, s + s_offs[0], s + s_offs[1], s + s_offs[2], s + s_offs[3], c, n_inner);
-        }
-    }
-    static void fc_lin24_run_d(double *__restrict__ y0, double *__restrict__ y1, double *__restrict__ y2, double *__restrict__ y3, const double *__restrict__ x0, const double *__restrict__ x1, const double *c, Py_ssize_t n) {
-        const double c00 = c[0], c01 = c[1];
-        const double c10 = c[2], c11 = c[3];
-        const double c20 = c[4], c21 = c[5];
-        const double c30 = c[6], c31 = c[7];
-        for (Py_ssize_t z = 0; z < n; z++) {
-            const double v0 = x0[z], v1 = x1[z];
-            y0[z] = c00 * v0 + c01 * v1;
-            y1[z] = c10 * v0 + c11 * v1;
-            y2[z] = c20 * v0 + c21 * v1;
-            y3[z] = c30 * v0 + c31 * v1;
-        }
-    }
-    static void fc_lin24_d(const double *c, const double *src, Py_ssize_t s_base, const Py_ssize_t *s_offs, Py_ssize_t s_outer,
-            double *dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) {
-        for (Py_ssize_t u = 0; u < n_outer; u++) {
-            const double *s = src + s_base + u * s_outer;
-            double *d = dst + d_base + u * d_outer;
-            fc_lin24_run_d(d + 0 * d_row, d + 1 * d_row, d + 2 * d_row, d + 3 * d_row, s + s_offs[0], s + s_offs[1], c, n_inner);
-        }
-    }
+    FC_LIN66(float, f)
+    FC_LIN66(double, d)
+    FC_LIN64(float, f)
+    FC_LIN64(double, d)
+    FC_LIN46(float, f)
+    FC_LIN46(double, d)
+    FC_LIN44(float, f)
+    FC_LIN44(double, d)
+    FC_LIN42(float, f)
+    FC_LIN42(double, d)
+    FC_LIN24(float, f)
+    FC_LIN24(double, d)
     """
     void fc_lin66_f(const float* c, const float* src, Py_ssize_t s_base, const Py_ssize_t* s_offs, Py_ssize_t s_outer,
                     float* dst, Py_ssize_t d_base, Py_ssize_t d_row, Py_ssize_t d_outer, Py_ssize_t n_outer, Py_ssize_t n_inner) nogil
