@@ -637,8 +637,8 @@ def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, P
     (a x a), or A (a x m) to transform grad_output tiles).
 
     Tile (img, th, tw) reads input rows from ``th*m - pad_top`` and columns from
-    ``tw*m - pad_left``, as many as bt has columns. OpenMP splits the tile rows statically; each thread owns one slice
-    of the scratch array.
+    ``tw*m - pad_left``, as many as bt has columns. OpenMP splits the tile rows statically;
+    each thread owns one slice of the scratch array.
     """
     cdef Py_ssize_t a = bt.shape[0]
     cdef Py_ssize_t cols = slot_of_col.shape[0]

@@ -46,8 +46,9 @@ pad > 2. Its tiles cover grad_input. (2) The adjoint of the forward, whose tiles
 grad_output: ``D = A dY A^T`` (as for grad_weight below), ``dV[xi] = D[xi] @ U[xi]^T`` with
 the forward's own U, and ``_input_transform_adjoint`` writes ``B dV B^T`` of every tile into
 grad_input (neighbouring tiles overlap by two rows and columns: an image's tile rows run in
-order, each adding its first two rows to the previous one's last two). A layer that shrinks its input (padding 0: MNIST's 13x13 -> 11x11) needs 9 F(4x4)
-tiles per image for (2) against 16 for (1). With (2), ``conv2d_grad_input_weight`` computes
+order, each adding its first two rows to the previous one's last two). A layer that shrinks
+its input (padding 0: MNIST's 13x13 -> 11x11) needs 9 F(4x4) tiles per image for (2)
+against 16 for (1). With (2), ``conv2d_grad_input_weight`` computes
 grad_weight from the same D, so one transform of grad_output serves both gradients.
 
 grad_weight is the adjoint of the forward. The forward is linear in U, so
@@ -577,8 +578,9 @@ def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of
     (a x a), or A (a x m) to transform grad_output tiles).
 
     Tile (img, th, tw) reads input rows from ``th*m - pad_top`` and columns from
-    ``tw*m - pad_left``, as many as bt has columns. The tile rows are split into ``workers`` contiguous ranges, one per
-    parallel iteration, so each worker owns one slice of the scratch array.
+    ``tw*m - pad_left``, as many as bt has columns. The tile rows are split into ``workers``
+    contiguous ranges, one per parallel iteration, so each worker owns one slice of the
+    scratch array.
     """
     a = bt.shape[0]
     plane = slot_of_col.size * x.shape[1]
