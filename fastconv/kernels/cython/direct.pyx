@@ -790,9 +790,13 @@ def _tap_offsets(channels, r, s, dh, dw, sh, sw, hq, wq, plane):
     return np.ascontiguousarray(off.ravel(), dtype=np.intp)
 
 
-def _channel_chunk(cg, plane_elems):
-    """Channels whose padded planes are copied together (a bounded workspace)."""
-    return max(1, min(cg, COPY_BUDGET // max(plane_elems, 1)))
+def _channel_chunk(cg, plane_elems, taps_per_channel):
+    """Channels whose padded planes are copied together: a bounded workspace, but at least
+    enough channels to fill one ``TAP_CHUNK`` (each channel chunk stores its sums and the
+    next reloads them; the 7x7 stem's 3 channels in one chunk instead of 3: 0.97x the time
+    of its forward and weight gradient)."""
+    fill = -(-TAP_CHUNK // max(taps_per_channel, 1))
+    return max(1, min(cg, max(COPY_BUDGET // max(plane_elems, 1), fill)))
 
 
 def _task_block(units, kg, nthreads):
@@ -830,7 +834,7 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
         g.wp = (wp + sw - 1) // sw
         g.ps = sh * sw * g.hp * g.wp
     g.plane3x3 = not g.phased and g.cg == 1 and g.kg == 1 and r == 3 and s == 3 and dh == 1 and dw == 1
-    g.cb = _channel_chunk(g.cg, g.ps) if g.copy else g.cg
+    g.cb = _channel_chunk(g.cg, g.ps, r * s) if g.copy else g.cg
     g.kbt = g.kg
     g.nkb = 1
     g.nc = 1
