@@ -67,25 +67,25 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.36/2.08/1.17      0.98/1.97/0.88      0.59/0.91/0.33
-#: lenet_conv2 6->16 5x5 (150)   1.14/0.98/1.17      0.63/0.82/0.75      -
-#: stem 3->64 7x7 s2 (147)       0.96/0.72/1.11      0.76/2.71/1.00      -
-#: 3x3 s2 64->128 (576)          0.84/0.21/0.57      0.97/1.28/1.14      -
-#: mnist_conv2 32->64 3x3 (288)  0.90/0.78/1.06      0.84/0.85/1.11      1.93/1.47/1.66
-#: resnet 64/128/256 3x3         0.87-0.92/0.81-0.88 0.82-0.92/0.82-0.90 1.93-2.29/1.79-2.18
-#:                               /0.82-1.11          /1.10-1.13          /1.92-2.41
-#: dilated 64->64 3x3 d2         0.87/0.85/1.36      0.79/0.82/1.39      1.47/1.46/1.93
+#: cifar_conv1 3->32 3x3 (27)    1.03/2.14/1.19      0.92/2.02/0.82      0.61/1.00/0.33
+#: lenet_conv2 6->16 5x5 (150)   1.17/0.97/1.13      0.63/0.82/0.73      -
+#: stem 3->64 7x7 s2 (147)       0.99/0.75/1.13      0.72/2.59/0.99      -
+#: 3x3 s2 64->128 (576)          0.87/0.22/0.57      0.94/1.19/1.11      -
+#: mnist_conv2 32->64 3x3 (288)  0.90/0.79/1.04      0.83/0.85/1.12      1.73/1.52/1.58
+#: resnet 64/128/256 3x3         0.88-0.92/0.83-0.89 0.79-0.89/0.81-0.88 1.93-2.25/1.83-2.20
+#:                               /0.90-1.13          /1.00-1.10          /1.84-2.27
+#: dilated 64->64 3x3 d2         0.87/0.86/1.34      0.76/0.80/1.35      1.36/1.48/2.00
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same (LeNet conv2's grad_input 1.16 direct against 0.70
-#: im2col), with one close call: 3x3 stride 2's forward, 0.88 direct against 0.90 im2col
-#: here, was direct's at 2 threads in one earlier run (1.09 against 0.80) and about even in
-#: others (0.90 against 0.88, 0.93 against 0.90), and im2col's at 1 thread in all, so the
-#: rule keeps im2col there. Hence: direct up to a reduction of
-#: 160 (its register blocks beat a GEMM with few rows), for grad_input only with filters up
-#: to 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's fold), Winograd
-#: F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation) from 32 channels
-#: per group (3 channels starve its 36 GEMMs), im2col otherwise.
+#: (CIFAR conv1's direct forward read 1.28-1.42 in the runs around this one.) At 2 threads
+#: the order is the same (LeNet conv2's grad_input 1.01 direct against 0.59 im2col), with
+#: one close call: 3x3 stride 2's forward, 0.87 for both here, was direct's at 2 threads in
+#: one earlier run (1.09 against 0.80) and about even in others (0.88-0.93 against
+#: 0.88-0.90), and im2col's at 1 thread in all, so the rule keeps im2col there. Hence:
+#: direct up to a reduction of 160 (its register blocks beat a GEMM with few rows), for
+#: grad_input only with filters up to 5x5 (a 7x7 filter's strided grad_input scatter loses
+#: to im2col's fold), Winograd F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any
+#: dilation) from 32 channels per group (3 channels starve its 36 GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
