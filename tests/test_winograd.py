@@ -336,6 +336,26 @@ def test_one_and_two_threads_give_the_same_result(backend, algo, padding):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(a).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt,cg,kg", [
+    (9, 32, 64),     # MNIST conv2's channels: register blocks of 3 + 3 + 2 vectors
+    (7, 5, 13),      # rows past the last 4, columns past the last vector
+    (1, 1, 1),       # one row, one channel each way
+    (6, 64, 40),     # 5 float32 vectors
+    (5, 65, 8),      # past SMALL_GEMM_CHANNELS: BLAS
+])
+def test_batched_gemm_is_the_matrix_product_per_position(backend, dtype, nt, cg, kg):
+    mod = _backend_module(backend)
+    rng = np.random.default_rng(nt * 1000 + cg * 10 + kg)
+    v = rng.standard_normal((3, 2, nt, cg)).astype(dtype)
+    u = rng.standard_normal((3, 2, cg, kg)).astype(dtype)
+    mm = np.full((3, 2, nt, kg), np.nan, dtype=dtype)       # every element must be written
+    mod._batched_gemm(v, u, mm, 2)
+    expected = np.matmul(v.astype(np.float64), u.astype(np.float64))
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(mm, expected, rtol=0, atol=8 * eps * cg * np.abs(expected).max())
+
+
 def test_adjoint_pays_only_with_fewer_tiles():
     assert plan.adjoint_pays((11, 11), (13, 13), 4)        # 9 tiles per image against 16
     assert not plan.adjoint_pays((56, 56), (56, 56), 4)    # "same" padding: as many tiles

@@ -8,8 +8,9 @@ the algorithm, the data layout and the numerics. The transform matrices come fro
 
 Per chunk of tile rows (planned by ``kernels/winograd_plan.py``, shared with the Numba
 twin): ``_input_transform`` (OpenMP over tile rows) writes
-V[xi, g, t, c]; ``_batched_gemm`` runs one BLAS GEMM per position and group,
-M[xi, g] = V[xi, g] @ U[xi, g], outside any parallel region; ``_output_transform`` (OpenMP
+V[xi, g, t, c]; ``_batched_gemm`` runs one GEMM per position and group,
+M[xi, g] = V[xi, g] @ U[xi, g], side by side over OpenMP threads (``tap_block`` up to
+``SMALL_GEMM_CHANNELS`` channels, else a one-thread BLAS); ``_output_transform`` (OpenMP
 over tile rows) writes y = A^T M A + bias in NCHW. ``_input_transform_adjoint`` writes
 B dV B^T of every tile into grad_input, for the adjoint formulation of grad_input.
 
@@ -29,10 +30,6 @@ from fastconv import threads
 from fastconv.kernels import winograd_plan as plan, winograd_tables as tables
 
 _FILTER_CACHE = tables.FilterTransformCache()
-
-#: Channel counts (C/G and K/G) up to which ``_batched_gemm`` uses its own register-blocked
-#: loop instead of BLAS.
-SMALL_GEMM_CHANNELS = 64
 
 
 # ---------------------------------------------------------------- factored F(4x4,3x3) transforms
@@ -666,14 +663,14 @@ def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floa
     v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small
     (K and C/G often 32-64), so OpenMP runs whole GEMMs side by side on a one-thread BLAS
     (the caller holds ``threads.single_threaded_blas``) rather than BLAS splitting each one:
-    at 2 threads the latter measured no faster than 1. Up to SMALL_GEMM_CHANNELS channels
+    at 2 threads the latter measured no faster than 1. Up to tables.SMALL_GEMM_CHANNELS channels
     both ways, the products skip BLAS for ``tap_block`` (``microkernels.pxd``): 4 rows of
     mm x 3 vectors of its columns summed in registers over the C/G terms, straight from v
     and u, where BLAS spends a third of its time packing both operands and zeroing mm.
     """
     cdef int nt = v.shape[2], cg = v.shape[3], kg = u.shape[3]
     cdef Py_ssize_t groups = u.shape[1], job, xi, g, t
-    cdef bint small = cg <= SMALL_GEMM_CHANNELS and kg <= SMALL_GEMM_CHANNELS
+    cdef bint small = cg <= tables.SMALL_GEMM_CHANNELS and kg <= tables.SMALL_GEMM_CHANNELS
     cdef Py_ssize_t[::1] row_offsets = np.arange(cg, dtype=np.intp) * kg     # u's rows
     cdef floating[::1] zeros = np.zeros(4, dtype=np.float32 if floating is float else np.float64)
     for job in prange(u.shape[0] * groups, nogil=True, num_threads=nthreads, schedule="static"):

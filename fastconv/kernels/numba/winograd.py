@@ -12,8 +12,9 @@ Cython twin, plans the chunks and calls these steps):
 1. ``_input_transform``: ``V[xi, g, t, c] = (B^T d B)[xi]`` of every overlapping a x a input
    tile ``d`` (out-of-range input reads as zero) -- parallel over tile rows;
 2. ``_batched_gemm``: one GEMM per position xi and group,
-   ``M[xi, g] (T x K/g) = V[xi, g] (T x C/g) @ U[xi, g] (C/g x K/g)``, outside any parallel
-   region so that BLAS owns the threads;
+   ``M[xi, g] (T x K/g) = V[xi, g] (T x C/g) @ U[xi, g] (C/g x K/g)``, whole GEMMs side by
+   side on a one-thread BLAS, or up to ``SMALL_GEMM_CHANNELS`` channels on ``gemm_block``
+   (``microkernels.py``: sums held in registers, no packing);
 3. ``_output_transform``: ``y = A^T M A + bias`` of every tile, written to NCHW ``y`` --
    parallel over tile rows.
 
@@ -24,7 +25,8 @@ the columns regrouped by phase -- column ``s*m + ph`` at slot ``[ph][s]`` -- so 
 columns of all the row's tiles form one contiguous run; B^T is then applied down the rows
 (all columns at once) and across the columns (all tiles at once). The output transform
 applies A^T down and across a tile row's M and writes the tiles to NCHW through a
-[column][channel] line (the only strided accesses). Every arithmetic step is one of the
+[column][channel] line (the only strided accesses; both moves go 8 x 8 float32 blocks at a
+time through ``transpose_block``). Every arithmetic step is one of the
 ``_lin*`` kernels: ``n_out`` outputs from ``n_in`` inputs held in registers, vectorised over
 a contiguous run of (tile, channel). They apply a table matrix densely (its zeros cost
 multiplications but no memory traffic, which was the bottleneck of sparse
@@ -66,6 +68,7 @@ from numba import njit, prange
 from ... import threads
 from .. import winograd_plan as plan, winograd_tables as tables
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, prefetch, use_configured_threads
+from .microkernels import gemm_block, transpose_block
 
 _FILTER_CACHE = tables.FilterTransformCache()
 
@@ -470,24 +473,27 @@ def _apply(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer
 
 # ---------------------------------------------------------------- layout changes
 # The NCHW <-> channel-last moves of both transforms. Element by element they were most of the
-# transforms' time (strided scalar loads or stores waiting on memory), so the transposes move
-# 8 rows at a time (eight independent read streams, contiguous 8-element stores) and the rows
-# a tile row will touch are prefetched one cache line at a time.
+# transforms' time (strided scalar loads or stores waiting on memory), so they move whole
+# 32-byte-vector blocks transposed in registers, and the rows a tile row will touch are
+# prefetched one cache line at a time.
 
 @njit(**JIT_OPTIONS)
 def _transpose(src, s_base, ss, dst, d_base, ds, rows, cols):
-    """dst[d_base + j*ds + i] = src[s_base + i*ss + j] for i < rows, j < cols (flat arrays)."""
-    i0 = 0
-    while i0 + 8 <= rows:
-        for j in range(cols):
-            # Slices, not computed indices: Numba then knows the indices are >= 0 and drops
-            # its negative-index handling from every access.
-            out = dst[d_base + j * ds + i0:d_base + j * ds + i0 + 8]
-            col = src[s_base + i0 * ss + j:s_base + (i0 + 7) * ss + j + 1:ss]
-            for ii in range(8):
-                out[ii] = col[ii]
-        i0 += 8
-    for i in range(i0, rows):
+    """dst[d_base + j*ds + i] = src[s_base + i*ss + j] for i < rows, j < cols (flat arrays).
+
+    Whole L x L blocks (L = 32 bytes / itemsize); a last partial block is moved as the block
+    that ends at the edge, rewriting some elements with the same values (element by element,
+    the edges of 11- and 13-pixel rows were a third of the work).
+    """
+    block = 32 // src.itemsize
+    if rows >= block and cols >= block:
+        for i0 in range(0, rows, block):
+            i = min(i0, rows - block)
+            for j0 in range(0, cols, block):
+                j = min(j0, cols - block)
+                transpose_block(src, s_base + i * ss + j, ss, dst, d_base + j * ds + i, ds)
+        return
+    for i in range(rows):
         for j in range(cols):
             dst[d_base + j * ds + i] = src[s_base + i * ss + j]
 
@@ -595,21 +601,65 @@ def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of
 
 # ---------------------------------------------------------------- the GEMMs
 
+@njit(**JIT_OPTIONS)
+def _gemm_rows(vf, vi, cg, uf, ui, kg, mf, mi, four):
+    """mf[mi + r*kg + k] = sum_c vf[vi + r*cg + c] * uf[ui + c*kg + k] for k < kg and r < 4
+    (``four``) or r < 1: ``gemm_block``s of 3, 2, 1 vectors across, then element by element."""
+    lanes = 32 // vf.itemsize
+    k = 0
+    while k + 3 * lanes <= kg:
+        if four:
+            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 3)
+        else:
+            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 1, 3)
+        k += 3 * lanes
+    if k + 2 * lanes <= kg:
+        if four:
+            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 2)
+        else:
+            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 1, 2)
+        k += 2 * lanes
+    if k + lanes <= kg:
+        if four:
+            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 1)
+        else:
+            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 1, 1)
+        k += lanes
+    for r in range(4 if four else 1):
+        for kk in range(k, kg):
+            s = mf.dtype.type(0)
+            for c in range(cg):
+                s += vf[vi + r * cg + c] * uf[ui + c * kg + kk]
+            mf[mi + r * kg + kk] = s
+
+
 @njit(**PARALLEL_JIT_OPTIONS)
 def _batched_gemm(v, u, mm, workers):
     """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g.
 
     v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small,
     so whole GEMMs run side by side on a one-thread BLAS (the caller holds
-    ``threads.single_threaded_blas``) rather than BLAS splitting each one.
+    ``threads.single_threaded_blas``) rather than BLAS splitting each one. Up to
+    ``tables.SMALL_GEMM_CHANNELS`` channels both ways they skip BLAS for ``gemm_block``
+    (4 rows x 3 vectors summed in registers, straight from v and u), where BLAS spends a
+    third of its time packing both operands and zeroing mm.
     """
     groups = u.shape[1]
     n_jobs = u.shape[0] * groups
+    nt, cg, kg = v.shape[2], v.shape[3], u.shape[3]
+    small = cg <= tables.SMALL_GEMM_CHANNELS and kg <= tables.SMALL_GEMM_CHANNELS
+    vf, uf, mf = v.reshape(-1), u.reshape(-1), mm.reshape(-1)
     for worker in prange(workers):
         for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
             xi = job // groups
             g = job - xi * groups
-            np.dot(v[xi, g], u[xi, g], mm[xi, g])
+            if small:
+                for t in range(0, nt - 3, 4):
+                    _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, True)
+                for t in range(nt - nt % 4, nt):
+                    _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, False)
+            else:
+                np.dot(v[xi, g], u[xi, g], mm[xi, g])
 
 
 @njit(**PARALLEL_JIT_OPTIONS)

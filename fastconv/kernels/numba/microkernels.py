@@ -1,0 +1,156 @@
+"""Register-level building blocks the Numba kernels cannot get from LLVM's loop vectoriser,
+written as LLVM IR (``numba.extending.intrinsic``); the Cython twins are C with AVX
+intrinsics (``cython/microkernels.pxd``, ``cython/winograd.pyx``).
+
+* ``transpose_block``: one 8 x 8 float32 (4 x 4 float64) block transposed in registers.
+  From element loops LLVM emits one strided scalar load or store per element.
+* ``gemm_block``: up to 4 rows x 3 vectors of a small matrix product summed in registers
+  over the whole inner dimension. A loop nest leaves the sums in memory (a load and a store
+  per term), and ``np.dot`` goes through BLAS, which packs both operands and zeroes the
+  output first: a third of its time on the 32-64-channel products of Winograd.
+
+Both work on 1-D contiguous arrays of one float dtype at element indices the caller keeps in
+bounds (nothing is checked at run time). A vector is 32 bytes (AVX): L = 8 float32 or
+4 float64 lanes; on machines without AVX LLVM splits the vectors, with the same results.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+def _float_arrays(*arrays) -> bool:
+    """Whether all are 1-D arrays of one float dtype (float32 or float64)."""
+    return all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == arrays[0].dtype
+               for a in arrays) and arrays[0].dtype in (types.float32, types.float64)
+
+
+def _element_pointer(context, builder, array_type, array, index_type, index):
+    """Pointer to ``array[index]`` (no bounds or negative-index handling)."""
+    ary = context.make_array(array_type)(context, builder, array)
+    return cgutils.get_item_pointer(context, builder, array_type, ary,
+                                    [context.cast(builder, index, index_type, types.intp)], wraparound=False)
+
+
+# The shuffles of a transpose of one 32-byte-vector square block, as LLVM shufflevector masks
+# over the concatenation of two vectors: for float32 (8 x 8) the unpack / shuffle / 128-bit
+# lane-swap network the x86 backend lowers to one instruction each; for float64 (4 x 4) the
+# unpack and lane-swap steps.
+_TRANSPOSE_NETWORK = {
+    8: [
+        # (first, second, mask) per output register, rounds applied in order
+        [(0, 1, (0, 8, 1, 9, 4, 12, 5, 13)), (0, 1, (2, 10, 3, 11, 6, 14, 7, 15)),
+         (2, 3, (0, 8, 1, 9, 4, 12, 5, 13)), (2, 3, (2, 10, 3, 11, 6, 14, 7, 15)),
+         (4, 5, (0, 8, 1, 9, 4, 12, 5, 13)), (4, 5, (2, 10, 3, 11, 6, 14, 7, 15)),
+         (6, 7, (0, 8, 1, 9, 4, 12, 5, 13)), (6, 7, (2, 10, 3, 11, 6, 14, 7, 15))],
+        [(0, 2, (0, 1, 8, 9, 4, 5, 12, 13)), (0, 2, (2, 3, 10, 11, 6, 7, 14, 15)),
+         (1, 3, (0, 1, 8, 9, 4, 5, 12, 13)), (1, 3, (2, 3, 10, 11, 6, 7, 14, 15)),
+         (4, 6, (0, 1, 8, 9, 4, 5, 12, 13)), (4, 6, (2, 3, 10, 11, 6, 7, 14, 15)),
+         (5, 7, (0, 1, 8, 9, 4, 5, 12, 13)), (5, 7, (2, 3, 10, 11, 6, 7, 14, 15))],
+        [(0, 4, (0, 1, 2, 3, 8, 9, 10, 11)), (1, 5, (0, 1, 2, 3, 8, 9, 10, 11)),
+         (2, 6, (0, 1, 2, 3, 8, 9, 10, 11)), (3, 7, (0, 1, 2, 3, 8, 9, 10, 11)),
+         (0, 4, (4, 5, 6, 7, 12, 13, 14, 15)), (1, 5, (4, 5, 6, 7, 12, 13, 14, 15)),
+         (2, 6, (4, 5, 6, 7, 12, 13, 14, 15)), (3, 7, (4, 5, 6, 7, 12, 13, 14, 15))],
+    ],
+    4: [
+        [(0, 1, (0, 4, 2, 6)), (0, 1, (1, 5, 3, 7)), (2, 3, (0, 4, 2, 6)), (2, 3, (1, 5, 3, 7))],
+        [(0, 2, (0, 1, 4, 5)), (1, 3, (0, 1, 4, 5)), (0, 2, (2, 3, 6, 7)), (1, 3, (2, 3, 6, 7))],
+    ],
+}
+
+
+@intrinsic
+def transpose_block(typingctx, src, s_index, ss, dst, d_index, ds):
+    """``dst[d_index + j*ds + i] = src[s_index + i*ss + j]`` for i, j < L, L = 32 // itemsize
+    (an 8 x 8 float32 or 4 x 4 float64 block; src, dst 1-D contiguous, same dtype).
+
+    Loads L rows as vectors, transposes them in registers and stores L vectors: LLVM does
+    not form this from element loops, which move one element per strided load or store.
+    The caller keeps every index in bounds (no checks here).
+    """
+    if not _float_arrays(src, dst):
+        return None
+    lanes = 256 // src.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        elem = context.get_data_type(sig.args[0].dtype)
+        vec = ir.VectorType(elem, lanes)
+        align = sig.args[0].dtype.bitwidth // 8
+        s_stride = context.cast(builder, args[2], sig.args[2], types.intp)
+        d_stride = context.cast(builder, args[5], sig.args[5], types.intp)
+        s_ptr = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        d_ptr = _element_pointer(context, builder, sig.args[3], args[3], sig.args[4], args[4])
+        i32 = ir.IntType(32)
+        rows = []
+        for i in range(lanes):
+            p = builder.gep(s_ptr, [builder.mul(s_stride, ir.Constant(s_stride.type, i))])
+            rows.append(builder.load(builder.bitcast(p, vec.as_pointer()), align=align))
+        for rnd in _TRANSPOSE_NETWORK[lanes]:
+            rows = [builder.shuffle_vector(rows[a], rows[b], ir.Constant(ir.VectorType(i32, lanes), list(mask)))
+                    for a, b, mask in rnd]
+        for j in range(lanes):
+            p = builder.gep(d_ptr, [builder.mul(d_stride, ir.Constant(d_stride.type, j))])
+            builder.store(rows[j], builder.bitcast(p, vec.as_pointer()), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, s_index, ss, dst, d_index, ds), codegen
+
+
+@intrinsic
+def gemm_block(typingctx, a, a_index, a_stride, b, b_index, b_stride, c, c_index, c_stride, depth, rows, vectors):
+    """``c[c_index + r*c_stride + j] = sum_k a[a_index + r*a_stride + k] * b[b_index + k*b_stride + j]``
+    for r < rows, j < vectors * L, k < depth (k ascending, one FMA per term).
+
+    ``rows`` (1-4) and ``vectors`` (1-3) are literal ints: rows x vectors sums stay in
+    registers (at most 12 of the 16 AVX registers, plus the b vectors and a broadcast a).
+    """
+    if not (_float_arrays(a, b, c) and isinstance(rows, types.IntegerLiteral)
+            and isinstance(vectors, types.IntegerLiteral)):
+        return None
+    n_rows, n_vec = rows.literal_value, vectors.literal_value
+    if not (1 <= n_rows <= 4 and 1 <= n_vec <= 3):
+        return None
+    lanes = 256 // a.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        at, ait, ast, bt, bit, bst, ct, cit, cst, dt = sig.args[:10]
+        elem = context.get_data_type(at.dtype)
+        vec = ir.VectorType(elem, lanes)
+        align = at.dtype.bitwidth // 8
+        a_ptr = _element_pointer(context, builder, at, args[0], ait, args[1])
+        b_ptr = _element_pointer(context, builder, bt, args[3], bit, args[4])
+        c_ptr = _element_pointer(context, builder, ct, args[6], cit, args[7])
+        a_step = context.cast(builder, args[2], ast, types.intp)
+        b_step = context.cast(builder, args[5], bst, types.intp)
+        c_step = context.cast(builder, args[8], cst, types.intp)
+        depth_ = context.cast(builder, args[9], dt, types.intp)
+        intp = a_step.type
+        i32 = ir.IntType(32)
+        broadcast = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                             f"llvm.fma.v{lanes}f{at.dtype.bitwidth}")
+        # Sums live in allocas that LLVM promotes to registers (one vector each).
+        sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_vec)] for _ in range(n_rows)]
+        for row in sums:
+            for slot in row:
+                builder.store(ir.Constant(vec, None), slot)
+        with cgutils.for_range(builder, depth_) as loop:
+            k = loop.index
+            b_row = builder.gep(b_ptr, [builder.mul(k, b_step)])
+            b_vecs = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(intp, j * lanes)]),
+                                                   vec.as_pointer()), align=align) for j in range(n_vec)]
+            for r in range(n_rows):
+                x = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(a_step, ir.Constant(intp, r)), k)]))
+                xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), x,
+                                                                   ir.Constant(i32, 0)),
+                                            ir.Constant(vec, ir.Undefined), broadcast)
+                for j in range(n_vec):
+                    builder.store(builder.call(fma, [xv, b_vecs[j], builder.load(sums[r][j])]), sums[r][j])
+        for r in range(n_rows):
+            c_row = builder.gep(c_ptr, [builder.mul(c_step, ir.Constant(intp, r))])
+            for j in range(n_vec):
+                dst = builder.bitcast(builder.gep(c_row, [ir.Constant(intp, j * lanes)]), vec.as_pointer())
+                builder.store(builder.load(sums[r][j]), dst, align=align)
+        return context.get_dummy_value()
+
+    return types.void(a, a_index, a_stride, b, b_index, b_stride, c, c_index, c_stride, depth, rows,
+                      vectors), codegen

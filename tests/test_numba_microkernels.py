@@ -1,0 +1,80 @@
+"""The Numba backend's LLVM-IR building blocks (``kernels/numba/microkernels.py``) against NumPy."""
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+from fastconv.kernels.numba import winograd
+from fastconv.kernels.numba.microkernels import gemm_block, transpose_block
+
+
+@njit
+def _transpose_block(src, s_index, ss, dst, d_index, ds):
+    transpose_block(src, s_index, ss, dst, d_index, ds)
+
+
+@njit
+def _gemm_block_4x3(a, ai, ast, b, bi, bst, c, ci, cst, depth):
+    gemm_block(a, ai, ast, b, bi, bst, c, ci, cst, depth, 4, 3)
+
+
+@njit
+def _gemm_block_1x2(a, ai, ast, b, bi, bst, c, ci, cst, depth):
+    gemm_block(a, ai, ast, b, bi, bst, c, ci, cst, depth, 1, 2)
+
+
+@njit
+def _gemm_block_3x1(a, ai, ast, b, bi, bst, c, ci, cst, depth):
+    gemm_block(a, ai, ast, b, bi, bst, c, ci, cst, depth, 3, 1)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, 8), (np.float64, 4)])
+def test_transpose_block_moves_one_block_and_nothing_else(dtype, lanes):
+    rng = np.random.default_rng(lanes)
+    src = rng.standard_normal(400).astype(dtype)
+    dst = np.zeros(400, dtype=dtype)
+    _transpose_block(src, 3, 17, dst, 5, 11)           # odd offsets and strides: unaligned
+    expected = np.zeros(400, dtype=dtype)
+    for i in range(lanes):
+        for j in range(lanes):
+            expected[5 + j * 11 + i] = src[3 + i * 17 + j]
+    np.testing.assert_array_equal(dst, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows,cols", [(13, 32), (32, 13), (11, 64), (3, 20), (20, 3), (8, 8), (1, 1)])
+def test_transpose_covers_partial_blocks(dtype, rows, cols):
+    rng = np.random.default_rng(rows * cols)
+    ss, ds = cols + 3, rows + 5
+    src = rng.standard_normal(2 + rows * ss).astype(dtype)
+    dst = np.full(1 + cols * ds, np.nan, dtype=dtype)
+    winograd._transpose(src, 2, ss, dst, 1, ds, rows, cols)
+    got = dst[1:].reshape(cols, ds)[:, :rows]
+    np.testing.assert_array_equal(got, src[2:].reshape(rows, ss)[:, :cols].T)
+    assert np.isnan(dst[1:].reshape(cols, ds)[:, rows:]).all()      # nothing written past a row
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, 8), (np.float64, 4)])
+@pytest.mark.parametrize("kernel,rows,vectors", [(_gemm_block_4x3, 4, 3), (_gemm_block_1x2, 1, 2),
+                                                 (_gemm_block_3x1, 3, 1)])
+@pytest.mark.parametrize("depth", [1, 7, 32])
+def test_gemm_block_is_a_small_matrix_product(dtype, lanes, kernel, rows, vectors, depth):
+    rng = np.random.default_rng(depth)
+    width = vectors * lanes
+    a_stride, b_stride, c_stride = depth + 2, width + 5, width + 3
+    a = rng.standard_normal(1 + rows * a_stride).astype(dtype)
+    b = rng.standard_normal(2 + depth * b_stride).astype(dtype)
+    c = np.full(3 + rows * c_stride, np.nan, dtype=dtype)
+    kernel(a, 1, a_stride, b, 2, b_stride, c, 3, c_stride, depth)
+    am = a[1:].reshape(rows, a_stride)[:, :depth].astype(np.float64)
+    bm = b[2:].reshape(depth, b_stride)[:, :width].astype(np.float64)
+    got = c[3:].reshape(rows, c_stride)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(got[:, :width], am @ bm, rtol=0, atol=4 * eps * depth * np.abs(am @ bm).max())
+    assert np.isnan(got[:, width:]).all()
+
+
+def test_gemm_block_refuses_mixed_dtypes():
+    with pytest.raises(TypingError):
+        _gemm_block_4x3(np.zeros(64, np.float32), 0, 8, np.zeros(64, np.float64), 0, 8,
+                        np.zeros(64, np.float32), 0, 8, 1)
