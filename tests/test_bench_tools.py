@@ -1,7 +1,7 @@
 """Benchmark tools: the cold-start report of `fastconv info --startup`, thread pinning of competitors."""
 import pytest
 
-from fastconv.benchmarks import startup
+from fastconv.benchmarks import startup, timing
 
 
 def test_measure_times_the_import_and_each_requested_kernel_in_a_fresh_process():
@@ -107,3 +107,15 @@ def test_bench_settles_the_allocator_before_the_first_timing(monkeypatch):
     assert runner.main(["--shapes", "mnist_pool2", "--ops", "maxpool_forward", "--threads", "1",
                         "--repeats", "1", "--budget", "0.05", "--compare", "none"]) == 0
     assert events[0] == "settle" and events.count("settle") == 1 and "time" in events
+
+
+def test_interleaved_timing_varies_which_candidate_runs_before_which():
+    calls = []
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    timing.interleaved_medians(candidates, repeats=12, warmup=1, budget_s=1e9)
+    timed = calls[4:]                                     # after one warm-up call each
+    assert len(timed) == 48 and all(timed.count(name) == 12 for name in "abcd")
+    for name in "abcd":
+        before = [timed[i - 1] for i in range(1, len(timed)) if timed[i] == name]
+        assert len(set(before) - {name}) == 3                       # each of the others
+        assert max(before.count(other) for other in set(before)) <= 6   # none most of the time
