@@ -82,14 +82,14 @@ cdef extern from *:
             Py_ssize_t n, const T* init) {                                                      \\
         Py_ssize_t i = 0, t, m;                                                                 \\
         int q, k;                                                                               \\
-        /* 3 vectors at a time; what is left as 2 (8 FMAs for 6 loads, not 2 x 4 for 5), 1,     \\
-           and the last m < LANES outputs with masked loads and stores. */                      \\
-        for (; i + 3 * LANES <= n; i += 3 * LANES)                                              \\
+        /* 3 vectors at a time, but 4 left go as 2 + 2: a 1-vector block keeps NQ sums in      \\
+           flight, too few for the FMA latency (MNIST conv2's 32-wide Winograd products 0.94x  \\
+           the time). What is left as 2 (8 FMAs for 6 loads, not 2 x 4 for 5), 1, and the last \\
+           m < LANES outputs with masked loads and stores. */                                   \\
+        for (; i + 3 * LANES <= n && (n - i) / LANES != 4; i += 3 * LANES)                      \\
             FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, 3)                      \\
-        if (i + 2 * LANES <= n) {                                                               \\
+        for (; i + 2 * LANES <= n; i += 2 * LANES)                                              \\
             FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, 2)                      \\
-            i += 2 * LANES;                                                                     \\
-        }                                                                                       \\
         if (i + LANES <= n) {                                                                   \\
             FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, 1)                      \\
             i += LANES;                                                                         \\

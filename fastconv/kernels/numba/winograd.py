@@ -604,16 +604,18 @@ def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of
 @njit(**JIT_OPTIONS)
 def _gemm_rows(vf, vi, cg, uf, ui, kg, mf, mi, four):
     """mf[mi + r*kg + k] = sum_c vf[vi + r*cg + c] * uf[ui + c*kg + k] for k < kg and r < 4
-    (``four``) or r < 1: ``gemm_block``s of 3, 2, 1 vectors across, then element by element."""
+    (``four``) or r < 1: ``gemm_block``s 3 vectors wide, 4 vectors left as 2 + 2 (a 1-vector
+    block keeps 4 sums in flight, too few for the FMA latency), then 2 or 1, then element by
+    element."""
     lanes = 32 // vf.itemsize
     k = 0
-    while k + 3 * lanes <= kg:
+    while k + 3 * lanes <= kg and not (kg - k) // lanes == 4:
         if four:
             gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 3)
         else:
             gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 1, 3)
         k += 3 * lanes
-    if k + 2 * lanes <= kg:
+    while k + 2 * lanes <= kg:
         if four:
             gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 2)
         else:
