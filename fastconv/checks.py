@@ -269,11 +269,44 @@ def input_shape(x_shape, name: str = "x_shape") -> Tuple[int, int, int, int]:
     return tuple(int(d) for d in shape)
 
 
-def pool_indices(indices, expected_shape, plane_size: int) -> np.ndarray:
-    """Checked int64 argmax indices (flat offsets into each H*W plane, as PyTorch returns)."""
-    return bounded_ints(indices, "indices", expected_shape, plane_size, np.dtype(np.int64),
-                        "(as returned by max_pool2d(..., return_indices=True))",
-                        f"flat offsets in [0, {plane_size}) into each H*W plane of x")
+#: Where max-pool indices come from and what they hold (for the error messages).
+_INDICES_SOURCE = "(as returned by max_pool2d(..., return_indices=True))"
+
+
+def pool_indices(indices, expected_shape) -> np.ndarray:
+    """Int64 argmax indices (flat offsets into each H*W plane, as PyTorch returns), with
+    dtype and shape checked. Their range is not: the ``max_pool2d_backward`` kernels read
+    every index anyway and count those outside the plane (a separate pass over them was 12%
+    of MNIST pool2's backward); ``pool_indices_error`` then makes the error."""
+    return int_array(indices, "indices", expected_shape, np.dtype(np.int64), _INDICES_SOURCE)
+
+
+def pool_indices_error(indices, plane_size: int) -> ValueError:
+    """The error for indices (as the user passed them) of which some lie outside [0, plane_size)."""
+    return out_of_range_error(indices, "indices", plane_size,
+                              f"flat offsets in [0, {plane_size}) into each H*W plane of x")
+
+
+def int_array(values, name: str, expected_shape, dtype: np.dtype, source: str) -> np.ndarray:
+    """``values`` as a contiguous ``dtype`` array of ``expected_shape`` (values not checked).
+
+    A value that does not fit ``dtype`` wraps (uint64 above 2**63 becomes negative), so a
+    range check on the result still finds it.
+    """
+    values = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"{name} has dtype {values.dtype}: expected an integer array {source}")
+    if values.shape != tuple(expected_shape):
+        raise ValueError(f"{name} has shape {values.shape}: expected {tuple(expected_shape)}")
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+def out_of_range_error(values, name: str, bound: int, meaning: str) -> ValueError:
+    """The error for ``values`` of which some lie outside [0, bound), naming one of them."""
+    values = np.asarray(values)
+    low, high = int(values.min()), int(values.max())
+    bad = low if low < 0 else high
+    return ValueError(f"{name} holds {bad}: expected {meaning}")
 
 
 def bounded_ints(values, name: str, expected_shape, bound: int, dtype: np.dtype, source: str,
@@ -284,15 +317,10 @@ def bounded_ints(values, name: str, expected_shape, bound: int, dtype: np.dtype,
     for the error messages).
     """
     values = values if isinstance(values, np.ndarray) else np.asarray(values)
-    if values.dtype.kind not in "iu":
-        raise TypeError(f"{name} has dtype {values.dtype}: expected an integer array {source}")
-    if values.shape != tuple(expected_shape):
-        raise ValueError(f"{name} has shape {values.shape}: expected {tuple(expected_shape)}")
-    checked = np.ascontiguousarray(values)  # checked in its own dtype: narrowing could wrap
+    checked = int_array(values, name, expected_shape, values.dtype if values.dtype.kind in "iu" else dtype,
+                        source)   # checked in its own dtype: narrowing could wrap
     # One pass: viewed as unsigned, a negative value is huge, so the largest value alone tells
     # whether any lies outside [0, bound) (min() and max() would be two passes).
     if checked.size and int(checked.view(checked.dtype.str.replace("i", "u")).max()) >= bound:
-        low, high = int(values.min()), int(values.max())  # the error path only
-        bad = low if low < 0 else high
-        raise ValueError(f"{name} holds {bad}: expected {meaning}")
+        raise out_of_range_error(values, name, bound, meaning)
     return np.ascontiguousarray(checked, dtype=dtype)

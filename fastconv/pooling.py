@@ -57,11 +57,12 @@ def max_pool2d_backward(grad_output, x, kernel_size: IntOrPair, stride: Optional
         if p.n:
             select("max_pool2d_forward", p, algo, backend).function(
                 x, np.empty(p.output_shape, x.dtype), indices, p)
+        given = None
     else:
-        indices = checks.pool_indices(indices, p.output_shape, p.h * p.w)
+        given, indices = indices, checks.pool_indices(indices, p.output_shape)
     grad_input = checks.output_array(None, p.input_shape, x.dtype)
-    if p.n:
-        kernel.function(grad_output, indices, grad_input, p)
+    if p.n and kernel.function(grad_output, indices, grad_input, p):
+        raise checks.pool_indices_error(given, p.h * p.w)
     return grad_input
 
 

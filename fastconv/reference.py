@@ -102,12 +102,17 @@ def max_pool2d_forward(x, y, indices, p: PoolParams) -> None:
         indices[...] = best_index
 
 
-def max_pool2d_backward(grad_output, indices, grad_input, p: PoolParams) -> None:
-    """grad_input (n, c, h, w): each grad_output value added at its window's argmax."""
+def max_pool2d_backward(grad_output, indices, grad_input, p: PoolParams) -> int:
+    """grad_input (n, c, h, w): each grad_output value added at its window's argmax.
+
+    Returns the number of indices outside [0, h*w), which are skipped."""
     flat = grad_input.reshape(p.n * p.c, p.h * p.w)
     flat[...] = 0
-    rows = np.arange(p.n * p.c)[:, None]
-    np.add.at(flat, (rows, indices.reshape(p.n * p.c, -1)), grad_output.reshape(p.n * p.c, -1))
+    idx = indices.reshape(p.n * p.c, -1)
+    inside = (idx >= 0) & (idx < p.h * p.w)
+    rows = np.broadcast_to(np.arange(p.n * p.c)[:, None], idx.shape)
+    np.add.at(flat, (rows[inside], idx[inside]), grad_output.reshape(p.n * p.c, -1)[inside])
+    return int(inside.size - np.count_nonzero(inside))
 
 
 def _avg_divisors(p: PoolParams) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Fast paths of the pooling ops: global average pooling (lean public path, vector partial
-sums), the one-pass index check of max-pool backward, and max-pool backward with indices
-that are not window maxima (any offset in the plane must still receive its gradient)."""
+sums), the index check of max-pool backward (made by its kernels as they scatter), and
+max-pool backward with indices that are not window maxima (any offset in the plane must
+still receive its gradient)."""
 import numpy as np
 import pytest
 
@@ -64,6 +65,39 @@ def test_pool_indices_one_pass_check_names_the_bad_value(bad, shown):
     idx[0, 1, 1, 0] = bad
     with pytest.raises(ValueError, match=rf"indices holds {shown}: expected flat offsets in \[0, 16\)"):
         fastconv.max_pool2d_backward(y, x, 2, indices=idx)
+
+
+@pytest.mark.parametrize("kernels", ["reference", "cython", "numba"])
+@pytest.mark.parametrize("hw", [(6, 6), (130, 130)])     # small planes, and planes zeroed row by row
+def test_max_backward_kernels_count_and_skip_indices_outside_the_plane(kernels, hw):
+    import importlib
+    module = importlib.import_module("fastconv.reference" if kernels == "reference"
+                                     else f"fastconv.kernels.{kernels}.pooling")
+    rng = np.random.default_rng(hw[0])
+    x = rng.standard_normal((2, 3) + hw).astype(np.float32)
+    p = pool_params(x.shape, 2, None, 0, True, np.float32)
+    gy = rng.standard_normal(p.output_shape).astype(np.float32)
+    idx = rng.integers(0, hw[0] * hw[1], size=p.output_shape)
+    bad = np.zeros(idx.shape, bool)
+    bad[0, 1, 0, 0] = bad[1, 2, -1, -1] = bad[1, 0, 1, 2] = True
+    idx[bad] = [-1, hw[0] * hw[1], np.iinfo(np.int64).min]
+    good = np.where(bad, 0, idx)
+    want = np.empty(x.shape, np.float32)
+    reference.max_pool2d_backward(np.where(bad, 0, gy).astype(np.float32), good, want, p)
+    got = np.full(x.shape, np.nan, np.float32)
+    assert module.max_pool2d_backward(gy, idx, got, p) == 3
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)          # the rest as usual
+    assert module.max_pool2d_backward(gy, good, got, p) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_of_range_indices_raise_for_each_backend(backend):
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    big = idx.astype(np.uint64)
+    big[0, 0, 1, 1] = 2**63 + 5       # wraps to a negative int64; the message shows the value given
+    with pytest.raises(ValueError, match=rf"indices holds {2**63 + 5}: expected flat offsets"):
+        fastconv.max_pool2d_backward(y, x, 2, indices=big, backend=backend)
 
 
 def test_pool_indices_other_integer_dtypes_are_accepted():

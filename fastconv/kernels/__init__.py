@@ -21,7 +21,8 @@ pool2d_forward      (conv)) and each window's argmax code, uint8 0-3 (optional; 
 conv2d_relu_max_    ``f(grad_output, output, codes, x, grad_weight, grad_bias_or_None,
 pool2d_grad_weight  params)``: the weight and bias gradients of that op
 max_pool2d_forward  ``f(x, y, indices_or_None, params)`` (indices int64)
-max_pool2d_backward ``f(grad_output, indices, grad_input, params)``
+max_pool2d_backward ``f(grad_output, indices, grad_input, params) -> int``: the number of
+                    indices outside [0, H*W), which it skips (the op then raises)
 avg_pool2d_forward  ``f(x, y, params)``
 avg_pool2d_backward ``f(grad_output, grad_input, params)``
 =================== ==================================================

@@ -29,7 +29,7 @@ Fast paths:
 import numpy as np
 
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from fastconv.kernels.cython.blas cimport floating
@@ -270,31 +270,43 @@ cdef void _max_forward(const floating* x, floating* y, int64_t* idx, const Pool*
 
 # ---------------------------------------------------------------- max backward
 
-cdef void _max_scatter_plane(const floating* gy, const int64_t* at, floating* gx,
-                             const Pool* p) noexcept nogil:
-    """gx = 0, then gx[at[o]] += gy[o] for every output o of the plane, in output order.
+cdef Py_ssize_t _max_scatter_plane(const floating* gy, const int64_t* at, floating* gx,
+                                   const Pool* p) noexcept nogil:
+    """gx = 0, then gx[at[o]] += gy[o] for every output o of the plane, in output order;
+    returns how many offsets lie outside [0, h*w) (skipped).
 
     A small plane is zeroed whole right before its scatter, so it is still in L1 for the
     adds (one pass over memory).
     """
-    cdef Py_ssize_t o, out_plane = p.out_h * p.out_w
+    cdef Py_ssize_t o, out_plane = p.out_h * p.out_w, bad = 0
+    cdef uint64_t n = p.h * p.w
+    cdef int64_t i
     memset(gx, 0, p.h * p.w * sizeof(floating))
     for o in range(out_plane):
-        gx[at[o]] += gy[o]
+        i = at[o]
+        if <uint64_t>i < n:          # unsigned: a negative offset is huge
+            gx[i] += gy[o]
+        else:
+            bad += 1
+    return bad
 
 
-cdef void _max_scatter_rows(const floating* gy, const int64_t* at, floating* gx,
-                            const Pool* p) noexcept nogil:
+cdef Py_ssize_t _max_scatter_rows(const floating* gy, const int64_t* at, floating* gx,
+                                  const Pool* p) noexcept nogil:
     """``_max_scatter_plane`` for planes larger than L1 (e.g. 112x112): rows are zeroed
     lazily, up to the row of the first index that reaches past the rows zeroed so far, so
     the adds land in rows just zeroed and still in L1 (measured 1.25x faster on 112x112
-    planes, 2-4x slower on small ones, hence two functions). Any offset in [0, h*w) works
-    (the caller checked the indices); rows no index reached are zeroed at the end.
+    planes, 2-4x slower on small ones, hence two functions); rows no index reached are
+    zeroed at the end.
     """
-    cdef Py_ssize_t o, w = p.w, done = 0, row
+    cdef Py_ssize_t o, w = p.w, done = 0, row, bad = 0
+    cdef uint64_t n = p.h * p.w
     cdef int64_t i
     for o in range(p.out_h * p.out_w):
         i = at[o]
+        if <uint64_t>i >= n:
+            bad += 1
+            continue
         if i >= done * w:
             row = i // w + 1
             memset(gx + done * w, 0, (row - done) * w * sizeof(floating))
@@ -302,22 +314,26 @@ cdef void _max_scatter_rows(const floating* gy, const int64_t* at, floating* gx,
         gx[i] += gy[o]
     if done < p.h:
         memset(gx + done * w, 0, (p.h - done) * w * sizeof(floating))
+    return bad
 
 
-cdef void _max_backward(const floating* gy, const int64_t* idx, floating* gx, const Pool* p,
-                        int nthreads) noexcept nogil:
+cdef Py_ssize_t _max_backward(const floating* gy, const int64_t* idx, floating* gx, const Pool* p,
+                              int nthreads) noexcept nogil:
     """One thread per plane, so windows that share an input element accumulate without races.
+    Returns the number of indices outside their plane (skipped): checked here, where every
+    index is read anyway, rather than in a separate pass.
 
     (Writing each element once for disjoint 2x2 windows, after checking that every index
     lies in its window, measured 2x slower than zeroing the small plane and scattering.)
     """
-    cdef Py_ssize_t q, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w
+    cdef Py_ssize_t q, in_plane = p.h * p.w, out_plane = p.out_h * p.out_w, bad = 0
     cdef bint large = in_plane * sizeof(floating) > 16384
     for q in prange(p.planes, num_threads=nthreads, schedule="static"):
         if large:
-            _max_scatter_rows(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
+            bad += _max_scatter_rows(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
         else:
-            _max_scatter_plane(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
+            bad += _max_scatter_plane(gy + q * out_plane, idx + q * out_plane, gx + q * in_plane, p)
+    return bad
 
 
 # ---------------------------------------------------------------- average forward
@@ -688,11 +704,13 @@ cdef void _max_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, 
         _max_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], at, &g, nthreads)
 
 
-cdef void _max_pool2d_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
-                               floating[:, :, :, ::1] gx, p, int nthreads):
+cdef Py_ssize_t _max_pool2d_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] idx,
+                                     floating[:, :, :, ::1] gx, p, int nthreads):
     cdef Pool g = _pool(p)
+    cdef Py_ssize_t bad
     with nogil:
-        _max_backward(&gy[0, 0, 0, 0], &idx[0, 0, 0, 0], &gx[0, 0, 0, 0], &g, nthreads)
+        bad = _max_backward(&gy[0, 0, 0, 0], &idx[0, 0, 0, 0], &gx[0, 0, 0, 0], &g, nthreads)
+    return bad
 
 
 cdef void _avg_pool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, p, int nthreads):
@@ -720,12 +738,12 @@ def max_pool2d_forward(x, y, indices, p):
 
 def max_pool2d_backward(grad_output, indices, grad_input, p):
     """grad_input (n, c, h, w) = grad_output (n, c, out_h, out_w) added at the int64 ``indices``
-    (flat offsets into each h*w plane); overlapping windows accumulate."""
+    (flat offsets into each h*w plane); overlapping windows accumulate. Returns the number of
+    indices outside their plane, which are skipped."""
     cdef int nthreads = get_num_threads()
     if grad_output.dtype == np.float32:
-        _max_pool2d_backward[float](grad_output, indices, grad_input, p, nthreads)
-    else:
-        _max_pool2d_backward[double](grad_output, indices, grad_input, p, nthreads)
+        return _max_pool2d_backward[float](grad_output, indices, grad_input, p, nthreads)
+    return _max_pool2d_backward[double](grad_output, indices, grad_input, p, nthreads)
 
 
 def avg_pool2d_forward(x, y, p):

@@ -307,32 +307,43 @@ def _segment_clipped(row, vo, io, base, ow, kw, sw, pw):
     io[ow] = base + bi
 
 
-def max_pool2d_backward(grad_output, indices, grad_input, p):
+def max_pool2d_backward(grad_output, indices, grad_input, p) -> int:
     """grad_input (n, c, h, w): grad_output (n, c, out_h, out_w) added at each window's argmax.
 
     ``indices`` (int64, like grad_output) are flat offsets into each H*W plane; overlapping
-    windows (stride < window) accumulate.
+    windows (stride < window) accumulate. Returns the number of indices outside the plane,
+    which are skipped (checked here, where every index is read anyway).
     """
     use_configured_threads()
     gys = grad_output.reshape(-1, p.out_h * p.out_w)
-    _max_backward(gys, indices.reshape(-1, p.out_h * p.out_w), grad_input.reshape(-1, p.h * p.w),
-                  _plane_chunks(gys.shape[0]))
+    return _max_backward(gys, indices.reshape(-1, p.out_h * p.out_w), grad_input.reshape(-1, p.h * p.w),
+                         _plane_chunks(gys.shape[0]))
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _max_backward(gy, idx, gx, chunk):
     planes = gy.shape[0]
+    bad = 0
     for t in prange((planes + chunk - 1) // chunk):
-        _max_backward_planes(gy, idx, gx, t * chunk, min(planes, (t + 1) * chunk))
+        bad += _max_backward_planes(gy, idx, gx, t * chunk, min(planes, (t + 1) * chunk))
+    return bad
 
 
 @njit(**JIT_OPTIONS)
 def _max_backward_planes(gy, idx, gx, q0, q1):
-    """Zero each plane, then add every grad_output value at its argmax (in output order)."""
+    """Zero each plane, then add every grad_output value at its argmax (in output order);
+    returns how many indices lie outside the plane (skipped)."""
+    bad = 0
+    n = gx.shape[1]
     for q in range(q0, q1):
         gx[q, :] = 0
         for o in range(gy.shape[1]):
-            gx[q, idx[q, o]] += gy[q, o]
+            i = idx[q, o]
+            if 0 <= i < n:
+                gx[q, i] += gy[q, o]
+            else:
+                bad += 1
+    return bad
 
 
 # ---------------------------------------------------------------- average pooling
