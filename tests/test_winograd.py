@@ -356,6 +356,47 @@ def test_batched_gemm_is_the_matrix_product_per_position(backend, dtype, nt, cg,
     np.testing.assert_allclose(mm, expected, rtol=0, atol=8 * eps * cg * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("threads,workspace", [(1, None), (2, None), (2, 1)])   # 1 byte: a tile row per chunk
+def test_one_region_per_chunk_equals_the_three_steps(backend, algo, threads, workspace, monkeypatch):
+    """Small products run a chunk's steps in one parallel region, each thread on its own
+    tile rows (images, for the adjoint); the result is the three steps' bit for bit."""
+    rng = np.random.default_rng(threads)
+    x = rng.standard_normal((5, 6, 13, 10)).astype(np.float32)
+    w = rng.standard_normal((9, 6, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((5, 9, 11, 8)).astype(np.float32)
+    kw = dict(algo=algo, backend=backend)
+    saved = fastconv.get_num_threads()
+    fastconv.set_num_threads(threads)
+    limits.set_workspace_limit(workspace)
+    try:
+        assert plan._small(6, 9)
+        fused = (fastconv.conv2d(x, w, **kw), fastconv.conv2d_backward(gy, x, w, needs=("input",), **kw)[0])
+        monkeypatch.setattr(plan, "_small", lambda c, k: False)
+        steps = (fastconv.conv2d(x, w, **kw), fastconv.conv2d_backward(gy, x, w, needs=("input",), **kw)[0])
+    finally:
+        fastconv.set_num_threads(saved)
+        limits.set_workspace_limit(None)
+    for a, b in zip(fused, steps):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_products_past_the_register_blocks_go_through_blas(backend, algo):
+    rng = np.random.default_rng(65)
+    x = rng.standard_normal((2, 66, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((3, 66, 3, 3)).astype(np.float32)
+    assert not plan._small(66, 3)
+    y = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
+    gx = fastconv.conv2d_backward(y, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+    p = conv_params(x.shape, w.shape, 1, 1, 1, 1, np.float32)
+    want_y = np.empty(y.shape); reference.conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, want_y, p)
+    want_gx = np.empty(x.shape)
+    reference.conv2d_grad_input(y.astype(np.float64), w.astype(np.float64), want_gx, p)
+    np.testing.assert_allclose(y, want_y, rtol=0, atol=2e-5 * np.abs(want_y).max())
+    np.testing.assert_allclose(gx, want_gx, rtol=0, atol=2e-5 * np.abs(want_gx).max())
+
+
 def test_adjoint_pays_only_with_fewer_tiles():
     assert plan.adjoint_pays((11, 11), (13, 13), 4)        # 9 tiles per image against 16
     assert not plan.adjoint_pays((56, 56), (56, 56), 4)    # "same" padding: as many tiles

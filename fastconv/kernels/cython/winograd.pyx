@@ -656,6 +656,18 @@ def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, P
 
 # ---------------------------------------------------------------- the GEMMs
 
+cdef void _small_gemm(const floating* v, const floating* u, floating* mm, Py_ssize_t cg, Py_ssize_t kg,
+                      Py_ssize_t t0, Py_ssize_t t1, const Py_ssize_t* row_offsets) noexcept nogil:
+    """mm[t] = v[t] @ u for the tiles t0 <= t < t1 of one position and group (v: T x cg,
+    u: cg x kg, mm: T x kg, row-major) on ``tap_block``: 4 tiles at a time, the reduction as
+    its taps (``row_offsets[c] = c*kg``, u's rows)."""
+    cdef floating zeros[4]
+    cdef Py_ssize_t t
+    zeros[0] = zeros[1] = zeros[2] = zeros[3] = 0
+    for t in range(t0, t1, 4):
+        tap_block(min(4, t1 - t), u, row_offsets, cg, v + t * cg, cg, mm + t * kg, kg, kg, zeros)
+
+
 def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floating[:, :, :, ::1] mm,
                   int nthreads):
     """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g.
@@ -669,17 +681,14 @@ def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floa
     and u, where BLAS spends a third of its time packing both operands and zeroing mm.
     """
     cdef int nt = v.shape[2], cg = v.shape[3], kg = u.shape[3]
-    cdef Py_ssize_t groups = u.shape[1], job, xi, g, t
+    cdef Py_ssize_t groups = u.shape[1], job, xi, g
     cdef bint small = cg <= tables.SMALL_GEMM_CHANNELS and kg <= tables.SMALL_GEMM_CHANNELS
     cdef Py_ssize_t[::1] row_offsets = np.arange(cg, dtype=np.intp) * kg     # u's rows
-    cdef floating[::1] zeros = np.zeros(4, dtype=np.float32 if floating is float else np.float64)
     for job in prange(u.shape[0] * groups, nogil=True, num_threads=nthreads, schedule="static"):
         xi = job // groups
         g = job - xi * groups
         if small:
-            for t in range(0, nt, 4):
-                tap_block(min(4, nt - t), &u[xi, g, 0, 0], &row_offsets[0], cg, &v[xi, g, t, 0], cg,
-                          &mm[xi, g, t, 0], kg, kg, &zeros[0])
+            _small_gemm(&v[xi, g, 0, 0], &u[xi, g, 0, 0], &mm[xi, g, 0, 0], cg, kg, 0, nt, &row_offsets[0])
         else:
             gemm(False, False, nt, kg, cg, <floating>1, &v[xi, g, 0, 0], cg, &u[xi, g, 0, 0], kg,
                  <floating>0, &mm[xi, g, 0, 0], kg)
@@ -891,10 +900,100 @@ def _input_transform_adjoint(const floating[:, :, :, ::1] v, floating[:, :, :, :
                                scratch + s1_size + dt_size, scratch + s1_size + dt_size + line_size)
 
 
+# ---------------------------------------------------------------- one parallel region per chunk
+# With small products (up to SMALL_GEMM_CHANNELS channels each way) the three steps of a
+# chunk run as one parallel region: each thread takes its own tile rows through the input
+# transform, the GEMMs of those rows' tiles and the output transform (or the adjoint), so
+# no thread waits for another and the chunk's threads wake once, not three times (with
+# passive waiting every region pays a wake-up).
+
+def _forward_chunk(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u,
+                   floating[:, :, :, ::1] mm, floating[:, :, :, ::1] y, const floating[::1] bias,
+                   Py_ssize_t row_start, Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th, Py_ssize_t n_tw,
+                   const floating[:, ::1] bt, const Py_ssize_t[::1] slot_of_col, const Py_ssize_t[::1] in_down,
+                   const Py_ssize_t[::1] in_across, const floating[:, ::1] at, const Py_ssize_t[::1] out_down,
+                   const Py_ssize_t[::1] out_across, int nthreads):
+    """``_input_transform``, ``_batched_gemm`` and ``_output_transform`` of one chunk (same
+    arguments), each thread on a contiguous range of its tile rows."""
+    cdef Py_ssize_t a = bt.shape[0], m = at.shape[0], aa = v.shape[0]
+    cdef Py_ssize_t groups = v.shape[1], nt = v.shape[2], cg = v.shape[3], kg = u.shape[3]
+    cdef Py_ssize_t k_out = y.shape[1], cols = slot_of_col.shape[0]
+    cdef Py_ssize_t plane = cols * x.shape[1], n_rows = nt // n_tw
+    cdef Py_ssize_t in_size = (2 * a + 1) * plane
+    cdef Py_ssize_t s1_size = m * a * k_out * n_tw, yt_size = m * m * k_out * n_tw
+    cdef Py_ssize_t worker, row, r0, r1, job
+    cdef floating* scratch
+    cdef floating* out_scratch
+    cdef Py_ssize_t[::1] row_offsets = np.arange(cg, dtype=np.intp) * kg
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, in_size + s1_size + yt_size + m * n_tw * k_out),
+                                                 dtype=dtype)
+    for worker in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static"):
+        scratch = &scratch_all[worker, 0]
+        out_scratch = scratch + in_size
+        r0 = worker * n_rows // nthreads
+        r1 = (worker + 1) * n_rows // nthreads
+        for row in range(r0, r1):
+            _input_row(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3], &v[0, 0, 0, 0], groups, nt,
+                       cg, row, row_start + row, pad_top, pad_left, n_th, n_tw, &bt[0, 0], a, bt.shape[1],
+                       &slot_of_col[0], cols, &in_down[0], &in_across[0], scratch, scratch + (a + 1) * plane)
+        for job in range(aa * groups):
+            _small_gemm(&v[0, 0, 0, 0] + job * nt * cg, &u[0, 0, 0, 0] + job * cg * kg,
+                        &mm[0, 0, 0, 0] + job * nt * kg, cg, kg, r0 * n_tw, r1 * n_tw, &row_offsets[0])
+        for row in range(r0, r1):
+            _output_row(&mm[0, 0, 0, 0], groups, nt, kg, &y[0, 0, 0, 0], y.shape[2], y.shape[3], &bias[0],
+                        row, row_start + row, n_th, n_tw, &at[0, 0], m, &out_down[0], &out_across[0],
+                        out_scratch, out_scratch + s1_size, out_scratch + s1_size + yt_size)
+
+
+def _input_gradient_chunk(const floating[:, :, :, ::1] gy, floating[:, :, :, ::1] d,
+                          const floating[:, :, :, ::1] ut, floating[:, :, :, ::1] v, floating[:, :, :, ::1] gx,
+                          Py_ssize_t row_start, Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th,
+                          Py_ssize_t n_tw, const floating[:, ::1] dt, const Py_ssize_t[::1] gy_slots,
+                          const Py_ssize_t[::1] gy_down, const Py_ssize_t[::1] gy_across, const floating[:, ::1] b,
+                          const Py_ssize_t[::1] down_offs, const Py_ssize_t[::1] across_offs, int nthreads):
+    """``_input_transform`` of grad_output (into d), ``_batched_gemm`` (d @ ut into v) and
+    ``_input_transform_adjoint`` (into gx) of one chunk (same arguments), each thread on the
+    tile rows of its own images (the adjoint's rows of an image go in order on one thread)."""
+    cdef Py_ssize_t a = b.shape[0], aa = v.shape[0]
+    cdef Py_ssize_t groups = v.shape[1], nt = v.shape[2], cg = v.shape[3], kg_in = d.shape[3]
+    cdef Py_ssize_t c_in = gx.shape[1], cols_gy = gy_slots.shape[0]
+    cdef Py_ssize_t plane = cols_gy * gy.shape[1], n_rows = nt // n_tw
+    cdef Py_ssize_t in_size = (2 * a + 1) * plane
+    cdef Py_ssize_t cols = n_tw * (a - 2) + 2
+    cdef Py_ssize_t s1_size = a * a * c_in * n_tw, dt_size = a * c_in * n_tw, line_size = cols * c_in
+    cdef Py_ssize_t first_img = row_start // n_th
+    cdef Py_ssize_t n_imgs = (row_start + n_rows - 1) // n_th - first_img + 1
+    cdef Py_ssize_t worker, row, r0, r1, job
+    cdef floating* scratch
+    cdef floating* adj
+    cdef Py_ssize_t[::1] row_offsets = np.arange(kg_in, dtype=np.intp) * cg
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, in_size + s1_size + dt_size + 2 * line_size),
+                                                 dtype=dtype)
+    for worker in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static"):
+        scratch = &scratch_all[worker, 0]
+        adj = scratch + in_size
+        r0 = max(row_start, (first_img + worker * n_imgs // nthreads) * n_th) - row_start
+        r1 = min(row_start + n_rows, (first_img + (worker + 1) * n_imgs // nthreads) * n_th) - row_start
+        for row in range(r0, r1):
+            _input_row(&gy[0, 0, 0, 0], gy.shape[0], gy.shape[1], gy.shape[2], gy.shape[3], &d[0, 0, 0, 0], groups,
+                       nt, kg_in, row, row_start + row, 0, 0, n_th, n_tw, &dt[0, 0], a, dt.shape[1],
+                       &gy_slots[0], cols_gy, &gy_down[0], &gy_across[0], scratch, scratch + (a + 1) * plane)
+        for job in range(aa * groups):
+            _small_gemm(&d[0, 0, 0, 0] + job * nt * kg_in, &ut[0, 0, 0, 0] + job * kg_in * cg,
+                        &v[0, 0, 0, 0] + job * nt * cg, kg_in, cg, r0 * n_tw, r1 * n_tw, &row_offsets[0])
+        for row in range(r0, r1):
+            _input_adjoint_row(&v[0, 0, 0, 0], groups, nt, cg, &gx[0, 0, 0, 0], gx.shape[2], gx.shape[3],
+                               row, row_start + row, pad_top, pad_left, n_th, n_tw, &b[0, 0], a,
+                               &down_offs[0], &across_offs[0], adj, adj + s1_size,
+                               adj + s1_size + dt_size, adj + s1_size + dt_size + line_size)
+
+
 # ---------------------------------------------------------------- the driver
 
 _STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
-                            _input_transform_adjoint)
+                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk)
 
 
 def _workers():

@@ -656,12 +656,22 @@ def _batched_gemm(v, u, mm, workers):
             xi = job // groups
             g = job - xi * groups
             if small:
-                for t in range(0, nt - 3, 4):
-                    _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, True)
-                for t in range(nt - nt % 4, nt):
-                    _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, False)
+                _small_gemm(vf, uf, mf, job, nt, cg, kg, 0, nt)
             else:
                 np.dot(v[xi, g], u[xi, g], mm[xi, g])
+
+
+@njit(**JIT_OPTIONS)
+def _small_gemm(vf, uf, mf, job, nt, cg, kg, t0, t1):
+    """mm[job, t] = v[job, t] @ u[job] for the tiles t0 <= t < t1 of position-and-group
+    ``job`` (flat V (jobs, T, cg), U (jobs, cg, kg), M (jobs, T, kg)): 4 tiles at a time."""
+    t = t0
+    while t + 4 <= t1:
+        _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, True)
+        t += 4
+    while t < t1:
+        _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, False)
+        t += 1
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -858,10 +868,76 @@ def _input_transform_adjoint(v, gx, row_start, pad_top, pad_left, n_th, n_tw, b,
                                    across_offs, s1[worker], dt[worker], line[worker], tline[worker])
 
 
+# ---------------------------------------------------------------- one parallel region per chunk
+# As in the Cython twin: with small products a chunk's three steps run as one parallel
+# region, each worker taking its own tile rows through all of them (one wake-up of the
+# workers per chunk instead of three).
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _forward_chunk(x, v, u, mm, y, bias, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down,
+                   in_across, at, out_down, out_across, workers):
+    """``_input_transform``, ``_batched_gemm`` and ``_output_transform`` of one chunk (same
+    arguments), each worker on a contiguous range of its tile rows."""
+    a, m = bt.shape[0], at.shape[0]
+    aa, groups, nt, cg = v.shape
+    kg, k_out = u.shape[3], y.shape[1]
+    plane = slot_of_col.size * x.shape[1]
+    n_rows = nt // n_tw
+    scratch = np.empty((workers, (2 * a + 1) * plane), dtype=x.dtype)
+    s1 = np.empty((workers, m * a * k_out * n_tw), dtype=y.dtype)
+    yt = np.empty((workers, m * m * k_out * n_tw), dtype=y.dtype)
+    line = np.empty((workers, m * n_tw * k_out), dtype=y.dtype)
+    vf, uf, mf = v.reshape(-1), u.reshape(-1), mm.reshape(-1)
+    for worker in prange(workers):
+        r0 = worker * n_rows // workers
+        r1 = (worker + 1) * n_rows // workers
+        for row in range(r0, r1):
+            _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down,
+                       in_across, scratch[worker, :(a + 1) * plane], scratch[worker, (a + 1) * plane:])
+        for job in range(aa * groups):
+            _small_gemm(vf, uf, mf, job, nt, cg, kg, r0 * n_tw, r1 * n_tw)
+        for row in range(r0, r1):
+            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, out_down, out_across, s1[worker],
+                        yt[worker], line[worker])
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _input_gradient_chunk(gy, d, ut, v, gx, row_start, pad_top, pad_left, n_th, n_tw, dt, gy_slots, gy_down,
+                          gy_across, b, down_offs, across_offs, workers):
+    """``_input_transform`` of grad_output (into d), ``_batched_gemm`` (d @ ut into v) and
+    ``_input_transform_adjoint`` (into gx) of one chunk (same arguments), each worker on the
+    tile rows of its own images (the adjoint's rows of an image go in order on one worker)."""
+    a = b.shape[0]
+    aa, groups, nt, cg = v.shape
+    kg_in, c_in = d.shape[3], gx.shape[1]
+    plane = gy_slots.size * gy.shape[1]
+    n_rows = nt // n_tw
+    cols = n_tw * (a - 2) + 2
+    first_img = row_start // n_th
+    n_imgs = (row_start + n_rows - 1) // n_th - first_img + 1
+    scratch = np.empty((workers, (2 * a + 1) * plane), dtype=gy.dtype)
+    s1 = np.empty((workers, a * a * c_in * n_tw), dtype=gx.dtype)
+    dts = np.empty((workers, a * c_in * n_tw), dtype=gx.dtype)
+    line = np.empty((workers, cols * c_in), dtype=gx.dtype)
+    tline = np.empty((workers, cols * c_in), dtype=gx.dtype)
+    df, uf, vf = d.reshape(-1), ut.reshape(-1), v.reshape(-1)
+    for worker in prange(workers):
+        r0 = max(row_start, (first_img + worker * n_imgs // workers) * n_th) - row_start
+        r1 = min(row_start + n_rows, (first_img + (worker + 1) * n_imgs // workers) * n_th) - row_start
+        for row in range(r0, r1):
+            _input_row(gy, d, row, row_start + row, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across,
+                       scratch[worker, :(a + 1) * plane], scratch[worker, (a + 1) * plane:])
+        for job in range(aa * groups):
+            _small_gemm(df, uf, vf, job, nt, kg_in, cg, r0 * n_tw, r1 * n_tw)
+        for row in range(r0, r1):
+            _input_adjoint_row(v, gx, row, row_start + row, pad_top, pad_left, n_th, n_tw, b, down_offs,
+                               across_offs, s1[worker], dts[worker], line[worker], tline[worker])
+
+
 # ---------------------------------------------------------------- the driver
 
 _STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
-                            _input_transform_adjoint)
+                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk)
 
 
 def _workers():
