@@ -429,40 +429,54 @@ def _a43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, 
             y5[z] = v3
 
 
-def _factored_kernel(c):
-    """The factored kernel ``_apply`` runs for matrix ``c``: "bt43", "b43", "at43", "a43",
-    or None for the dense one."""
-    c = np.asarray(c, dtype=np.float64)
-    for name, ref in (("bt43", _REF_BT43), ("b43", _REF_B43), ("at43", _REF_AT43), ("a43", _REF_A43)):
-        if c.shape == ref.shape and np.array_equal(c, ref):
-            return name
-    return None
+#: ``_apply``'s kernels for matrix c (``_kind``): the dense one of c's shape, or a factored one.
+DENSE, BT43, B43, AT43, A43 = 0, 1, 2, 3, 4
 
 
 @njit(**JIT_OPTIONS)
-def _apply(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
+def _kind(c):
+    """Which ``_apply`` kernel transforms with matrix c: DENSE, or the factored kernel of the
+    F(4x4,3x3) matrix c equals. Found once per step, not per ``_apply`` call (36-72 compares:
+    a third of a small ``_apply``)."""
+    if _equals(c, _REF_BT43):
+        return BT43
+    if _equals(c, _REF_B43):
+        return B43
+    if _equals(c, _REF_AT43):
+        return AT43
+    if _equals(c, _REF_A43):
+        return A43
+    return DENSE
+
+
+def _factored_kernel(c):
+    """The factored kernel ``_apply`` runs for matrix ``c``: "bt43", "b43", "at43", "a43",
+    or None for the dense one."""
+    return {BT43: "bt43", B43: "b43", AT43: "at43", A43: "a43"}.get(_kind(np.ascontiguousarray(c)))
+
+
+@njit(**JIT_OPTIONS)
+def _apply(c, kind, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner):
     """The ``_lin*`` kernel of c's shape: a x a for B^T (and B), m x a for A^T, a x m for A
     (the grad_output transform); a = 4 or 6. F(4x4,3x3)'s four matrices go to their
-    factored kernels."""
+    factored kernels (``kind = _kind(c)``)."""
     n_out, n_in = c.shape
-    if n_in == 6:
+    if kind == BT43:
+        _bt43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    elif kind == B43:
+        _b43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    elif kind == AT43:
+        _at43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    elif kind == A43:
+        _a43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+    elif n_in == 6:
         if n_out == 6:
-            if _equals(c, _REF_BT43):
-                _bt43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
-            elif _equals(c, _REF_B43):
-                _b43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
-            else:
-                _lin66(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
-        elif _equals(c, _REF_AT43):
-            _at43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            _lin66(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         else:
             _lin64(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
     elif n_in == 4:
         if n_out == 6:
-            if _equals(c, _REF_A43):
-                _a43(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
-            else:
-                _lin46(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
+            _lin46(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         elif n_out == 4:
             _lin44(c, src, s_base, s_offs, s_outer, dst, d_base, d_row, d_outer, n_outer, n_inner)
         else:
@@ -513,7 +527,7 @@ def _prefetch_rows(flat, base, stride, n_rows, row_len, for_write):
 # ---------------------------------------------------------------- input transform
 
 @njit(**JIT_OPTIONS)
-def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, down_offs,
+def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, kind, slot_of_col, down_offs,
                across_offs, xr, r):
     """V of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
 
@@ -567,13 +581,13 @@ def _input_row(x, v, row, grow, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, 
         for yy in range(max(y0 + first, 0), min(y0 + n_in, h)):
             _prefetch_rows(xf, (img * c_in * h + yy) * w, h * w, c_in, w, False)
     # Down the rows, all columns at once: r[p] = sum_i B^T[p, i] xr[i].
-    _apply(bt, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
+    _apply(bt, kind, xr, 0, down_offs, 0, r, 0, plane, 0, 1, plane)
     # Across each tile's columns, all tiles of the row at once:
     # V[p*a + q, g, tiles] = sum_j B^T[q, j] r[p, g, column j of the tiles].
     vf = v.reshape(-1)
     for p in range(a):
         for grp in range(groups):
-            _apply(bt, r, p * plane + grp * gsize, across_offs, 0,
+            _apply(bt, kind, r, p * plane + grp * gsize, across_offs, 0,
                    vf, ((p * a * groups + grp) * nt + row * n_tw) * cg, groups * nt * cg, 0, 1, n_tw * cg)
 
 
@@ -589,12 +603,13 @@ def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of
     scratch array.
     """
     a = bt.shape[0]
+    kind = _kind(bt)
     plane = slot_of_col.size * x.shape[1]
     n_rows = v.shape[2] // n_tw
     scratch = np.empty((workers, (2 * a + 1) * plane), dtype=x.dtype)
     for worker in prange(workers):
         for row in range(worker * n_rows // workers, (worker + 1) * n_rows // workers):
-            _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, slot_of_col,
+            _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, kind, slot_of_col,
                        down_offs, across_offs, scratch[worker, :(a + 1) * plane],
                        scratch[worker, (a + 1) * plane:])
 
@@ -695,7 +710,7 @@ def _batched_gemm_tn(v, d, dm, workers):
 # ---------------------------------------------------------------- output transform
 
 @njit(**JIT_OPTIONS)
-def _output_row(mm, y, bias, row, grow, n_th, n_tw, at, down_offs, across_offs, s1, yt, line):
+def _output_row(mm, y, bias, row, grow, n_th, n_tw, at, kind, down_offs, across_offs, s1, yt, line):
     """y of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the whole batch).
 
     mm: M (a*a, G, T, K/G); y (N, K, OH, OW); at = A^T (m, a); ``down_offs[p]`` = offset of
@@ -720,11 +735,11 @@ def _output_row(mm, y, bias, row, grow, n_th, n_tw, at, down_offs, across_offs, 
     # Down the tiles' rows: s1[i, q, g] = sum_p A^T[i, p] M[p*a + q, g, tiles of the row].
     for q in range(a):
         for grp in range(groups):
-            _apply(at, mf, (q * groups + grp) * nt * kg + row * run, down_offs, 0,
+            _apply(at, kind, mf, (q * groups + grp) * nt * kg + row * run, down_offs, 0,
                    s1, q * plane + grp * run, a * plane, 0, 1, run)
     # Across: yt[i, j] = sum_q A^T[j, q] s1[i, q].
     for i in range(m):
-        _apply(at, s1, i * a * plane, across_offs, 0, yt, i * m * plane, plane, 0, 1, plane)
+        _apply(at, kind, s1, i * a * plane, across_offs, 0, yt, i * m * plane, plane, 0, 1, plane)
     # To NCHW, one output row at a time: the tiles' columns plus the bias to a [ox][k] line
     # (vector operations), then transposed into every channel's row. The last tile row/column
     # drops what falls outside the output.
@@ -747,6 +762,7 @@ def _output_transform(mm, y, bias, row_start, n_th, n_tw, at, down_offs, across_
     mm (a*a, G, T, K/G), y (N, K, OH, OW), bias (K,), at = A^T. Workers as in _input_transform.
     """
     m, a = at.shape
+    kind = _kind(at)
     k_out = y.shape[1]
     n_rows = mm.shape[2] // n_tw
     s1 = np.empty((workers, m * a * k_out * n_tw), dtype=y.dtype)
@@ -754,14 +770,14 @@ def _output_transform(mm, y, bias, row_start, n_th, n_tw, at, down_offs, across_
     line = np.empty((workers, m * n_tw * k_out), dtype=y.dtype)
     for worker in prange(workers):
         for row in range(worker * n_rows // workers, (worker + 1) * n_rows // workers):
-            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, down_offs, across_offs,
+            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, kind, down_offs, across_offs,
                         s1[worker], yt[worker], line[worker])
 
 
 # ---------------------------------------------------------------- input transform, adjoint
 
 @njit(**JIT_OPTIONS)
-def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_offs, across_offs,
+def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, kind, down_offs, across_offs,
                        s1, dt, line, tline):
     """B dV B^T of the n_tw tiles of tile row ``row`` of the chunk (``grow`` of the batch) into gx.
 
@@ -793,14 +809,14 @@ def _input_adjoint_row(v, gx, row, grow, pad_top, pad_left, n_th, n_tw, b, down_
     # Down the tiles' rows: s1[i, q, g] = sum_p B[i, p] dV[p*a + q, g, tiles of the row].
     for q in range(a):
         for grp in range(groups):
-            _apply(b, vf, (q * groups + grp) * nt * cg + row * run, down_offs, 0,
+            _apply(b, kind, vf, (q * groups + grp) * nt * cg + row * run, down_offs, 0,
                    s1, q * plane + grp * run, a * plane, 0, 1, run)
     for i in range(a):
         yy = y0 + i
         if yy < 0 or yy >= h:
             continue
         # Across: dt[j] = sum_q B[j, q] s1[i, q], this input row of every tile.
-        _apply(b, s1, i * a * plane, across_offs, 0, dt, 0, plane, 0, 1, plane)
+        _apply(b, kind, s1, i * a * plane, across_offs, 0, dt, 0, plane, 0, 1, plane)
         # The tiles' columns to a [col][c] line, then transposed into every channel's row.
         # Column tw*m + j (j < m) is tile tw's column j plus, for j < 2, tile tw-1's column
         # m + j (neighbours share two columns); the last tile adds two more. Each line element
@@ -851,6 +867,7 @@ def _input_transform_adjoint(v, gx, row_start, pad_top, pad_left, n_th, n_tw, b,
     chunk, in order; the images are split into ``workers`` contiguous ranges.
     """
     a = b.shape[0]
+    kind = _kind(b)
     c_in = gx.shape[1]
     n_rows = v.shape[2] // n_tw
     cols = n_tw * (a - 2) + 2
@@ -864,7 +881,7 @@ def _input_transform_adjoint(v, gx, row_start, pad_top, pad_left, n_th, n_tw, b,
         for k in range(worker * n_imgs // workers, (worker + 1) * n_imgs // workers):
             img = first_img + k
             for grow in range(max(row_start, img * n_th), min(row_start + n_rows, (img + 1) * n_th)):
-                _input_adjoint_row(v, gx, grow - row_start, grow, pad_top, pad_left, n_th, n_tw, b, down_offs,
+                _input_adjoint_row(v, gx, grow - row_start, grow, pad_top, pad_left, n_th, n_tw, b, kind, down_offs,
                                    across_offs, s1[worker], dt[worker], line[worker], tline[worker])
 
 
@@ -879,6 +896,7 @@ def _forward_chunk(x, v, u, mm, y, bias, row_start, pad_top, pad_left, n_th, n_t
     """``_input_transform``, ``_batched_gemm`` and ``_output_transform`` of one chunk (same
     arguments), each worker on a contiguous range of its tile rows."""
     a, m = bt.shape[0], at.shape[0]
+    in_kind, out_kind = _kind(bt), _kind(at)
     aa, groups, nt, cg = v.shape
     kg, k_out = u.shape[3], y.shape[1]
     plane = slot_of_col.size * x.shape[1]
@@ -892,12 +910,12 @@ def _forward_chunk(x, v, u, mm, y, bias, row_start, pad_top, pad_left, n_th, n_t
         r0 = worker * n_rows // workers
         r1 = (worker + 1) * n_rows // workers
         for row in range(r0, r1):
-            _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down,
+            _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, in_kind, slot_of_col, in_down,
                        in_across, scratch[worker, :(a + 1) * plane], scratch[worker, (a + 1) * plane:])
         for job in range(aa * groups):
             _small_gemm(vf, uf, mf, job, nt, cg, kg, r0 * n_tw, r1 * n_tw)
         for row in range(r0, r1):
-            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, out_down, out_across, s1[worker],
+            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, out_kind, out_down, out_across, s1[worker],
                         yt[worker], line[worker])
 
 
@@ -908,6 +926,7 @@ def _input_gradient_chunk(gy, d, ut, v, gx, row_start, pad_top, pad_left, n_th, 
     ``_input_transform_adjoint`` (into gx) of one chunk (same arguments), each worker on the
     tile rows of its own images (the adjoint's rows of an image go in order on one worker)."""
     a = b.shape[0]
+    in_kind, adj_kind = _kind(dt), _kind(b)
     aa, groups, nt, cg = v.shape
     kg_in, c_in = d.shape[3], gx.shape[1]
     plane = gy_slots.size * gy.shape[1]
@@ -925,12 +944,12 @@ def _input_gradient_chunk(gy, d, ut, v, gx, row_start, pad_top, pad_left, n_th, 
         r0 = max(row_start, (first_img + worker * n_imgs // workers) * n_th) - row_start
         r1 = min(row_start + n_rows, (first_img + (worker + 1) * n_imgs // workers) * n_th) - row_start
         for row in range(r0, r1):
-            _input_row(gy, d, row, row_start + row, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across,
+            _input_row(gy, d, row, row_start + row, 0, 0, n_th, n_tw, dt, in_kind, gy_slots, gy_down, gy_across,
                        scratch[worker, :(a + 1) * plane], scratch[worker, (a + 1) * plane:])
         for job in range(aa * groups):
             _small_gemm(df, uf, vf, job, nt, kg_in, cg, r0 * n_tw, r1 * n_tw)
         for row in range(r0, r1):
-            _input_adjoint_row(v, gx, row, row_start + row, pad_top, pad_left, n_th, n_tw, b, down_offs,
+            _input_adjoint_row(v, gx, row, row_start + row, pad_top, pad_left, n_th, n_tw, b, adj_kind, down_offs,
                                across_offs, s1[worker], dts[worker], line[worker], tline[worker])
 
 
