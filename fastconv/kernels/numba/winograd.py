@@ -901,22 +901,25 @@ def _forward_chunk(x, v, u, mm, y, bias, row_start, pad_top, pad_left, n_th, n_t
     kg, k_out = u.shape[3], y.shape[1]
     plane = slot_of_col.size * x.shape[1]
     n_rows = nt // n_tw
-    scratch = np.empty((workers, (2 * a + 1) * plane), dtype=x.dtype)
-    s1 = np.empty((workers, m * a * k_out * n_tw), dtype=y.dtype)
-    yt = np.empty((workers, m * m * k_out * n_tw), dtype=y.dtype)
-    line = np.empty((workers, m * n_tw * k_out), dtype=y.dtype)
     vf, uf, mf = v.reshape(-1), u.reshape(-1), mm.reshape(-1)
     for worker in prange(workers):
+        # Each worker's own scratch arrays: slices of one shared array would count their
+        # references on one object from both cores (4% of MNIST conv2's grad input at 2 threads).
+        xr = np.empty((a + 1) * plane, dtype=x.dtype)
+        r = np.empty(a * plane, dtype=x.dtype)
+        s1 = np.empty(m * a * k_out * n_tw, dtype=y.dtype)
+        yt = np.empty(m * m * k_out * n_tw, dtype=y.dtype)
+        line = np.empty(m * n_tw * k_out, dtype=y.dtype)
         r0 = worker * n_rows // workers
         r1 = (worker + 1) * n_rows // workers
         for row in range(r0, r1):
             _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, in_kind, slot_of_col, in_down,
-                       in_across, scratch[worker, :(a + 1) * plane], scratch[worker, (a + 1) * plane:])
+                       in_across, xr, r)
         for job in range(aa * groups):
             _small_gemm(vf, uf, mf, job, nt, cg, kg, r0 * n_tw, r1 * n_tw)
         for row in range(r0, r1):
-            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, out_kind, out_down, out_across, s1[worker],
-                        yt[worker], line[worker])
+            _output_row(mm, y, bias, row, row_start + row, n_th, n_tw, at, out_kind, out_down, out_across, s1, yt,
+                        line)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -934,23 +937,25 @@ def _input_gradient_chunk(gy, d, ut, v, gx, row_start, pad_top, pad_left, n_th, 
     cols = n_tw * (a - 2) + 2
     first_img = row_start // n_th
     n_imgs = (row_start + n_rows - 1) // n_th - first_img + 1
-    scratch = np.empty((workers, (2 * a + 1) * plane), dtype=gy.dtype)
-    s1 = np.empty((workers, a * a * c_in * n_tw), dtype=gx.dtype)
-    dts = np.empty((workers, a * c_in * n_tw), dtype=gx.dtype)
-    line = np.empty((workers, cols * c_in), dtype=gx.dtype)
-    tline = np.empty((workers, cols * c_in), dtype=gx.dtype)
     df, uf, vf = d.reshape(-1), ut.reshape(-1), v.reshape(-1)
     for worker in prange(workers):
+        # Each worker's own scratch arrays (see _forward_chunk).
+        xr = np.empty((a + 1) * plane, dtype=gy.dtype)
+        r = np.empty(a * plane, dtype=gy.dtype)
+        s1 = np.empty(a * a * c_in * n_tw, dtype=gx.dtype)
+        dts = np.empty(a * c_in * n_tw, dtype=gx.dtype)
+        line = np.empty(cols * c_in, dtype=gx.dtype)
+        tline = np.empty(cols * c_in, dtype=gx.dtype)
         r0 = max(row_start, (first_img + worker * n_imgs // workers) * n_th) - row_start
         r1 = min(row_start + n_rows, (first_img + (worker + 1) * n_imgs // workers) * n_th) - row_start
         for row in range(r0, r1):
             _input_row(gy, d, row, row_start + row, 0, 0, n_th, n_tw, dt, in_kind, gy_slots, gy_down, gy_across,
-                       scratch[worker, :(a + 1) * plane], scratch[worker, (a + 1) * plane:])
+                       xr, r)
         for job in range(aa * groups):
             _small_gemm(df, uf, vf, job, nt, kg_in, cg, r0 * n_tw, r1 * n_tw)
         for row in range(r0, r1):
             _input_adjoint_row(v, gx, row, row_start + row, pad_top, pad_left, n_th, n_tw, b, adj_kind, down_offs,
-                               across_offs, s1[worker], dts[worker], line[worker], tline[worker])
+                               across_offs, s1, dts, line, tline)
 
 
 # ---------------------------------------------------------------- the driver
