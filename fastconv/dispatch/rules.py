@@ -18,7 +18,7 @@ BACKEND_ORDER = ("cython", "numba", "numpy")
 #: time over Cython's on the 13 conv layers of ``fastconv bench --threads 1,2 --budget 1.2
 #: --repeats 5`` (forward / grad_input / grad_weight, 1 and 2 threads): 0.48-0.96 on 22 of
 #: the 24 rows of the layers that auto sends to im2col (1x1 256->64, 3x3 stride 2, 7x7 stem,
-#: dilation 2; dilation 2's grad_weight 1.02-1.04), and Numba faster on 33 of the 39 im2col
+#: dilation 2; dilation 2's grad_weight 1.02-1.04), and Numba faster on 31-33 of the 39 im2col
 #: rows at 1 thread and 32 of 39 at 2. The cost: a Numba kernel's
 #: first call in a process loads it from Numba's cache (up to 0.65 s; compiling it the first
 #: time on a machine takes about 5 s).
@@ -62,30 +62,30 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread, best
 #: backend of each algorithm; forward / grad_input / grad_weight), with the Cython direct
 #: kernels' register-blocked loops (``kernels/cython/microkernels.pxd``) and Winograd's
-#: small GEMMs on them:
+#: small GEMMs on register blocks in one parallel region per chunk:
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.03/2.14/1.19      0.92/2.02/0.82      0.61/1.00/0.33
-#: lenet_conv2 6->16 5x5 (150)   1.17/0.97/1.13      0.63/0.82/0.73      -
-#: stem 3->64 7x7 s2 (147)       0.99/0.75/1.13      0.72/2.59/0.99      -
-#: 3x3 s2 64->128 (576)          0.87/0.22/0.57      0.94/1.19/1.11      -
-#: mnist_conv2 32->64 3x3 (288)  0.90/0.79/1.04      0.83/0.85/1.12      1.73/1.52/1.58
-#: resnet 64/128/256 3x3         0.88-0.92/0.83-0.89 0.79-0.89/0.81-0.88 1.93-2.25/1.83-2.20
-#:                               /0.90-1.13          /1.00-1.10          /1.84-2.27
-#: dilated 64->64 3x3 d2         0.87/0.86/1.34      0.76/0.80/1.35      1.36/1.48/2.00
+#: cifar_conv1 3->32 3x3 (27)    1.01/2.19/1.17      0.77/1.78/0.80      0.55/0.89/0.32
+#: lenet_conv2 6->16 5x5 (150)   1.25/1.06/1.26      0.64/0.84/0.78      -
+#: stem 3->64 7x7 s2 (147)       0.99/0.67/1.13      0.74/2.63/0.97      -
+#: 3x3 s2 64->128 (576)          0.84/0.18/0.57      0.96/1.14/1.14      -
+#: mnist_conv2 32->64 3x3 (288)  0.92/0.79/1.03      0.81/0.84/1.08      1.77/1.56/1.52
+#: resnet 64/128/256 3x3         0.85-0.93/0.81-0.90 0.81-0.89/0.83-0.88 1.94-2.39/1.76-2.36
+#:                               /0.90-1.14          /1.06-1.11          /1.77-2.32
+#: dilated 64->64 3x3 d2         0.92/0.88/1.35      0.79/0.82/1.38      1.66/1.68/2.10
 #: ============================  ==================  ==================  ===================
 #:
-#: (CIFAR conv1's direct forward read 1.28-1.42 in the runs around this one.) At 2 threads
-#: the order is the same (LeNet conv2's grad_input 1.01 direct against 0.59 im2col), with
-#: one close call: 3x3 stride 2's forward, 0.87 for both here, was direct's at 2 threads in
-#: one earlier run (1.09 against 0.80) and about even in others (0.88-0.93 against
-#: 0.88-0.90), and im2col's at 1 thread in all, so the rule keeps im2col there. Hence:
-#: direct up to a reduction of 160 (its register blocks beat a GEMM with few rows), for
-#: grad_input only with filters up to 5x5 (a 7x7 filter's strided grad_input scatter loses
-#: to im2col's fold), Winograd F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any
-#: dilation) from 32 channels per group (3 channels starve its 36 GEMMs), im2col otherwise.
+#: At 2 threads the order is the same (LeNet conv2's grad_input 1.05 direct against 0.61
+#: im2col; CIFAR conv1's forward 1.38 against 0.57), with one close call: 3x3 stride 2's
+#: forward, 0.88 direct against 0.87 im2col here, was direct's at 2 threads in one earlier
+#: run (1.09 against 0.80) and about even in others, and im2col's at 1 thread in all, so the
+#: rule keeps im2col there. Hence: direct up to a reduction of 160 (its register blocks beat
+#: a GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7 filter's strided
+#: grad_input scatter loses to im2col's fold), Winograd F(4x4,3x3) for all three passes of
+#: 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels starve its 36
+#: GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
