@@ -317,8 +317,7 @@ def bounded_ints(values, name: str, expected_shape, bound: int, dtype: np.dtype,
     for the error messages).
     """
     values = values if isinstance(values, np.ndarray) else np.asarray(values)
-    checked = int_array(values, name, expected_shape, values.dtype if values.dtype.kind in "iu" else dtype,
-                        source)   # checked in its own dtype: narrowing could wrap
+    checked = int_array(values, name, expected_shape, values.dtype, source)   # in its own dtype: narrowing wraps
     # One pass: viewed as unsigned, a negative value is huge, so the largest value alone tells
     # whether any lies outside [0, bound) (min() and max() would be two passes).
     if checked.size and int(checked.view(checked.dtype.str.replace("i", "u")).max()) >= bound:
