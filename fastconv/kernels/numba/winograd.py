@@ -668,11 +668,11 @@ def _batched_gemm(v, u, mm, workers):
     vf, uf, mf = v.reshape(-1), u.reshape(-1), mm.reshape(-1)
     for worker in prange(workers):
         for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
-            xi = job // groups
-            g = job - xi * groups
             if small:
                 _small_gemm(vf, uf, mf, job, nt, cg, kg, 0, nt)
             else:
+                xi = job // groups
+                g = job - xi * groups
                 np.dot(v[xi, g], u[xi, g], mm[xi, g])
 
 
