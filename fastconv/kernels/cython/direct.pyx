@@ -59,7 +59,8 @@ from libc.string cimport memset
 from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
-from fastconv.kernels.cython.microkernels cimport FC_DOT_LANES_F32, FC_DOT_LANES_F64, dot_block, tap_block
+from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_VECTOR_BYTES,
+                                                   dot_block, tap_block)
 
 from fastconv.threads import get_num_threads
 
@@ -382,7 +383,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
     cdef const floating* w_blk = w + k0 * crs
     cdef const floating* base
     cdef floating zeros[4]    # the starting sums when there is no bias
-    cdef Py_ssize_t vl = 32 // sizeof(floating)    # lanes of an AVX vector
+    cdef Py_ssize_t vl = FC_VECTOR_BYTES // sizeof(floating)    # lanes of tap_block's vectors
     cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, nq, oh, ow0
     cdef bint first
     zeros[0] = zeros[1] = zeros[2] = zeros[3] = 0
