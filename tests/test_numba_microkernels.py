@@ -5,7 +5,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from fastconv.kernels.numba import winograd
-from fastconv.kernels.numba.microkernels import gemm_block, transpose_block
+from fastconv.kernels.numba.microkernels import VECTOR_BYTES, gemm_block, transpose_block
 
 
 @njit
@@ -54,7 +54,7 @@ def test_transpose_covers_partial_blocks(dtype, rows, cols):
     assert np.isnan(dst[1:].reshape(cols, ds)[:, rows:]).all()      # nothing written past a row
 
 
-@pytest.mark.parametrize("dtype,lanes", [(np.float32, 8), (np.float64, 4)])
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
 @pytest.mark.parametrize("kernel,rows,vectors", [(_gemm_block_4x3, 4, 3), (_gemm_block_1x2, 1, 2),
                                                  (_gemm_block_3x1, 3, 1)])
 @pytest.mark.parametrize("depth", [1, 7, 32])
@@ -72,6 +72,15 @@ def test_gemm_block_is_a_small_matrix_product(dtype, lanes, kernel, rows, vector
     eps = np.finfo(dtype).eps
     np.testing.assert_allclose(got[:, :width], am @ bm, rtol=0, atol=4 * eps * depth * np.abs(am @ bm).max())
     assert np.isnan(got[:, width:]).all()
+
+
+def test_vector_width_follows_the_target():
+    """64-byte vectors exactly where LLVM compiles for AVX-512F (the host, by default)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    if config.CPU_NAME is not None or config.CPU_FEATURES is not None:
+        pytest.skip("NUMBA_CPU_NAME / NUMBA_CPU_FEATURES choose another target")
+    assert VECTOR_BYTES == (64 if llvm.get_host_cpu_features().get("avx512f") else 32)
 
 
 def test_gemm_block_refuses_mixed_dtypes():

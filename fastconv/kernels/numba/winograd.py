@@ -68,7 +68,7 @@ from numba import njit, prange
 from ... import threads
 from .. import winograd_plan as plan, winograd_tables as tables
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, prefetch, use_configured_threads
-from .microkernels import gemm_block, transpose_block
+from .microkernels import VECTOR_BYTES, gemm_block, transpose_block
 
 _FILTER_CACHE = tables.FilterTransformCache()
 
@@ -622,7 +622,7 @@ def _gemm_rows(vf, vi, cg, uf, ui, kg, mf, mi, four):
     (``four``) or r < 1: ``gemm_block``s 3 vectors wide, 4 vectors left as 2 + 2 (a 1-vector
     block keeps 4 sums in flight, too few for the FMA latency), then 2 or 1, then element by
     element."""
-    lanes = 32 // vf.itemsize
+    lanes = VECTOR_BYTES // vf.itemsize
     k = 0
     while k + 3 * lanes <= kg and not (kg - k) // lanes == 4:
         if four:
