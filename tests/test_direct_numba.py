@@ -124,6 +124,8 @@ LARGE_CONV_CASES = [
     ConvCase("c1_valid_large", (3, 1, 30, 29), 8, (3, 3)),
     # one input channel 5x5 "same" (LeNet): padded-band path shared by the output channels
     ConvCase("c1_5x5_same", (3, 1, 28, 28), 6, (5, 5), padding=2),
+    # one input channel, 4x7 with padding: weight-gradient runs of five taps, then two
+    ConvCase("c1_4x7_padded", (2, 1, 23, 31), 3, (4, 7), padding=(1, 3)),
     # depthwise with a dilated 3x3 and a non-3x3 kernel on a big plane
     ConvCase("depthwise_dilated", (1, 2, 70, 66), 2, (3, 3), padding=2, dilation=2, groups=2),
     ConvCase("depthwise_5x3", (1, 2, 64, 72), 2, (5, 3), padding=(2, 1), groups=2),
@@ -164,6 +166,28 @@ def test_conv_nan_and_inf_stay_where_they_belong():
     gw_ref = fastconv.conv2d_backward(gy, x, w, **kwargs, needs=("weight",), **REF)[1]
     gw = fastconv.conv2d_backward(gy, x, w, **kwargs, needs=("weight",), **NB)[1]
     np.testing.assert_array_equal(np.isnan(gw), np.isnan(gw_ref))
+    finite = np.isfinite(gw_ref)
+    assert finite.any() and not finite.all()
+    np.testing.assert_allclose(gw[finite], gw_ref[finite], rtol=1e-10)
+
+
+@pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((5, 5), 2), ((3, 3), 0)])
+def test_one_channel_grad_weight_with_infinite_input(kernel, padding):
+    """The flat weight-gradient runs (finite inputs only) are not taken when the input holds
+    an Inf or NaN: every tap that reads one is NaN/Inf as in the reference, the others exact."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 1, 14, 15))
+    # First column only: the last column of taps never reads it and stays finite, while a
+    # flat run would multiply it by a zero (widened) column of grad_output there.
+    x[1, 0, 6, 0] = np.inf
+    x[2, 0, 9, 0] = np.nan
+    w = rng.standard_normal((4, 1) + kernel)
+    out_hw = (14 + 2 * padding - kernel[0] + 1, 15 + 2 * padding - kernel[1] + 1)
+    gy = rng.standard_normal((3, 4) + out_hw)
+    gw_ref = fastconv.conv2d_backward(gy, x, w, padding=padding, needs=("weight",), **REF)[1]
+    gw = fastconv.conv2d_backward(gy, x, w, padding=padding, needs=("weight",), **NB)[1]
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(gw_ref))
+    np.testing.assert_array_equal(np.isinf(gw), np.isinf(gw_ref))
     finite = np.isfinite(gw_ref)
     assert finite.any() and not finite.all()
     np.testing.assert_allclose(gw[finite], gw_ref[finite], rtol=1e-10)
