@@ -168,6 +168,9 @@ def _band_kernel(acc, band, wk, bh, wp, sh, sw, dh, dw, out_w, assign):
     if sh == 1 and sw == 1 and kr == 3 and ks == 3:
         _taps9(acc, 0, band, 0, wk, dh * wp, dw, n, assign)
         return
+    if sh == 1 and sw == 1 and kr == 5 and ks == 5 and dw == 1 and assign:
+        _taps25(acc, band, wk, dh * wp, n)
+        return
     if assign:
         acc[:n] = 0
     if sh == 1 and sw == 1:
@@ -183,6 +186,31 @@ def _band_kernel(acc, band, wk, bh, wp, sh, sw, dh, dw, out_w, assign):
         return
     for r in range(kr):
         _band_pass(acc, 0, band, wk[r], r * dh * wp, bh, wp, sh, sw, dw, out_w)
+
+
+@njit(fastmath={"contract"}, **JIT_OPTIONS)
+def _taps25(acc, src, wk, rs, n):
+    """acc[i] = sum_{r,s<5} wk[r, s] * src[r*rs + s + i] for i < n: a 5x5 kernel (LeNet's
+    first layer) in one pass, the sum in registers (two kernel rows per pass kept the
+    accumulator in memory: 3 loads and stores of it per output; 0.78x the time), one FMA
+    per term (``contract``: rounding only, NaN and Inf propagate)."""
+    out = acc[:n]
+    w00, w01, w02, w03, w04 = wk[0, 0], wk[0, 1], wk[0, 2], wk[0, 3], wk[0, 4]
+    w10, w11, w12, w13, w14 = wk[1, 0], wk[1, 1], wk[1, 2], wk[1, 3], wk[1, 4]
+    w20, w21, w22, w23, w24 = wk[2, 0], wk[2, 1], wk[2, 2], wk[2, 3], wk[2, 4]
+    w30, w31, w32, w33, w34 = wk[3, 0], wk[3, 1], wk[3, 2], wk[3, 3], wk[3, 4]
+    w40, w41, w42, w43, w44 = wk[4, 0], wk[4, 1], wk[4, 2], wk[4, 3], wk[4, 4]
+    p0 = src[:n + 4]
+    p1 = src[rs:rs + n + 4]
+    p2 = src[2 * rs:2 * rs + n + 4]
+    p3 = src[3 * rs:3 * rs + n + 4]
+    p4 = src[4 * rs:4 * rs + n + 4]
+    for i in range(n):
+        out[i] = ((w00 * p0[i] + w01 * p0[i + 1] + w02 * p0[i + 2] + w03 * p0[i + 3] + w04 * p0[i + 4])
+                  + (w10 * p1[i] + w11 * p1[i + 1] + w12 * p1[i + 2] + w13 * p1[i + 3] + w14 * p1[i + 4])
+                  + (w20 * p2[i] + w21 * p2[i + 1] + w22 * p2[i + 2] + w23 * p2[i + 3] + w24 * p2[i + 4])
+                  + (w30 * p3[i] + w31 * p3[i + 1] + w32 * p3[i + 2] + w33 * p3[i + 3] + w34 * p3[i + 4])
+                  + (w40 * p4[i] + w41 * p4[i + 1] + w42 * p4[i + 2] + w43 * p4[i + 3] + w44 * p4[i + 4]))
 
 
 @njit(**JIT_OPTIONS)
