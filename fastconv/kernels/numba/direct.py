@@ -929,29 +929,15 @@ def _plane3x3_gw(gf, padf, xf, h, w, out_h, out_w, pt, pl, sums):
             s7 += ga * padf[p2 + ui + one] + gb * padf[p3 + ui + one]
             s8 += ga * padf[p2 + ui + two] + gb * padf[p3 + ui + two]
         oh += 2
-    if oh < out_h:
-        while filled < oh + 3:
-            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
-            filled += 1
-        p0 = np.uint64(oh * wp)
-        p1 = p0 + uwp
-        p2 = p1 + uwp
-        q0 = np.uint64(oh * out_w)
-        for i in range(out_w):
-            ui = np.uint64(i)
-            ga = gf[q0 + ui]
-            s0 += ga * padf[p0 + ui]
-            s1 += ga * padf[p0 + ui + one]
-            s2 += ga * padf[p0 + ui + two]
-            s3 += ga * padf[p1 + ui]
-            s4 += ga * padf[p1 + ui + one]
-            s5 += ga * padf[p1 + ui + two]
-            s6 += ga * padf[p2 + ui]
-            s7 += ga * padf[p2 + ui + one]
-            s8 += ga * padf[p2 + ui + two]
     sums[0], sums[1], sums[2] = s0, s1, s2
     sums[3], sums[4], sums[5] = s3, s4, s5
     sums[6], sums[7], sums[8] = s6, s7, s8
+    if oh < out_h:
+        # The odd last row: a flat run of out_w outputs (it reads no column past its own row).
+        while filled < oh + 3:
+            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
+            filled += 1
+        _plane3x3_gw_flat(gf[oh * out_w:(oh + 1) * out_w], padf[oh * wp:], out_w, wp, sums)
 
 
 @njit(**JIT_OPTIONS)
