@@ -15,13 +15,15 @@ from ..params import ConvParams, PoolParams
 BACKEND_ORDER = ("cython", "numba", "numpy")
 
 #: Algorithms whose Numba kernels measured faster than their Cython twins. im2col: Numba's
-#: time over Cython's on the 13 conv layers of ``fastconv bench --threads 1,2 --budget 1.2
-#: --repeats 5`` (forward / grad_input / grad_weight, 1 and 2 threads): 0.48-0.96 on 22 of
-#: the 24 rows of the layers that auto sends to im2col (1x1 256->64, 3x3 stride 2, 7x7 stem,
-#: dilation 2; dilation 2's grad_weight 1.02-1.04), and Numba faster on 31-33 of the 39 im2col
-#: rows at 1 thread and 32 of 39 at 2. The cost: a Numba kernel's
-#: first call in a process loads it from Numba's cache (up to 0.65 s; compiling it the first
-#: time on a machine takes about 5 s).
+#: time over Cython's on the rows that auto sends to im2col (1x1 256->64, 3x3 stride 2, the
+#: 7x7 stem's grad_input; ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5``):
+#: 0.73-0.95 on 10 of 14 at 1 and 2 threads (the grad weights of the 1x1 and 3x3 stride 2
+#: layers 0.96-1.14) on the AVX-512 machine; on the AVX2 machine of earlier recordings
+#: 0.48-0.96 on 22 of 24 such rows. The cost: a Numba kernel's first call in a process loads
+#: it from Numba's cache (up to 0.65 s; compiling it the first time on a machine takes about
+#: 5 s). Winograd stays Cython-first although its Numba kernels ran faster on 13 of its 18
+#: rows at 1 thread here (9 of 18 at 2): their first compile on a machine takes a minute
+#: (29 + 23 + 12 s for the float32 forward, grad_input and grad_weight).
 NUMBA_FIRST = ("im2col",)
 
 
@@ -59,33 +61,32 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 
 
 #: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
-#: (float32, this 2-core machine; ratio = PyTorch time / fastconv time at 1 thread, best
-#: backend of each algorithm; forward / grad_input / grad_weight), with the Cython direct
-#: kernels' register-blocked loops (``kernels/cython/microkernels.pxd``) and Winograd's
-#: small GEMMs on register blocks in one parallel region per chunk:
+#: (float32, this project's 2-core machine: Intel Xeon with AVX-512; ratio = PyTorch time /
+#: fastconv time at 1 thread, best backend of each algorithm; forward / grad_input /
+#: grad_weight), with the Cython and Numba register blocks on 64-byte vectors:
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.01/2.19/1.17      0.77/1.78/0.80      0.55/0.89/0.32
-#: lenet_conv2 6->16 5x5 (150)   1.25/1.06/1.26      0.64/0.84/0.78      -
-#: stem 3->64 7x7 s2 (147)       0.99/0.67/1.13      0.74/2.63/0.97      -
-#: 3x3 s2 64->128 (576)          0.84/0.18/0.57      0.96/1.14/1.14      -
-#: mnist_conv2 32->64 3x3 (288)  0.92/0.79/1.03      0.81/0.84/1.08      1.77/1.56/1.52
-#: resnet 64/128/256 3x3         0.85-0.93/0.81-0.90 0.81-0.89/0.83-0.88 1.94-2.39/1.76-2.36
-#:                               /0.90-1.14          /1.06-1.11          /1.77-2.32
-#: dilated 64->64 3x3 d2         0.92/0.88/1.35      0.79/0.82/1.38      1.66/1.68/2.10
+#: cifar_conv1 3->32 3x3 (27)    1.27/3.18/1.24      0.80/3.33/1.04      0.42/1.05/0.54
+#: lenet_conv2 6->16 5x5 (150)   0.88/1.15/1.17      0.39/0.92/0.75      -
+#: stem 3->64 7x7 s2 (147)       1.10/0.58/1.01      0.63/3.21/0.93      -
+#: 3x3 s2 64->128 (576)          0.70/0.12/0.34      0.85/1.17/1.10      -
+#: mnist_conv2 32->64 3x3 (288)  0.87/0.72/0.61      0.58/0.70/0.72      1.14/1.03/1.13
+#: resnet 64/128/256 3x3         0.76-0.81/0.67-0.88 0.57-0.65/0.72-0.81 1.22-1.45/1.23-1.60
+#:                               /0.46-0.66          /0.68-0.81          /0.93-1.23
+#: dilated 64->64 3x3 d2         0.79/0.84/0.72      0.58/0.77/0.78      0.93/0.96/0.86
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same (LeNet conv2's grad_input 1.05 direct against 0.61
-#: im2col; CIFAR conv1's forward 1.38 against 0.57), with one close call: 3x3 stride 2's
-#: forward, 0.88 direct against 0.87 im2col here, was direct's at 2 threads in one earlier
-#: run (1.09 against 0.80) and about even in others, and im2col's at 1 thread in all, so the
-#: rule keeps im2col there. Hence: direct up to a reduction of 160 (its register blocks beat
-#: a GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7 filter's strided
-#: grad_input scatter loses to im2col's fold), Winograd F(4x4,3x3) for all three passes of
-#: 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels starve its 36
-#: GEMMs), im2col otherwise.
+#: At 2 threads the order is the same except on the dilation-2 layer, whose forward and
+#: grad_input ran faster on direct (0.84 / 0.89 against Winograd's 0.66 / 0.76), and 3x3
+#: stride 2's forward, a close call again (0.76 direct, 0.63 im2col; im2col's at 1 thread
+#: here and on the AVX2 machine of earlier recordings, where the rules were first derived
+#: and Winograd led by far more: 1.5-2.4x PyTorch). Hence: direct up to a reduction of 160
+#: (its register blocks beat a GEMM with few rows), for grad_input only with filters up to
+#: 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's fold), Winograd
+#: F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation) from 32 channels
+#: per group (3 channels starve its 36 GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
