@@ -16,8 +16,8 @@
 #
 #     lanes[q, t, l] += sum over i = l (mod L) of g_q[i] * src[toff[t] + i]
 #
-# for nq <= 4 filters q: each dot product is kept as L vector-lane partial sums (L = 8
-# floats or 4 doubles: FC_DOT_LANES_F32 / _F64), in memory between calls so that they carry over the
+# for nq <= 4 filters q: each dot product is kept as L vector-lane partial sums (L = the
+# lanes of one vector: FC_DOT_LANES_F32 / _F64), in memory between calls so that they carry over the
 # images of a batch chunk and are added up once at the end. Taps go in threes: 12
 # accumulators, 3 input vectors and one grad_output vector, all pinned in registers (an
 # empty asm statement: gcc otherwise folded the loads into the FMAs, 15 loads for 12 FMAs),

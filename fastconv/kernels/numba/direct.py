@@ -767,12 +767,13 @@ def _plane3x3_applies(cg, groups, kr, ks, sh, sw, dh, dw):
     return cg == 1 and groups > 1 and kr == 3 and ks == 3 and sh == 1 and sw == 1 and dh == 1 and dw == 1
 
 
-def _plane_gw_applies(cg, kr, ks, sh, sw, dh, dw, finite):
+def _plane_gw_applies(cg, kr, ks, sh, sw, dh, dw, checked):
     # Unlike the forward, groups == 1 too: a C = 1 first layer's filters each take r*s dot
     # products over the batch, which vectorise into lane sums in registers here, while the
     # band path keeps its per-tap accumulator rows in memory (MNIST conv1 0.4x, LeNet conv1
-    # 0.5x the time). Filters other than 3x3 only take the flat runs (finite inputs).
-    return cg == 1 and sh == 1 and sw == 1 and dh == 1 and dw == 1 and (finite or (kr == 3 and ks == 3))
+    # 0.5x the time). Filters other than 3x3 have only the flat runs, so they come here
+    # only when the whole input was ``checked`` finite.
+    return cg == 1 and sh == 1 and sw == 1 and dh == 1 and dw == 1 and (checked or (kr == 3 and ks == 3))
 
 
 @njit(**JIT_OPTIONS)
