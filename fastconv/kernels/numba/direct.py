@@ -989,14 +989,15 @@ def _plane3x3_gw_flat(gwf, padf, n, wp, sums):
 
 @njit(fastmath={"reassoc", "contract"}, **JIT_OPTIONS)
 def _dots_flat(gwf, src, n, off, m, sums, t):
-    """sums[t + j] += sum_{i < n} gwf[i] * src[off + j + i] for taps j < m (1, 2, 3 or 5) of
-    one kernel row: ``_plane3x3_gw_flat`` for filters of other sizes (LeNet's 5x5: five taps
-    per run, 0.86x the time of 3 + 2)."""
+    """sums[t + j] += sum_{i < n} gwf[i] * src[off + j + i] for taps j < m (5 or 1) of one
+    kernel row: ``_plane3x3_gw_flat`` for filters of other sizes. Five taps per run share
+    each grad_output load (LeNet's 5x5: 0.86x the time of 3 + 2); other widths take what
+    is left one tap per run."""
     uo = np.uint64(off)
-    one = np.uint64(1)
-    two = np.uint64(2)
     s0 = sums[t]
     if m == 5:
+        one = np.uint64(1)
+        two = np.uint64(2)
         three = np.uint64(3)
         four = np.uint64(4)
         s1 = sums[t + 1]
@@ -1015,25 +1016,6 @@ def _dots_flat(gwf, src, n, off, m, sums, t):
         sums[t + 2] = s2
         sums[t + 3] = s3
         sums[t + 4] = s4
-    elif m == 3:
-        s1 = sums[t + 1]
-        s2 = sums[t + 2]
-        for i in range(n):
-            ui = np.uint64(i) + uo
-            g = gwf[np.uint64(i)]
-            s0 += g * src[ui]
-            s1 += g * src[ui + one]
-            s2 += g * src[ui + two]
-        sums[t + 1] = s1
-        sums[t + 2] = s2
-    elif m == 2:
-        s1 = sums[t + 1]
-        for i in range(n):
-            ui = np.uint64(i) + uo
-            g = gwf[np.uint64(i)]
-            s0 += g * src[ui]
-            s1 += g * src[ui + one]
-        sums[t + 1] = s1
     else:
         for i in range(n):
             s0 += gwf[np.uint64(i)] * src[np.uint64(i) + uo]
@@ -1089,7 +1071,7 @@ def _plane_gw_task(gy, x, gw, k, groups, pt, pl, checked):
                 for r in range(kr):
                     s = 0
                     while s < ks:
-                        m = 5 if ks - s >= 5 else min(3, ks - s)
+                        m = 5 if ks - s >= 5 else 1
                         _dots_flat(gwf, src, n_flat, r * wp + s, m, part, r * ks + s)
                         s += m
         for t in range(kr * ks):
@@ -1351,7 +1333,7 @@ def conv2d_grad_weight(grad_output, x, grad_weight, p):
     sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
     # 3x3 checks its planes itself; other filter sizes take the flat runs on finite inputs only.
     three = (p.r, p.s) == (3, 3)
-    checked = p.c_per_group == 1 and not three and bool(np.isfinite(x).all())
+    checked = p.c_per_group == 1 and not three and bool(_finite(x.reshape(-1)))
     if _plane_gw_applies(p.c_per_group, p.r, p.s, sh, sw, dh, dw, checked):
         use_configured_threads()
         _plane_gw_core(grad_output, x, grad_weight, p.groups, p.pad_top, p.pad_left, checked)
