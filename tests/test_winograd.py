@@ -338,11 +338,11 @@ def test_one_and_two_threads_give_the_same_result(backend, algo, padding):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nt,cg,kg", [
-    (9, 32, 64),     # MNIST conv2's channels: register blocks of 3 + 3 + 2 vectors
-    (7, 5, 13),      # rows past the last 4, columns past the last vector
+    (9, 32, 64),     # MNIST conv2's channels: one panel of 4 (AVX-512) or 3 + 1 float32 vectors
+    (7, 5, 13),      # rows past the last full block, columns past the last vector
     (1, 1, 1),       # one row, one channel each way
     (6, 64, 40),     # 5 float32 vectors
-    (5, 65, 8),      # past SMALL_GEMM_CHANNELS: BLAS
+    (13, 65, 150),   # panels past the first, a part-vector last panel, 2 rows past 6 + 6
 ])
 def test_batched_gemm_is_the_matrix_product_per_position(backend, dtype, nt, cg, kg):
     mod = _backend_module(backend)
@@ -370,9 +370,9 @@ def test_one_region_per_chunk_equals_the_three_steps(backend, algo, threads, wor
     fastconv.set_num_threads(threads)
     limits.set_workspace_limit(workspace)
     try:
-        assert plan._small(6, 9)
+        assert plan._fused(6, 9)
         fused = (fastconv.conv2d(x, w, **kw), fastconv.conv2d_backward(gy, x, w, needs=("input",), **kw)[0])
-        monkeypatch.setattr(plan, "_small", lambda c, k: False)
+        monkeypatch.setattr(plan, "_fused", lambda c, k: False)
         steps = (fastconv.conv2d(x, w, **kw), fastconv.conv2d_backward(gy, x, w, needs=("input",), **kw)[0])
     finally:
         fastconv.set_num_threads(saved)
@@ -386,7 +386,7 @@ def test_products_past_the_register_blocks_go_through_blas(backend, algo):
     rng = np.random.default_rng(65)
     x = rng.standard_normal((2, 66, 7, 6)).astype(np.float32)
     w = rng.standard_normal((3, 66, 3, 3)).astype(np.float32)
-    assert not plan._small(66, 3)
+    assert not plan._fused(66, 3)
     y = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
     gx = fastconv.conv2d_backward(y, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
     p = conv_params(x.shape, w.shape, 1, 1, 1, 1, np.float32)

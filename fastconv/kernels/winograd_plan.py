@@ -33,21 +33,20 @@ class WinogradSteps(NamedTuple):
     batched_gemm_tn: Callable
     output_transform: Callable
     input_transform_adjoint: Callable
-    #: The forward's three steps of one chunk in one parallel region (``_small`` products).
+    #: The forward's three steps of one chunk in one parallel region (``_fused`` channel counts).
     forward_chunk: Callable
     #: grad_input's three steps of one chunk (adjoint formulation) in one parallel region.
     input_gradient_chunk: Callable
 
 
-def _small(c_per_group: int, k_per_group: int) -> bool:
-    """Whether the products go to the backends' register blocks, not BLAS: then a chunk's
-    steps run as one parallel region per chunk (``forward_chunk``, ``input_gradient_chunk``),
-    each thread taking its own tile rows through all of them. Threads wait passively, so
-    every region pays their wake-up: one region instead of three took 0.93x (forward) and
-    0.94x (grad input) the time of MNIST conv2 at 2 threads in Cython, 0.97x / 1.00x in
-    Numba, 0.96-0.99x on ResNet 64; level at 1 thread. With BLAS the products stay whole (a
-    thread's share of the tiles is too few rows for BLAS's blocking)."""
-    return max(c_per_group, k_per_group) <= tables.SMALL_GEMM_CHANNELS
+def _fused(c_per_group: int, k_per_group: int) -> bool:
+    """Whether a chunk's steps run as one parallel region per chunk (``forward_chunk``,
+    ``input_gradient_chunk``), each thread taking its own tile rows through all of them.
+    Threads wait passively, so every region pays their wake-up: one region instead of three
+    took 0.93x (forward) and 0.94x (grad input) the time of MNIST conv2 at 2 threads in
+    Cython, 0.97x / 1.00x in Numba, 0.96-0.99x on ResNet 64; level at 1 thread. Past
+    ``FUSED_CHUNK_CHANNELS`` a thread's share of a product is better whole."""
+    return max(c_per_group, k_per_group) <= tables.FUSED_CHUNK_CHANNELS
 
 
 def _tile_chunks(n_images: int, n_th: int, n_tw: int, c: int, k: int, groups: int, m: int, dtype,
@@ -119,7 +118,7 @@ def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m
     with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
         for r0, v, mm in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype, u.nbytes):
             out_down = (np.arange(a) * (a * mm[0].size)).astype(np.intp)
-            if _small(c_in // groups, k_out // groups):
+            if _fused(c_in // groups, k_out // groups):
                 steps.forward_chunk(x, v, u, mm, y, bias, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col,
                                     in_down, in_across, at, out_down, out_across, workers)
                 continue
@@ -225,7 +224,7 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
     with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
         for r0, v, d in _tile_chunks(grad_output.shape[0], n_th, n_tw, c_in, k_out, groups, m, dtype, ut.nbytes):
             down = (np.arange(a) * (a * v[0].size)).astype(np.intp)
-            if dm is None and _small(c_in // groups, k_out // groups):
+            if dm is None and _fused(c_in // groups, k_out // groups):
                 steps.input_gradient_chunk(grad_output, d, ut, v, grad_input, r0, pad_top, pad_left, n_th, n_tw, dt,
                                            gy_slots, gy_down, gy_across, b, down, across, workers)
                 continue

@@ -295,12 +295,10 @@ class FilterTransformCache:
         return len(self._entries)
 
 
-#: Channel counts (C/G and K/G) up to which both backends' batched GEMMs run on their own
-#: register block (Cython ``tap_block``, Numba ``gemm_block``) instead of BLAS, whose packing
-#: of both operands and zeroing of M were a third of these small products. At 128 channels
-#: and more BLAS was as fast or faster (Cython 1.03-1.15x, Numba 0.96-1.03x the time with the
-#: register block).
-SMALL_GEMM_CHANNELS = 64
+#: Channel counts (C/G and K/G) up to which a chunk's steps run as one parallel region
+#: (``winograd_plan._fused``). At 128 and 256 channels one region and three measured level
+#: (0.89-1.10x the time either way, by backend and thread count).
+FUSED_CHUNK_CHANNELS = 64
 
 #: Preferred size of one chunk's V + M buffers: small enough to stay in the last-level cache
 #: between the input transform, the GEMMs and the output transform...

@@ -299,6 +299,109 @@ cdef extern from *:
     FC_DOT_BLOCKS(f64, double, double, FC_DOT_LANES_F64, , , , )
     #endif
 
+    /* gemm_block, the Winograd products: c[r*ldc + j] = s + sum over p < depth of
+       a[r*lda + p] * b[p*ldb + j] for r < R and j < n (at most FC_GEMM_PANEL_VECTORS
+       vectors), s = 0 (zero) or c's own value; p ascending, one FMA per term. With 64-byte
+       vectors 6 rows x 4 vectors of sums (24 of the 32 registers) cost 4 loads and 6
+       broadcasts per 24 FMAs; with 32-byte ones 4 x 3 (12 of 16), as tap_block. */
+    #if defined(__AVX512F__)
+    #define FC_GEMM_ROWS 6
+    #define FC_GEMM_PANEL_VECTORS 4
+    #else
+    #define FC_GEMM_ROWS 4
+    #define FC_GEMM_PANEL_VECTORS 3
+    #endif
+    #define FC_GEMM_VECTORS(T, V, LANES, LOAD, STORE, SET1, FMADD, R, NV, MASK)                \\
+        {                                                                                       \\
+            V s[R][NV];                                                                         \\
+            for (r = 0; r < R; r++)                                                             \\
+                for (k = 0; k < NV; k++)                                                        \\
+                    s[r][k] = zero ? SET1((T)0) : LOAD(c + r * ldc + j + k * LANES MASK);       \\
+            for (p = 0; p < depth; p++) {                                                       \\
+                const T* bp = b + p * ldb + j;                                                  \\
+                V bv[NV];                                                                       \\
+                for (k = 0; k < NV; k++) bv[k] = LOAD(bp + k * LANES MASK);                     \\
+                for (r = 0; r < R; r++) {                                                       \\
+                    V ar = SET1(a[r * lda + p]);                                                \\
+                    for (k = 0; k < NV; k++) s[r][k] = FMADD(ar, bv[k], s[r][k]);               \\
+                }                                                                               \\
+            }                                                                                   \\
+            for (r = 0; r < R; r++)                                                             \\
+                for (k = 0; k < NV; k++) STORE(c + r * ldc + j + k * LANES MASK, s[r][k]);      \\
+        }
+    #if defined(__AVX2__) && defined(__FMA__)
+    #define COMMA_M , m
+    #if FC_GEMM_PANEL_VECTORS == 4
+    #define FC_GEMM_CASE4(T, V, LANES, LOADU, STOREU, SET1, FMADD, R)                           \\
+        case 4: FC_GEMM_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, R, 4, ) break;
+    #else
+    #define FC_GEMM_CASE4(T, V, LANES, LOADU, STOREU, SET1, FMADD, R)
+    #endif
+    #define FC_GEMM_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
+    static __attribute__((noinline)) void NAME(const T* a, Py_ssize_t lda, const T* b,          \\
+            Py_ssize_t ldb, T* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, int zero) {  \\
+        Py_ssize_t j = 0, p, m = n % LANES;                                                     \\
+        int r, k;                                                                               \\
+        switch (n / LANES) {                                                                    \\
+        FC_GEMM_CASE4(T, V, LANES, LOADU, STOREU, SET1, FMADD, R)                               \\
+        case 3: FC_GEMM_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, R, 3, ) break;         \\
+        case 2: FC_GEMM_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, R, 2, ) break;         \\
+        case 1: FC_GEMM_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, R, 1, ) break;         \\
+        }                                                                                       \\
+        if (m) {                                                                                \\
+            j = n - m;                                                                          \\
+            FC_GEMM_VECTORS(T, V, LANES, MASKLOAD, MASKSTORE, SET1, FMADD, R, 1, COMMA_M)       \\
+        }                                                                                       \\
+    }
+    #else
+    #define FC_GEMM_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
+    static void NAME(const T* a, Py_ssize_t lda, const T* b, Py_ssize_t ldb, T* c,              \\
+                     Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, int zero) {                \\
+        Py_ssize_t j, p;                                                                        \\
+        int r;                                                                                  \\
+        for (r = 0; r < R; r++)                                                                 \\
+            for (j = 0; j < n; j++) {                                                           \\
+                T s = zero ? (T)0 : c[r * ldc + j];                                             \\
+                for (p = 0; p < depth; p++) s = s + a[r * lda + p] * b[p * ldb + j];            \\
+                c[r * ldc + j] = s;                                                             \\
+            }                                                                                   \\
+    }
+    #endif
+
+    #define FC_GEMM_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE)\\
+    FC_GEMM_BLOCK(fc_gemm1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 1)\\
+    FC_GEMM_BLOCK(fc_gemm2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 2)\\
+    FC_GEMM_BLOCK(fc_gemm3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 3)\\
+    FC_GEMM_BLOCK(fc_gemm4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 4)\\
+    FC_GEMM_BLOCK(fc_gemm5_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 5)\\
+    FC_GEMM_BLOCK(fc_gemm6_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 6)\\
+    static void fc_gemm_##SUFFIX(Py_ssize_t rows, const T* a, Py_ssize_t lda, const T* b,      \\
+            Py_ssize_t ldb, T* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, int zero) {  \\
+        switch (rows) {                                                                         \\
+        case 6: fc_gemm6_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
+        case 5: fc_gemm5_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
+        case 4: fc_gemm4_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
+        case 3: fc_gemm3_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
+        case 2: fc_gemm2_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
+        default: fc_gemm1_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero);                     \\
+        }                                                                                       \\
+    }
+
+    #if defined(__AVX512F__)
+    FC_GEMM_BLOCKS(f32, float, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
+                   _mm512_fmadd_ps, fc_maskload512_f32, fc_maskstore512_f32)
+    FC_GEMM_BLOCKS(f64, double, __m512d, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
+                   _mm512_fmadd_pd, fc_maskload512_f64, fc_maskstore512_f64)
+    #elif defined(__AVX2__) && defined(__FMA__)
+    FC_GEMM_BLOCKS(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+                   _mm256_fmadd_ps, fc_maskload_f32, fc_maskstore_f32)
+    FC_GEMM_BLOCKS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
+                   _mm256_fmadd_pd, fc_maskload_f64, fc_maskstore_f64)
+    #else
+    FC_GEMM_BLOCKS(f32, float, float, 1, , , , , , )
+    FC_GEMM_BLOCKS(f64, double, double, 1, , , , , , )
+    #endif
+
     """
     void fc_taps_f32(Py_ssize_t nq, const float* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                      const float* w, Py_ssize_t wstride, float* acc, Py_ssize_t astride,
@@ -316,6 +419,13 @@ cdef extern from *:
     void fc_dots_f64(Py_ssize_t nq, const double* g, Py_ssize_t gstride, const double* src,
                      const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, double* lanes,
                      Py_ssize_t lstride) noexcept nogil
+    enum:
+        FC_GEMM_ROWS
+        FC_GEMM_PANEL_VECTORS
+    void fc_gemm_f32(Py_ssize_t rows, const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb,
+                     float* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, bint zero) noexcept nogil
+    void fc_gemm_f64(Py_ssize_t rows, const double* a, Py_ssize_t lda, const double* b, Py_ssize_t ldb,
+                     double* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, bint zero) noexcept nogil
 
 
 cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t* toff,
@@ -339,3 +449,14 @@ cdef inline void dot_block(Py_ssize_t nq, const floating* g, Py_ssize_t gstride,
         fc_dots_f32(nq, g, gstride, src, toff, ntaps, n, lanes, lstride)
     else:
         fc_dots_f64(nq, g, gstride, src, toff, ntaps, n, lanes, lstride)
+
+
+cdef inline void gemm_block(Py_ssize_t rows, const floating* a, Py_ssize_t lda, const floating* b,
+                            Py_ssize_t ldb, floating* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n,
+                            bint zero) noexcept nogil:
+    """c[r*ldc + j] = s + sum_p a[r*lda + p] * b[p*ldb + j] for r < rows (1-FC_GEMM_ROWS),
+    j < n (at most FC_GEMM_PANEL_VECTORS vectors), p < depth; s is 0 if ``zero`` else c's value."""
+    if floating is float:
+        fc_gemm_f32(rows, a, lda, b, ldb, c, ldc, depth, n, zero)
+    else:
+        fc_gemm_f64(rows, a, lda, b, ldb, c, ldc, depth, n, zero)

@@ -9,8 +9,8 @@ the algorithm, the data layout and the numerics. The transform matrices come fro
 Per chunk of tile rows (planned by ``kernels/winograd_plan.py``, shared with the Numba
 twin): ``_input_transform`` (OpenMP over tile rows) writes
 V[xi, g, t, c]; ``_batched_gemm`` runs one GEMM per position and group,
-M[xi, g] = V[xi, g] @ U[xi, g], side by side over OpenMP threads (``tap_block`` up to
-``SMALL_GEMM_CHANNELS`` channels, else a one-thread BLAS); ``_output_transform`` (OpenMP
+M[xi, g] = V[xi, g] @ U[xi, g], side by side over OpenMP threads on ``gemm_block``
+(``microkernels.pxd``); ``_output_transform`` (OpenMP
 over tile rows) writes y = A^T M A + bias in NCHW. ``_input_transform_adjoint`` writes
 B dV B^T of every tile into grad_input, for the adjoint formulation of grad_input.
 
@@ -23,7 +23,7 @@ import numpy as np
 from cython.parallel cimport prange
 
 from fastconv.kernels.cython.blas cimport floating, gemm
-from fastconv.kernels.cython.microkernels cimport tap_block
+from fastconv.kernels.cython.microkernels cimport FC_GEMM_PANEL_VECTORS, FC_GEMM_ROWS, FC_VECTOR_BYTES, gemm_block
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 
 from fastconv import threads
@@ -657,15 +657,23 @@ def _input_transform(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, P
 # ---------------------------------------------------------------- the GEMMs
 
 cdef void _small_gemm(const floating* v, const floating* u, floating* mm, Py_ssize_t cg, Py_ssize_t kg,
-                      Py_ssize_t t0, Py_ssize_t t1, const Py_ssize_t* row_offsets) noexcept nogil:
+                      Py_ssize_t t0, Py_ssize_t t1) noexcept nogil:
     """mm[t] = v[t] @ u for the tiles t0 <= t < t1 of one position and group (v: T x cg,
-    u: cg x kg, mm: T x kg, row-major) on ``tap_block``: 4 tiles at a time, the reduction as
-    its taps (``row_offsets[c] = c*kg``, u's rows)."""
-    cdef floating zeros[4]
-    cdef Py_ssize_t t
-    zeros[0] = zeros[1] = zeros[2] = zeros[3] = 0
-    for t in range(t0, t1, 4):
-        tap_block(min(4, t1 - t), u, row_offsets, cg, v + t * cg, cg, mm + t * kg, kg, kg, zeros)
+    u: cg x kg, mm: T x kg, row-major) on ``gemm_block``.
+
+    Panels of FC_GEMM_PANEL_VECTORS vectors of u's columns go outermost, so that a panel
+    (cg rows) stays in L1 while every tile passes; FC_GEMM_ROWS tiles at a time. Tiles
+    outermost, u streamed from L2 for every few tiles, ran at 92 GFLOP/s on one core at 128
+    channels against 126-162 this way (OpenBLAS: 122-134, packing both operands)."""
+    cdef Py_ssize_t panel = FC_GEMM_PANEL_VECTORS * FC_VECTOR_BYTES // sizeof(floating)
+    cdef Py_ssize_t t, j = 0
+    while j < kg:
+        t = t0
+        while t < t1:
+            gemm_block(min(FC_GEMM_ROWS, t1 - t), v + t * cg, cg, u + j, kg, mm + t * kg + j, kg, cg,
+                       min(panel, kg - j), True)
+            t += FC_GEMM_ROWS
+        j += panel
 
 
 def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floating[:, :, :, ::1] mm,
@@ -673,25 +681,15 @@ def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floa
     """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g.
 
     v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small
-    (K and C/G often 32-64), so OpenMP runs whole GEMMs side by side on a one-thread BLAS
-    (the caller holds ``threads.single_threaded_blas``) rather than BLAS splitting each one:
-    at 2 threads the latter measured no faster than 1. Up to tables.SMALL_GEMM_CHANNELS channels
-    both ways, the products skip BLAS for ``tap_block`` (``microkernels.pxd``): 4 rows of
-    mm x 3 vectors of its columns summed in registers over the C/G terms, straight from v
-    and u, where BLAS spends a third of its time packing both operands and zeroing mm.
+    (K and C/G 32-256), so OpenMP runs whole products side by side (``_small_gemm``) rather
+    than splitting each one: at 2 threads BLAS splitting them measured no faster than 1.
     """
     cdef int nt = v.shape[2], cg = v.shape[3], kg = u.shape[3]
     cdef Py_ssize_t groups = u.shape[1], job, xi, g
-    cdef bint small = cg <= tables.SMALL_GEMM_CHANNELS and kg <= tables.SMALL_GEMM_CHANNELS
-    cdef Py_ssize_t[::1] row_offsets = np.arange(cg, dtype=np.intp) * kg     # u's rows
     for job in prange(u.shape[0] * groups, nogil=True, num_threads=nthreads, schedule="static"):
         xi = job // groups
         g = job - xi * groups
-        if small:
-            _small_gemm(&v[xi, g, 0, 0], &u[xi, g, 0, 0], &mm[xi, g, 0, 0], cg, kg, 0, nt, &row_offsets[0])
-        else:
-            gemm(False, False, nt, kg, cg, <floating>1, &v[xi, g, 0, 0], cg, &u[xi, g, 0, 0], kg,
-                 <floating>0, &mm[xi, g, 0, 0], kg)
+        _small_gemm(&v[xi, g, 0, 0], &u[xi, g, 0, 0], &mm[xi, g, 0, 0], cg, kg, 0, nt)
 
 
 def _batched_gemm_tn(const floating[:, :, :, ::1] v, const floating[:, :, :, ::1] d,
@@ -901,7 +899,7 @@ def _input_transform_adjoint(const floating[:, :, :, ::1] v, floating[:, :, :, :
 
 
 # ---------------------------------------------------------------- one parallel region per chunk
-# With small products (up to SMALL_GEMM_CHANNELS channels each way) the three steps of a
+# Up to FUSED_CHUNK_CHANNELS channels each way (``winograd_plan._fused``) the three steps of a
 # chunk run as one parallel region: each thread takes its own tile rows through the input
 # transform, the GEMMs of those rows' tiles and the output transform (or the adjoint), so
 # no thread waits for another and the chunk's threads wake once, not three times (with
@@ -924,7 +922,6 @@ def _forward_chunk(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, con
     cdef Py_ssize_t worker, row, r0, r1, job
     cdef floating* scratch
     cdef floating* out_scratch
-    cdef Py_ssize_t[::1] row_offsets = np.arange(cg, dtype=np.intp) * kg
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] scratch_all = np.empty((nthreads, in_size + s1_size + yt_size + m * n_tw * k_out),
                                                  dtype=dtype)
@@ -939,7 +936,7 @@ def _forward_chunk(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] v, con
                        &slot_of_col[0], cols, &in_down[0], &in_across[0], scratch, scratch + (a + 1) * plane)
         for job in range(aa * groups):
             _small_gemm(&v[0, 0, 0, 0] + job * nt * cg, &u[0, 0, 0, 0] + job * cg * kg,
-                        &mm[0, 0, 0, 0] + job * nt * kg, cg, kg, r0 * n_tw, r1 * n_tw, &row_offsets[0])
+                        &mm[0, 0, 0, 0] + job * nt * kg, cg, kg, r0 * n_tw, r1 * n_tw)
         for row in range(r0, r1):
             _output_row(&mm[0, 0, 0, 0], groups, nt, kg, &y[0, 0, 0, 0], y.shape[2], y.shape[3], &bias[0],
                         row, row_start + row, n_th, n_tw, &at[0, 0], m, &out_down[0], &out_across[0],
@@ -967,7 +964,6 @@ def _input_gradient_chunk(const floating[:, :, :, ::1] gy, floating[:, :, :, ::1
     cdef Py_ssize_t worker, row, r0, r1, job
     cdef floating* scratch
     cdef floating* adj
-    cdef Py_ssize_t[::1] row_offsets = np.arange(kg_in, dtype=np.intp) * cg
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] scratch_all = np.empty((nthreads, in_size + s1_size + dt_size + 2 * line_size),
                                                  dtype=dtype)
@@ -982,7 +978,7 @@ def _input_gradient_chunk(const floating[:, :, :, ::1] gy, floating[:, :, :, ::1
                        &gy_slots[0], cols_gy, &gy_down[0], &gy_across[0], scratch, scratch + (a + 1) * plane)
         for job in range(aa * groups):
             _small_gemm(&d[0, 0, 0, 0] + job * nt * kg_in, &ut[0, 0, 0, 0] + job * kg_in * cg,
-                        &v[0, 0, 0, 0] + job * nt * cg, kg_in, cg, r0 * n_tw, r1 * n_tw, &row_offsets[0])
+                        &v[0, 0, 0, 0] + job * nt * cg, kg_in, cg, r0 * n_tw, r1 * n_tw)
         for row in range(r0, r1):
             _input_adjoint_row(&v[0, 0, 0, 0], groups, nt, cg, &gx[0, 0, 0, 0], gx.shape[2], gx.shape[3],
                                row, row_start + row, pad_top, pad_left, n_th, n_tw, &b[0, 0], a,

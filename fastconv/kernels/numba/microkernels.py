@@ -4,8 +4,8 @@ intrinsics (``cython/microkernels.pxd``, ``cython/winograd.pyx``).
 
 * ``transpose_block``: one 8 x 8 float32 (4 x 4 float64) block transposed in registers.
   From element loops LLVM emits one strided scalar load or store per element.
-* ``gemm_block``: up to 4 rows x 3 vectors of a small matrix product summed in registers
-  over the whole inner dimension. A loop nest leaves the sums in memory (a load and a store
+* ``gemm_block``: up to GEMM_ROWS rows x GEMM_PANEL_VECTORS vectors of a small matrix
+  product summed in registers over the whole inner dimension. A loop nest leaves the sums in memory (a load and a store
   per term), and ``np.dot`` goes through BLAS, which packs both operands and zeroes the
   output first: a third of its time on the 32-64-channel products of Winograd.
 
@@ -34,6 +34,10 @@ def _target_has_avx512() -> bool:
 
 #: Bytes per vector of ``gemm_block`` (the callers step their columns by VECTOR_BYTES // itemsize).
 VECTOR_BYTES = 64 if _target_has_avx512() else 32
+#: ``gemm_block``'s largest block: with 64-byte vectors 6 rows x 4 vectors of sums (24 of the
+#: 32 registers: 4 loads and 6 broadcasts per 24 FMAs), else 4 x 3 (12 of the 16).
+GEMM_ROWS = 6 if VECTOR_BYTES == 64 else 4
+GEMM_PANEL_VECTORS = 4 if VECTOR_BYTES == 64 else 3
 
 def _float_arrays(*arrays) -> bool:
     """Whether all are 1-D arrays of one float dtype (float32 or float64)."""
@@ -117,15 +121,15 @@ def gemm_block(typingctx, a, a_index, a_stride, b, b_index, b_stride, c, c_index
     """``c[c_index + r*c_stride + j] = sum_k a[a_index + r*a_stride + k] * b[b_index + k*b_stride + j]``
     for r < rows, j < vectors * L, k < depth (k ascending, one FMA per term).
 
-    L = VECTOR_BYTES // itemsize. ``rows`` (1-4) and ``vectors`` (1-3) are literal ints:
-    rows x vectors sums stay in registers (at most 12 of the 16 AVX registers, plus the b
-    vectors and a broadcast a).
+    L = VECTOR_BYTES // itemsize. ``rows`` (1-GEMM_ROWS) and ``vectors``
+    (1-GEMM_PANEL_VECTORS) are literal ints: rows x vectors sums stay in registers, with the
+    b vectors and a broadcast a.
     """
     if not (_float_arrays(a, b, c) and isinstance(rows, types.IntegerLiteral)
             and isinstance(vectors, types.IntegerLiteral)):
         return None
     n_rows, n_vec = rows.literal_value, vectors.literal_value
-    if not (1 <= n_rows <= 4 and 1 <= n_vec <= 3):
+    if not (1 <= n_rows <= GEMM_ROWS and 1 <= n_vec <= GEMM_PANEL_VECTORS):
         return None
     lanes = VECTOR_BYTES * 8 // a.dtype.bitwidth
 

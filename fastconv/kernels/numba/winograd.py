@@ -12,9 +12,8 @@ Cython twin, plans the chunks and calls these steps):
 1. ``_input_transform``: ``V[xi, g, t, c] = (B^T d B)[xi]`` of every overlapping a x a input
    tile ``d`` (out-of-range input reads as zero) -- parallel over tile rows;
 2. ``_batched_gemm``: one GEMM per position xi and group,
-   ``M[xi, g] (T x K/g) = V[xi, g] (T x C/g) @ U[xi, g] (C/g x K/g)``, whole GEMMs side by
-   side on a one-thread BLAS, or up to ``SMALL_GEMM_CHANNELS`` channels on ``gemm_block``
-   (``microkernels.py``: sums held in registers, no packing);
+   ``M[xi, g] (T x K/g) = V[xi, g] (T x C/g) @ U[xi, g] (C/g x K/g)``, whole products side
+   by side on ``gemm_block`` (``microkernels.py``: sums held in registers, no packing);
 3. ``_output_transform``: ``y = A^T M A + bias`` of every tile, written to NCHW ``y`` --
    parallel over tile rows.
 
@@ -68,7 +67,7 @@ from numba import njit, prange
 from ... import threads
 from .. import winograd_plan as plan, winograd_tables as tables
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, prefetch, use_configured_threads
-from .microkernels import VECTOR_BYTES, gemm_block, transpose_block
+from .microkernels import GEMM_PANEL_VECTORS, GEMM_ROWS, VECTOR_BYTES, gemm_block, transpose_block
 
 _FILTER_CACHE = tables.FilterTransformCache()
 
@@ -617,76 +616,73 @@ def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of
 # ---------------------------------------------------------------- the GEMMs
 
 @njit(**JIT_OPTIONS)
-def _gemm_rows(vf, vi, cg, uf, ui, kg, mf, mi, four):
-    """mf[mi + r*kg + k] = sum_c vf[vi + r*cg + c] * uf[ui + c*kg + k] for k < kg and r < 4
-    (``four``) or r < 1: ``gemm_block``s 3 vectors wide, 4 vectors left as 2 + 2 (a 1-vector
-    block keeps 4 sums in flight, too few for the FMA latency), then 2 or 1, then element by
-    element."""
-    lanes = VECTOR_BYTES // vf.itemsize
-    k = 0
-    while k + 3 * lanes <= kg and not (kg - k) // lanes == 4:
-        if four:
-            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 3)
-        else:
-            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 1, 3)
-        k += 3 * lanes
-    while k + 2 * lanes <= kg:
-        if four:
-            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 2)
-        else:
-            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 1, 2)
-        k += 2 * lanes
-    if k + lanes <= kg:
-        if four:
-            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 4, 1)
-        else:
-            gemm_block(vf, vi, cg, uf, ui + k, kg, mf, mi + k, kg, cg, 1, 1)
-        k += lanes
-    for r in range(4 if four else 1):
-        for kk in range(k, kg):
-            s = mf.dtype.type(0)
-            for c in range(cg):
-                s += vf[vi + r * cg + c] * uf[ui + c * kg + kk]
-            mf[mi + r * kg + kk] = s
+def _panel_rows(vf, vi, cg, uf, ui, kg, mf, mi, vectors, full):
+    """mf[mi + r*kg + j] = sum_c vf[vi + r*cg + c] * uf[ui + c*kg + j] for j < vectors * L
+    and r < GEMM_ROWS (``full``) or r < 1: one ``gemm_block`` (literal block shapes)."""
+    if full:
+        if vectors == GEMM_PANEL_VECTORS:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, GEMM_PANEL_VECTORS)
+        elif vectors == 3:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, 3)
+        elif vectors == 2:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, 2)
+        elif vectors == 1:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, 1)
+    else:
+        if vectors == GEMM_PANEL_VECTORS:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, GEMM_PANEL_VECTORS)
+        elif vectors == 3:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, 3)
+        elif vectors == 2:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, 2)
+        elif vectors == 1:
+            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, 1)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
 def _batched_gemm(v, u, mm, workers):
     """mm[xi, g] = v[xi, g] @ u[xi, g] for every position xi and group g.
 
-    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small,
-    so whole GEMMs run side by side on a one-thread BLAS (the caller holds
-    ``threads.single_threaded_blas``) rather than BLAS splitting each one. Up to
-    ``tables.SMALL_GEMM_CHANNELS`` channels both ways they skip BLAS for ``gemm_block``
-    (4 rows x 3 vectors summed in registers, straight from v and u), where BLAS spends a
-    third of its time packing both operands and zeroing mm.
+    v (a*a, G, T, C/G), u (a*a, G, C/G, K/G), mm (a*a, G, T, K/G). The products are small
+    (K and C/G 32-256), so whole products run side by side (``_small_gemm``) rather than
+    each split over the threads. ``gemm_block`` reads v and u where they are; OpenBLAS spends
+    a third of its time on the 32-64-channel products packing both and zeroing mm, and the
+    ResNet 128-256-channel layers took 1.05-1.12x the time with it (one core).
     """
     groups = u.shape[1]
     n_jobs = u.shape[0] * groups
     nt, cg, kg = v.shape[2], v.shape[3], u.shape[3]
-    small = cg <= tables.SMALL_GEMM_CHANNELS and kg <= tables.SMALL_GEMM_CHANNELS
     vf, uf, mf = v.reshape(-1), u.reshape(-1), mm.reshape(-1)
     for worker in prange(workers):
         for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
-            if small:
-                _small_gemm(vf, uf, mf, job, nt, cg, kg, 0, nt)
-            else:
-                xi = job // groups
-                g = job - xi * groups
-                np.dot(v[xi, g], u[xi, g], mm[xi, g])
+            _small_gemm(vf, uf, mf, job, nt, cg, kg, 0, nt)
 
 
 @njit(**JIT_OPTIONS)
 def _small_gemm(vf, uf, mf, job, nt, cg, kg, t0, t1):
     """mm[job, t] = v[job, t] @ u[job] for the tiles t0 <= t < t1 of position-and-group
-    ``job`` (flat V (jobs, T, cg), U (jobs, cg, kg), M (jobs, T, kg)): 4 tiles at a time."""
-    t = t0
-    while t + 4 <= t1:
-        _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, True)
-        t += 4
-    while t < t1:
-        _gemm_rows(vf, (job * nt + t) * cg, cg, uf, job * cg * kg, kg, mf, (job * nt + t) * kg, False)
-        t += 1
+    ``job`` (flat V (jobs, T, cg), U (jobs, cg, kg), M (jobs, T, kg)).
+
+    Panels of GEMM_PANEL_VECTORS vectors of u's columns go outermost, so that one panel
+    (cg rows) stays in L1 while every tile passes; GEMM_ROWS tiles at a time, then one."""
+    lanes = VECTOR_BYTES // vf.itemsize
+    panel = GEMM_PANEL_VECTORS * lanes
+    ui = job * cg * kg
+    for j in range(0, kg, panel):
+        vectors = min(panel, kg - j) // lanes
+        t = t0
+        while t + GEMM_ROWS <= t1:
+            _panel_rows(vf, (job * nt + t) * cg, cg, uf, ui + j, kg, mf, (job * nt + t) * kg + j, vectors, True)
+            t += GEMM_ROWS
+        while t < t1:
+            _panel_rows(vf, (job * nt + t) * cg, cg, uf, ui + j, kg, mf, (job * nt + t) * kg + j, vectors, False)
+            t += 1
+    for t in range(t0, t1):     # the columns past the last full vector
+        for k in range(kg - kg % lanes, kg):
+            s = mf.dtype.type(0)
+            for c in range(cg):
+                s += vf[(job * nt + t) * cg + c] * uf[ui + c * kg + k]
+            mf[(job * nt + t) * kg + k] = s
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
