@@ -356,6 +356,25 @@ def test_batched_gemm_is_the_matrix_product_per_position(backend, dtype, nt, cg,
     np.testing.assert_allclose(mm, expected, rtol=0, atol=8 * eps * cg * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nt,cg,kg", [
+    (9, 32, 64),     # MNIST conv2's channels
+    (7, 5, 13),      # result rows past the last full block, columns past the last vector
+    (1, 1, 1),       # one tile, one channel each way
+    (150, 13, 70),   # tiles past the first pass over d's rows, a part-vector last panel
+])
+def test_batched_gemm_tn_adds_the_transposed_product_per_position(backend, dtype, nt, cg, kg):
+    mod = _backend_module(backend)
+    rng = np.random.default_rng(nt * 1000 + cg * 10 + kg)
+    v = rng.standard_normal((3, 2, nt, cg)).astype(dtype)
+    d = rng.standard_normal((3, 2, nt, kg)).astype(dtype)
+    dm = rng.standard_normal((3, 2, cg, kg)).astype(dtype)       # the sum so far: added to
+    expected = dm.astype(np.float64) + np.matmul(v.astype(np.float64).swapaxes(2, 3), d.astype(np.float64))
+    mod._batched_gemm_tn(v, d, dm, 2)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(dm, expected, rtol=0, atol=8 * eps * nt * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("threads,workspace", [(1, None), (2, None), (2, 1)])   # 1 byte: a tile row per chunk
 def test_one_region_per_chunk_equals_the_three_steps(backend, algo, threads, workspace, monkeypatch):

@@ -300,7 +300,7 @@ cdef extern from *:
     #endif
 
     /* gemm_block, the Winograd products: c[r*ldc + j] = s + sum over p < depth of
-       a[r*lda + p] * b[p*ldb + j] for r < R and j < n (at most FC_GEMM_PANEL_VECTORS
+       a[r*lda + p*ldp] * b[p*ldb + j] for r < R and j < n (at most FC_GEMM_PANEL_VECTORS
        vectors), s = 0 (zero) or c's own value; p ascending, one FMA per term. With 64-byte
        vectors 6 rows x 4 vectors of sums (24 of the 32 registers) cost 4 loads and 6
        broadcasts per 24 FMAs; with 32-byte ones 4 x 3 (12 of 16), as tap_block. */
@@ -311,7 +311,10 @@ cdef extern from *:
     #define FC_GEMM_ROWS 4
     #define FC_GEMM_PANEL_VECTORS 3
     #endif
-    #define FC_GEMM_VECTORS(T, V, LANES, LOAD, STORE, SET1, FMADD, R, NV, MASK)                \\
+    /* Rows of b per pass of a transposed product (a^T @ b, summed over many rows): a panel of
+       them (16 KiB at 64-byte vectors) stays in L1 across the blocks of rows of the result. */
+    #define FC_GEMM_TN_DEPTH 64
+    #define FC_GEMM_VECTORS(T, V, LANES, LOAD, STORE, SET1, FMADD, R, NV, MASK)                 \\
         {                                                                                       \\
             V s[R][NV];                                                                         \\
             for (r = 0; r < R; r++)                                                             \\
@@ -322,7 +325,7 @@ cdef extern from *:
                 V bv[NV];                                                                       \\
                 for (k = 0; k < NV; k++) bv[k] = LOAD(bp + k * LANES MASK);                     \\
                 for (r = 0; r < R; r++) {                                                       \\
-                    V ar = SET1(a[r * lda + p]);                                                \\
+                    V ar = SET1(a[r * lda + p * ldp]);                                          \\
                     for (k = 0; k < NV; k++) s[r][k] = FMADD(ar, bv[k], s[r][k]);               \\
                 }                                                                               \\
             }                                                                                   \\
@@ -338,8 +341,9 @@ cdef extern from *:
     #define FC_GEMM_CASE4(T, V, LANES, LOADU, STOREU, SET1, FMADD, R)
     #endif
     #define FC_GEMM_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
-    static __attribute__((noinline)) void NAME(const T* a, Py_ssize_t lda, const T* b,          \\
-            Py_ssize_t ldb, T* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, int zero) {  \\
+    static __attribute__((noinline)) void NAME(const T* a, Py_ssize_t lda, Py_ssize_t ldp,      \\
+            const T* b, Py_ssize_t ldb, T* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n,   \\
+            int zero) {                                                                         \\
         Py_ssize_t j = 0, p, m = n % LANES;                                                     \\
         int r, k;                                                                               \\
         switch (n / LANES) {                                                                    \\
@@ -355,35 +359,36 @@ cdef extern from *:
     }
     #else
     #define FC_GEMM_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
-    static void NAME(const T* a, Py_ssize_t lda, const T* b, Py_ssize_t ldb, T* c,              \\
-                     Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, int zero) {                \\
+    static void NAME(const T* a, Py_ssize_t lda, Py_ssize_t ldp, const T* b, Py_ssize_t ldb,    \\
+                     T* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, int zero) {          \\
         Py_ssize_t j, p;                                                                        \\
         int r;                                                                                  \\
         for (r = 0; r < R; r++)                                                                 \\
             for (j = 0; j < n; j++) {                                                           \\
                 T s = zero ? (T)0 : c[r * ldc + j];                                             \\
-                for (p = 0; p < depth; p++) s = s + a[r * lda + p] * b[p * ldb + j];            \\
+                for (p = 0; p < depth; p++) s = s + a[r * lda + p * ldp] * b[p * ldb + j];      \\
                 c[r * ldc + j] = s;                                                             \\
             }                                                                                   \\
     }
     #endif
 
-    #define FC_GEMM_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE)\\
-    FC_GEMM_BLOCK(fc_gemm1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 1)\\
-    FC_GEMM_BLOCK(fc_gemm2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 2)\\
-    FC_GEMM_BLOCK(fc_gemm3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 3)\\
-    FC_GEMM_BLOCK(fc_gemm4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 4)\\
-    FC_GEMM_BLOCK(fc_gemm5_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 5)\\
-    FC_GEMM_BLOCK(fc_gemm6_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 6)\\
-    static void fc_gemm_##SUFFIX(Py_ssize_t rows, const T* a, Py_ssize_t lda, const T* b,      \\
-            Py_ssize_t ldb, T* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, int zero) {  \\
+    #define FC_GEMM_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE) \\
+    FC_GEMM_BLOCK(fc_gemm1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 1) \\
+    FC_GEMM_BLOCK(fc_gemm2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 2) \\
+    FC_GEMM_BLOCK(fc_gemm3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 3) \\
+    FC_GEMM_BLOCK(fc_gemm4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 4) \\
+    FC_GEMM_BLOCK(fc_gemm5_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 5) \\
+    FC_GEMM_BLOCK(fc_gemm6_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 6) \\
+    static void fc_gemm_##SUFFIX(Py_ssize_t rows, const T* a, Py_ssize_t lda, Py_ssize_t ldp,   \\
+            const T* b, Py_ssize_t ldb, T* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n,   \\
+            int zero) {                                                                         \\
         switch (rows) {                                                                         \\
-        case 6: fc_gemm6_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
-        case 5: fc_gemm5_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
-        case 4: fc_gemm4_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
-        case 3: fc_gemm3_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
-        case 2: fc_gemm2_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero); break;               \\
-        default: fc_gemm1_##SUFFIX(a, lda, b, ldb, c, ldc, depth, n, zero);                     \\
+        case 6: fc_gemm6_##SUFFIX(a, lda, ldp, b, ldb, c, ldc, depth, n, zero); break;          \\
+        case 5: fc_gemm5_##SUFFIX(a, lda, ldp, b, ldb, c, ldc, depth, n, zero); break;          \\
+        case 4: fc_gemm4_##SUFFIX(a, lda, ldp, b, ldb, c, ldc, depth, n, zero); break;          \\
+        case 3: fc_gemm3_##SUFFIX(a, lda, ldp, b, ldb, c, ldc, depth, n, zero); break;          \\
+        case 2: fc_gemm2_##SUFFIX(a, lda, ldp, b, ldb, c, ldc, depth, n, zero); break;          \\
+        default: fc_gemm1_##SUFFIX(a, lda, ldp, b, ldb, c, ldc, depth, n, zero);                \\
         }                                                                                       \\
     }
 
@@ -422,10 +427,13 @@ cdef extern from *:
     enum:
         FC_GEMM_ROWS
         FC_GEMM_PANEL_VECTORS
-    void fc_gemm_f32(Py_ssize_t rows, const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb,
-                     float* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, bint zero) noexcept nogil
-    void fc_gemm_f64(Py_ssize_t rows, const double* a, Py_ssize_t lda, const double* b, Py_ssize_t ldb,
-                     double* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n, bint zero) noexcept nogil
+        FC_GEMM_TN_DEPTH
+    void fc_gemm_f32(Py_ssize_t rows, const float* a, Py_ssize_t lda, Py_ssize_t ldp, const float* b,
+                     Py_ssize_t ldb, float* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n,
+                     bint zero) noexcept nogil
+    void fc_gemm_f64(Py_ssize_t rows, const double* a, Py_ssize_t lda, Py_ssize_t ldp, const double* b,
+                     Py_ssize_t ldb, double* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n,
+                     bint zero) noexcept nogil
 
 
 cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t* toff,
@@ -451,12 +459,12 @@ cdef inline void dot_block(Py_ssize_t nq, const floating* g, Py_ssize_t gstride,
         fc_dots_f64(nq, g, gstride, src, toff, ntaps, n, lanes, lstride)
 
 
-cdef inline void gemm_block(Py_ssize_t rows, const floating* a, Py_ssize_t lda, const floating* b,
-                            Py_ssize_t ldb, floating* c, Py_ssize_t ldc, Py_ssize_t depth, Py_ssize_t n,
-                            bint zero) noexcept nogil:
-    """c[r*ldc + j] = s + sum_p a[r*lda + p] * b[p*ldb + j] for r < rows (1-FC_GEMM_ROWS),
+cdef inline void gemm_block(Py_ssize_t rows, const floating* a, Py_ssize_t lda, Py_ssize_t ldp,
+                            const floating* b, Py_ssize_t ldb, floating* c, Py_ssize_t ldc, Py_ssize_t depth,
+                            Py_ssize_t n, bint zero) noexcept nogil:
+    """c[r*ldc + j] = s + sum_p a[r*lda + p*ldp] * b[p*ldb + j] for r < rows (1-FC_GEMM_ROWS),
     j < n (at most FC_GEMM_PANEL_VECTORS vectors), p < depth; s is 0 if ``zero`` else c's value."""
     if floating is float:
-        fc_gemm_f32(rows, a, lda, b, ldb, c, ldc, depth, n, zero)
+        fc_gemm_f32(rows, a, lda, ldp, b, ldb, c, ldc, depth, n, zero)
     else:
-        fc_gemm_f64(rows, a, lda, b, ldb, c, ldc, depth, n, zero)
+        fc_gemm_f64(rows, a, lda, ldp, b, ldb, c, ldc, depth, n, zero)

@@ -22,8 +22,9 @@ import numpy as np
 
 from cython.parallel cimport prange
 
-from fastconv.kernels.cython.blas cimport floating, gemm
-from fastconv.kernels.cython.microkernels cimport FC_GEMM_PANEL_VECTORS, FC_GEMM_ROWS, FC_VECTOR_BYTES, gemm_block
+from fastconv.kernels.cython.blas cimport floating
+from fastconv.kernels.cython.microkernels cimport (FC_GEMM_PANEL_VECTORS, FC_GEMM_ROWS, FC_GEMM_TN_DEPTH,
+                                                     FC_VECTOR_BYTES, gemm_block)
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 
 from fastconv import threads
@@ -670,7 +671,7 @@ cdef void _small_gemm(const floating* v, const floating* u, floating* mm, Py_ssi
     while j < kg:
         t = t0
         while t < t1:
-            gemm_block(min(FC_GEMM_ROWS, t1 - t), v + t * cg, cg, u + j, kg, mm + t * kg + j, kg, cg,
+            gemm_block(min(FC_GEMM_ROWS, t1 - t), v + t * cg, cg, 1, u + j, kg, mm + t * kg + j, kg, cg,
                        min(panel, kg - j), True)
             t += FC_GEMM_ROWS
         j += panel
@@ -692,20 +693,38 @@ def _batched_gemm(floating[:, :, :, ::1] v, const floating[:, :, :, ::1] u, floa
         _small_gemm(&v[xi, g, 0, 0], &u[xi, g, 0, 0], &mm[xi, g, 0, 0], cg, kg, 0, nt)
 
 
+cdef void _small_gemm_tn(const floating* v, const floating* d, floating* dm, Py_ssize_t nt, Py_ssize_t cg,
+                         Py_ssize_t kg) noexcept nogil:
+    """dm += v^T @ d for one position and group (v: T x cg, d: T x kg, dm: cg x kg,
+    row-major) on ``gemm_block``: FC_GEMM_ROWS of dm's rows (v's columns) at a time, over
+    panels of d's columns and FC_GEMM_TN_DEPTH of its rows that stay in L1 meanwhile."""
+    cdef Py_ssize_t panel = FC_GEMM_PANEL_VECTORS * FC_VECTOR_BYTES // sizeof(floating)
+    cdef Py_ssize_t j = 0, t0, c
+    while j < kg:
+        t0 = 0
+        while t0 < nt:
+            c = 0
+            while c < cg:
+                gemm_block(min(FC_GEMM_ROWS, cg - c), v + t0 * cg + c, 1, cg, d + t0 * kg + j, kg, dm + c * kg + j,
+                           kg, min(FC_GEMM_TN_DEPTH, nt - t0), min(panel, kg - j), False)
+                c += FC_GEMM_ROWS
+            t0 += FC_GEMM_TN_DEPTH
+        j += panel
+
+
 def _batched_gemm_tn(const floating[:, :, :, ::1] v, const floating[:, :, :, ::1] d,
                      floating[:, :, :, ::1] dm, int nthreads):
     """dm[xi, g] += v[xi, g]^T @ d[xi, g] for every position xi and group g (threads as in _batched_gemm).
 
     v (a*a, G, T, C/G), d (a*a, G, T, K/G), dm (a*a, G, C/G, K/G): the weight gradient in
-    the transformed domain, summed over the chunk's tiles (the transpose is a BLAS flag).
+    the transformed domain, summed over the chunk's tiles.
     """
     cdef int nt = v.shape[2], cg = v.shape[3], kg = d.shape[3]
     cdef Py_ssize_t groups = v.shape[1], job, xi, g
     for job in prange(v.shape[0] * groups, nogil=True, num_threads=nthreads, schedule="static"):
         xi = job // groups
         g = job - xi * groups
-        gemm(True, False, cg, kg, nt, <floating>1, &v[xi, g, 0, 0], cg, &d[xi, g, 0, 0], kg,
-             <floating>1, &dm[xi, g, 0, 0], kg)
+        _small_gemm_tn(&v[xi, g, 0, 0], &d[xi, g, 0, 0], &dm[xi, g, 0, 0], nt, cg, kg)
 
 
 # ---------------------------------------------------------------- output transform

@@ -38,6 +38,9 @@ VECTOR_BYTES = 64 if _target_has_avx512() else 32
 #: 32 registers: 4 loads and 6 broadcasts per 24 FMAs), else 4 x 3 (12 of the 16).
 GEMM_ROWS = 6 if VECTOR_BYTES == 64 else 4
 GEMM_PANEL_VECTORS = 4 if VECTOR_BYTES == 64 else 3
+#: Rows of b per pass of a transposed product (a^T @ b, summed over many rows): a panel of
+#: them (16 KiB at 64-byte vectors) stays in L1 across the blocks of rows of the result.
+GEMM_TN_DEPTH = 64
 
 def _float_arrays(*arrays) -> bool:
     """Whether all are 1-D arrays of one float dtype (float32 or float64)."""
@@ -117,9 +120,11 @@ def transpose_block(typingctx, src, s_index, ss, dst, d_index, ds):
 
 
 @intrinsic
-def gemm_block(typingctx, a, a_index, a_stride, b, b_index, b_stride, c, c_index, c_stride, depth, rows, vectors):
-    """``c[c_index + r*c_stride + j] = sum_k a[a_index + r*a_stride + k] * b[b_index + k*b_stride + j]``
-    for r < rows, j < vectors * L, k < depth (k ascending, one FMA per term).
+def gemm_block(typingctx, a, a_index, a_stride, a_step, b, b_index, b_stride, c, c_index, c_stride, depth, zero,
+               rows, vectors):
+    """``c[c_index + r*c_stride + j] = s + sum_k a[a_index + r*a_stride + k*a_step] * b[b_index + k*b_stride + j]``
+    for r < rows, j < vectors * L, k < depth (k ascending, one FMA per term), where s is 0
+    if ``zero`` else c's own value.
 
     L = VECTOR_BYTES // itemsize. ``rows`` (1-GEMM_ROWS) and ``vectors``
     (1-GEMM_PANEL_VECTORS) are literal ints: rows x vectors sums stay in registers, with the
@@ -134,45 +139,52 @@ def gemm_block(typingctx, a, a_index, a_stride, b, b_index, b_stride, c, c_index
     lanes = VECTOR_BYTES * 8 // a.dtype.bitwidth
 
     def codegen(context, builder, sig, args):
-        at, ait, ast, bt, bit, bst, ct, cit, cst, dt = sig.args[:10]
+        at, ait, ast, akt, bt, bit, bst, ct, cit, cst, dt, zt = sig.args[:12]
         elem = context.get_data_type(at.dtype)
         vec = ir.VectorType(elem, lanes)
         align = at.dtype.bitwidth // 8
         a_ptr = _element_pointer(context, builder, at, args[0], ait, args[1])
-        b_ptr = _element_pointer(context, builder, bt, args[3], bit, args[4])
-        c_ptr = _element_pointer(context, builder, ct, args[6], cit, args[7])
-        a_step = context.cast(builder, args[2], ast, types.intp)
-        b_step = context.cast(builder, args[5], bst, types.intp)
-        c_step = context.cast(builder, args[8], cst, types.intp)
-        depth_ = context.cast(builder, args[9], dt, types.intp)
+        b_ptr = _element_pointer(context, builder, bt, args[4], bit, args[5])
+        c_ptr = _element_pointer(context, builder, ct, args[7], cit, args[8])
+        a_row = context.cast(builder, args[2], ast, types.intp)
+        a_step = context.cast(builder, args[3], akt, types.intp)
+        b_step = context.cast(builder, args[6], bst, types.intp)
+        c_step = context.cast(builder, args[9], cst, types.intp)
+        depth_ = context.cast(builder, args[10], dt, types.intp)
+        zero_ = context.cast(builder, args[11], zt, types.boolean)
         intp = a_step.type
         i32 = ir.IntType(32)
         broadcast = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                              f"llvm.fma.v{lanes}f{at.dtype.bitwidth}")
+
+        def c_vector(r, j):
+            c_row = builder.gep(c_ptr, [builder.mul(c_step, ir.Constant(intp, r))])
+            return builder.bitcast(builder.gep(c_row, [ir.Constant(intp, j * lanes)]), vec.as_pointer())
+
         # Sums live in allocas that LLVM promotes to registers (one vector each).
         sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_vec)] for _ in range(n_rows)]
-        for row in sums:
-            for slot in row:
-                builder.store(ir.Constant(vec, None), slot)
+        for r, row in enumerate(sums):
+            for j, slot in enumerate(row):
+                start = builder.select(zero_, ir.Constant(vec, None), builder.load(c_vector(r, j), align=align))
+                builder.store(start, slot)
         with cgutils.for_range(builder, depth_) as loop:
             k = loop.index
             b_row = builder.gep(b_ptr, [builder.mul(k, b_step)])
             b_vecs = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(intp, j * lanes)]),
                                                    vec.as_pointer()), align=align) for j in range(n_vec)]
             for r in range(n_rows):
-                x = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(a_step, ir.Constant(intp, r)), k)]))
+                x = builder.load(builder.gep(a_ptr, [builder.add(builder.mul(a_row, ir.Constant(intp, r)),
+                                                                 builder.mul(a_step, k))]))
                 xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), x,
                                                                    ir.Constant(i32, 0)),
                                             ir.Constant(vec, ir.Undefined), broadcast)
                 for j in range(n_vec):
                     builder.store(builder.call(fma, [xv, b_vecs[j], builder.load(sums[r][j])]), sums[r][j])
         for r in range(n_rows):
-            c_row = builder.gep(c_ptr, [builder.mul(c_step, ir.Constant(intp, r))])
             for j in range(n_vec):
-                dst = builder.bitcast(builder.gep(c_row, [ir.Constant(intp, j * lanes)]), vec.as_pointer())
-                builder.store(builder.load(sums[r][j]), dst, align=align)
+                builder.store(builder.load(sums[r][j]), c_vector(r, j), align=align)
         return context.get_dummy_value()
 
-    return types.void(a, a_index, a_stride, b, b_index, b_stride, c, c_index, c_stride, depth, rows,
-                      vectors), codegen
+    return types.void(a, a_index, a_stride, a_step, b, b_index, b_stride, c, c_index, c_stride, depth, zero,
+                      rows, vectors), codegen

@@ -67,7 +67,7 @@ from numba import njit, prange
 from ... import threads
 from .. import winograd_plan as plan, winograd_tables as tables
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, prefetch, use_configured_threads
-from .microkernels import GEMM_PANEL_VECTORS, GEMM_ROWS, VECTOR_BYTES, gemm_block, transpose_block
+from .microkernels import GEMM_PANEL_VECTORS, GEMM_ROWS, GEMM_TN_DEPTH, VECTOR_BYTES, gemm_block, transpose_block
 
 _FILTER_CACHE = tables.FilterTransformCache()
 
@@ -616,27 +616,30 @@ def _input_transform(x, v, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of
 # ---------------------------------------------------------------- the GEMMs
 
 @njit(**JIT_OPTIONS)
-def _panel_rows(vf, vi, cg, uf, ui, kg, mf, mi, vectors, full):
-    """mf[mi + r*kg + j] = sum_c vf[vi + r*cg + c] * uf[ui + c*kg + j] for j < vectors * L
-    and r < GEMM_ROWS (``full``) or r < 1: one ``gemm_block`` (literal block shapes)."""
+def _panel_rows(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, vectors, full):
+    """cf[ci + r*c_stride + j] = s + sum_p af[ai + r*a_stride + p*a_step] * bf[bi + p*b_stride + j]
+    for j < vectors * L and r < GEMM_ROWS (``full``) or r < 1, s = 0 (``zero``) or cf's
+    value: one ``gemm_block`` (whose block shapes are literals)."""
     if full:
         if vectors == GEMM_PANEL_VECTORS:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, GEMM_PANEL_VECTORS)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, GEMM_ROWS,
+                       GEMM_PANEL_VECTORS)
         elif vectors == 3:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, 3)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, GEMM_ROWS, 3)
         elif vectors == 2:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, 2)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, GEMM_ROWS, 2)
         elif vectors == 1:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, GEMM_ROWS, 1)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, GEMM_ROWS, 1)
     else:
         if vectors == GEMM_PANEL_VECTORS:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, GEMM_PANEL_VECTORS)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, 1,
+                       GEMM_PANEL_VECTORS)
         elif vectors == 3:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, 3)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, 1, 3)
         elif vectors == 2:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, 2)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, 1, 2)
         elif vectors == 1:
-            gemm_block(vf, vi, cg, uf, ui, kg, mf, mi, kg, cg, 1, 1)
+            gemm_block(af, ai, a_stride, a_step, bf, bi, b_stride, cf, ci, c_stride, depth, zero, 1, 1)
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
@@ -672,10 +675,12 @@ def _small_gemm(vf, uf, mf, job, nt, cg, kg, t0, t1):
         vectors = min(panel, kg - j) // lanes
         t = t0
         while t + GEMM_ROWS <= t1:
-            _panel_rows(vf, (job * nt + t) * cg, cg, uf, ui + j, kg, mf, (job * nt + t) * kg + j, vectors, True)
+            _panel_rows(vf, (job * nt + t) * cg, cg, 1, uf, ui + j, kg, mf, (job * nt + t) * kg + j, kg, cg, True,
+                        vectors, True)
             t += GEMM_ROWS
         while t < t1:
-            _panel_rows(vf, (job * nt + t) * cg, cg, uf, ui + j, kg, mf, (job * nt + t) * kg + j, vectors, False)
+            _panel_rows(vf, (job * nt + t) * cg, cg, 1, uf, ui + j, kg, mf, (job * nt + t) * kg + j, kg, cg, True,
+                        vectors, False)
             t += 1
     for t in range(t0, t1):     # the columns past the last full vector
         for k in range(kg - kg % lanes, kg):
@@ -685,22 +690,48 @@ def _small_gemm(vf, uf, mf, job, nt, cg, kg, t0, t1):
             mf[(job * nt + t) * kg + k] = s
 
 
+@njit(**JIT_OPTIONS)
+def _small_gemm_tn(vf, df, dmf, job, nt, cg, kg):
+    """dm[job] += v[job]^T @ d[job] for position-and-group ``job`` (flat V (jobs, T, cg),
+    D (jobs, T, kg), dM (jobs, cg, kg)): GEMM_ROWS of dm's rows (v's columns) at a time, then
+    one, over panels of d's columns and GEMM_TN_DEPTH of its rows that stay in L1 meanwhile."""
+    lanes = VECTOR_BYTES // vf.itemsize
+    panel = GEMM_PANEL_VECTORS * lanes
+    vi, di, mi = job * nt * cg, job * nt * kg, job * cg * kg
+    for j in range(0, kg, panel):
+        vectors = min(panel, kg - j) // lanes
+        for t0 in range(0, nt, GEMM_TN_DEPTH):
+            depth = min(GEMM_TN_DEPTH, nt - t0)
+            c = 0
+            while c + GEMM_ROWS <= cg:
+                _panel_rows(vf, vi + t0 * cg + c, 1, cg, df, di + t0 * kg + j, kg, dmf, mi + c * kg + j, kg, depth,
+                            False, vectors, True)
+                c += GEMM_ROWS
+            while c < cg:
+                _panel_rows(vf, vi + t0 * cg + c, 1, cg, df, di + t0 * kg + j, kg, dmf, mi + c * kg + j, kg, depth,
+                            False, vectors, False)
+                c += 1
+    for c in range(cg):     # the columns past the last full vector
+        for k in range(kg - kg % lanes, kg):
+            s = dmf[mi + c * kg + k]
+            for t in range(nt):
+                s += vf[vi + t * cg + c] * df[di + t * kg + k]
+            dmf[mi + c * kg + k] = s
+
+
 @njit(**PARALLEL_JIT_OPTIONS)
 def _batched_gemm_tn(v, d, dm, workers):
     """dm[xi, g] += v[xi, g]^T @ d[xi, g] for every position xi and group g (threads as in _batched_gemm).
 
     v (a*a, G, T, C/G), d (a*a, G, T, K/G), dm (a*a, G, C/G, K/G): the weight gradient in
-    the transformed domain, summed over the chunk's tiles (the transpose is a BLAS flag).
+    the transformed domain, summed over the chunk's tiles.
     """
-    groups = v.shape[1]
-    n_jobs = v.shape[0] * groups
+    n_jobs = v.shape[0] * v.shape[1]
+    nt, cg, kg = v.shape[2], v.shape[3], d.shape[3]
+    vf, df, dmf = v.reshape(-1), d.reshape(-1), dm.reshape(-1)
     for worker in prange(workers):
-        tmp = np.empty(dm.shape[2:], dtype=dm.dtype)
         for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
-            xi = job // groups
-            g = job - xi * groups
-            np.dot(v[xi, g].T, d[xi, g], tmp)
-            dm[xi, g] += tmp
+            _small_gemm_tn(vf, df, dmf, job, nt, cg, kg)
 
 
 # ---------------------------------------------------------------- output transform
