@@ -375,6 +375,31 @@ def test_batched_gemm_tn_adds_the_transposed_product_per_position(backend, dtype
     np.testing.assert_allclose(dm, expected, rtol=0, atol=8 * eps * nt * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,groups,cg,kg", [(4, 1, 3, 37), (2, 2, 5, 4), (4, 1, 1, 1)])
+def test_filter_gradient_is_the_adjoint_of_the_filter_transform(backend, dtype, m, groups, cg, kg):
+    """<filter_transform(f), dm> = <f, filter_gradient(dm)> for every f and dm, per channel
+    pair: the two are each other's transposes (checked in float64 against einsum too)."""
+    mod = _backend_module(backend)
+    rng = np.random.default_rng(m * 100 + cg)
+    a = m + 2
+    g = tables.MATRICES[m][1]
+    dm = rng.standard_normal((a * a, groups, cg, kg))
+    gw = np.full((groups * kg, cg, 3, 3), np.nan, dtype=dtype)          # every element must be written
+    mod._STEPS.filter_gradient(dm.astype(dtype), g.astype(dtype), gw, 2)
+    expected = np.einsum("pi,pqgck,qj->gkcij", g, dm.reshape(a, a, groups, cg, kg), g).reshape(gw.shape)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(gw, expected, rtol=0, atol=64 * eps * np.abs(expected).max())
+    f = rng.standard_normal((groups, cg, 3, 3, kg))                     # filters, output channels last
+    u = np.empty((a * a, groups, cg, kg))
+    if backend == "cython":
+        mod._filter_transform(f, g, u, 2)
+    else:
+        mod._filter_transform(f, g, u)
+    w = f.transpose(0, 4, 1, 2, 3).reshape(groups * kg, cg, 3, 3)       # the same filters as gw's layout
+    assert np.isclose(np.vdot(u, dm), np.vdot(w, gw.astype(np.float64)), rtol=256 * eps)
+
+
 @pytest.mark.parametrize("algo", list(ALGOS))
 @pytest.mark.parametrize("threads,workspace", [(1, None), (2, None), (2, 1)])   # 1 byte: a tile row per chunk
 def test_one_region_per_chunk_equals_the_three_steps(backend, algo, threads, workspace, monkeypatch):

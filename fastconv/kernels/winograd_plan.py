@@ -37,6 +37,8 @@ class WinogradSteps(NamedTuple):
     forward_chunk: Callable
     #: grad_input's three steps of one chunk (adjoint formulation) in one parallel region.
     input_gradient_chunk: Callable
+    #: grad_weight = G^T dL/dU G per channel pair (the adjoint of the filter transform).
+    filter_gradient: Callable
 
 
 def _fused(c_per_group: int, k_per_group: int) -> bool:
@@ -135,7 +137,7 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
     The adjoint of ``convolve``: per chunk of tile rows, V = B^T d B of x's tiles (as in the
     forward) and D = A dY A^T of grad_output's tiles; dL/dU[xi] = sum over tiles of
     V[xi]^T D[xi] (one GEMM per position, accumulated over chunks); grad_weight = G^T dL/dU G
-    (``winograd_tables.weight_gradient``). A dilated layer's is that of its phase images.
+    (``filter_gradient``). A dilated layer's is that of its phase images.
     """
     if phases.dilated(dilation):
         a, b = phases.phase_output_shape(grad_output.shape[2:], dilation)
@@ -159,7 +161,7 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
             steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across,
                                   workers)
             steps.batched_gemm_tn(v, d, dm, workers)
-    grad_weight[...] = tables.weight_gradient(dm, m)
+        steps.filter_gradient(dm, tables.MATRICES[m][1].astype(x.dtype), grad_weight, workers)
 
 
 def adjoint_pays(out_hw: Tuple[int, int], in_hw: Tuple[int, int], m: int,
@@ -236,4 +238,4 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
                                       workers)
                 steps.batched_gemm_tn(v, d, dm, workers)
     if dm is not None:
-        grad_weight[...] = tables.weight_gradient(dm, m)
+        steps.filter_gradient(dm, tables.MATRICES[m][1].astype(dtype), grad_weight, workers)

@@ -193,24 +193,6 @@ def input_transform_offsets(m: int, n_tw: int, groups: int, cg: int,
     return slot_of_col, down, across
 
 
-def weight_gradient(dm: np.ndarray, m: int) -> np.ndarray:
-    """grad_weight (K, C/g, 3, 3) from ``dm = dL/dU`` (a*a, G, C/G, K/G), in dm's dtype.
-
-    The adjoint of the filter transform ``U = G f G^T``: ``dL/df = G^T dL/dU G`` per
-    (input, output) channel pair.
-    """
-    g = MATRICES[m][1].astype(dm.dtype)
-    a = g.shape[0]
-    groups, cg, kg = dm.shape[1:]
-    d = dm.reshape(a, a * groups * cg * kg)
-    # Two small matrix products in dm's dtype: memory-bound passes over dm, which is as large
-    # as 36 weight arrays (einsum's contraction order, in float64, ran 10x slower at 256
-    # channels); the 6-term sums add rounding far below the GEMMs' sums over all tiles.
-    t = (g.T @ d).reshape(3, a, groups * cg * kg)                 # [i, q, gck]
-    w = np.matmul(g.T, t).reshape(3, 3, groups, cg, kg)           # [i, j, g, c, k]
-    return np.ascontiguousarray(w.transpose(2, 4, 3, 0, 1)).reshape(groups * kg, cg, 3, 3)
-
-
 def filters_channel_last(weight: np.ndarray, groups: int, grad_input: bool) -> np.ndarray:
     """The 3x3 filters of the convolution to run, as float64 ``(groups, C_in/groups, 3, 3, C_out/groups)``.
 

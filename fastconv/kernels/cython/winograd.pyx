@@ -543,6 +543,46 @@ def _filter_transform(const double[:, :, :, :, ::1] f, const double[:, ::1] g,
                                                          + tmp[(p * 3 + 2) * k_out + k] * g[q, 2])
 
 
+def _filter_gradient(const floating[:, :, :, ::1] dm, const floating[:, ::1] g, floating[:, :, :, ::1] gw,
+                     int nthreads):
+    """gw[grp*K/G + k, c] = G^T dm[:, grp, c, k] G (dm's a*a values as an a x a matrix): the
+    adjoint of ``_filter_transform``, in dm's dtype.
+
+    dm (a*a, G, C/G, K/G), g (a, 3), gw (K, C/G, 3, 3). Vectorised over the output channels
+    (dm's innermost axis); one pass over dm, whose size is that of 36 weights for F(4x4,3x3).
+    """
+    cdef Py_ssize_t groups = dm.shape[1], cg = dm.shape[2], kg = dm.shape[3]
+    cdef Py_ssize_t a = g.shape[0]
+    cdef Py_ssize_t job, grp, c, i, j, p, q, k
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] tmp_all = np.empty((nthreads, (3 * a + 9) * kg), dtype=dtype)
+    cdef floating* tmp
+    cdef floating* w
+    for job in prange(groups * cg, nogil=True, num_threads=nthreads, schedule="static"):
+        grp = job // cg
+        c = job - grp * cg
+        tmp = &tmp_all[omp_get_thread_num(), 0]
+        w = tmp + 3 * a * kg
+        for i in range(3):          # tmp = G^T dm  (3 x a per output channel)
+            for q in range(a):
+                for k in range(kg):
+                    tmp[(i * a + q) * kg + k] = g[0, i] * dm[q, grp, c, k]
+                for p in range(1, a):
+                    for k in range(kg):
+                        tmp[(i * a + q) * kg + k] = tmp[(i * a + q) * kg + k] + g[p, i] * dm[p * a + q, grp, c, k]
+        for i in range(3):          # w = tmp G  (3 x 3)
+            for j in range(3):
+                for k in range(kg):
+                    w[(i * 3 + j) * kg + k] = tmp[(i * a) * kg + k] * g[0, j]
+                for q in range(1, a):
+                    for k in range(kg):
+                        w[(i * 3 + j) * kg + k] = w[(i * 3 + j) * kg + k] + tmp[(i * a + q) * kg + k] * g[q, j]
+        for k in range(kg):
+            for i in range(3):
+                for j in range(3):
+                    gw[grp * kg + k, c, i, j] = w[(i * 3 + j) * kg + k]
+
+
 def _transformed_filters(weight, m, groups, grad_input, swap_channels=False):
     """U (a*a, G, C_in/G, C_out/G) of the forward (or grad_input) convolution, cached per weight;
     with ``swap_channels`` (a*a, G, C_out/G, C_in/G) as the adjoint grad_input reads it (the
@@ -1008,7 +1048,7 @@ def _input_gradient_chunk(const floating[:, :, :, ::1] gy, floating[:, :, :, ::1
 # ---------------------------------------------------------------- the driver
 
 _STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
-                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk)
+                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk, _filter_gradient)
 
 
 def _workers():

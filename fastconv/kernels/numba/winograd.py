@@ -99,6 +99,47 @@ def _filter_transform(f, g, u):
                     out[k] = tmp[p, 0, k] * g[q, 0] + tmp[p, 1, k] * g[q, 1] + tmp[p, 2, k] * g[q, 2]
 
 
+@njit(**PARALLEL_JIT_OPTIONS)
+def _filter_gradient(dm, g, gw, workers):
+    """gw[grp*K/G + k, c] = G^T dm[:, grp, c, k] G (dm's a*a values as an a x a matrix): the
+    adjoint of ``_filter_transform``, in dm's dtype.
+
+    dm (a*a, G, C/G, K/G), g (a, 3), gw (K, C/G, 3, 3). Vectorised over the output channels
+    (dm's innermost axis); one pass over dm, whose size is that of 36 weights for F(4x4,3x3).
+    """
+    groups, cg, kg = dm.shape[1], dm.shape[2], dm.shape[3]
+    a = g.shape[0]
+    n_jobs = groups * cg
+    for worker in prange(workers):
+        tmp = np.empty((3, a, kg), dtype=dm.dtype)
+        w = np.empty((3, 3, kg), dtype=dm.dtype)
+        for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
+            grp = job // cg
+            c = job - grp * cg
+            for i in range(3):          # tmp = G^T dm  (3 x a per output channel)
+                for q in range(a):
+                    row = tmp[i, q]
+                    src = dm[q, grp, c]
+                    for k in range(kg):
+                        row[k] = g[0, i] * src[k]
+                    for p in range(1, a):
+                        src = dm[p * a + q, grp, c]
+                        for k in range(kg):
+                            row[k] += g[p, i] * src[k]
+            for i in range(3):          # w = tmp G  (3 x 3)
+                for j in range(3):
+                    out = w[i, j]
+                    for k in range(kg):
+                        out[k] = tmp[i, 0, k] * g[0, j]
+                    for q in range(1, a):
+                        for k in range(kg):
+                            out[k] += tmp[i, q, k] * g[q, j]
+            for k in range(kg):
+                for i in range(3):
+                    for j in range(3):
+                        gw[grp * kg + k, c, i, j] = w[i, j, k]
+
+
 def _transformed_filters(weight, m, groups, grad_input, swap_channels=False):
     """U (a*a, G, C_in/G, C_out/G) of the forward (or grad_input) convolution, cached per weight;
     with ``swap_channels`` (a*a, G, C_out/G, C_in/G) as the adjoint grad_input reads it (the
@@ -988,7 +1029,7 @@ def _input_gradient_chunk(gy, d, ut, v, gx, row_start, pad_top, pad_left, n_th, 
 # ---------------------------------------------------------------- the driver
 
 _STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
-                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk)
+                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk, _filter_gradient)
 
 
 def _workers():
