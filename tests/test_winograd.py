@@ -404,7 +404,8 @@ def test_filter_gradient_is_the_adjoint_of_the_filter_transform(backend, dtype, 
 @pytest.mark.parametrize("threads,workspace", [(1, None), (2, None), (2, 1)])   # 1 byte: a tile row per chunk
 def test_one_region_per_chunk_equals_the_three_steps(backend, algo, threads, workspace, monkeypatch):
     """Small products run a chunk's steps in one parallel region, each thread on its own
-    tile rows (images, for the adjoint); the result is the three steps' bit for bit."""
+    tile rows (images, for the adjoint); the result is the three steps' bit for bit (the
+    weight gradient's sums over the tiles go in per-thread parts: equal within rounding)."""
     rng = np.random.default_rng(threads)
     x = rng.standard_normal((5, 6, 13, 10)).astype(np.float32)
     w = rng.standard_normal((9, 6, 3, 3)).astype(np.float32)
@@ -415,30 +416,37 @@ def test_one_region_per_chunk_equals_the_three_steps(backend, algo, threads, wor
     limits.set_workspace_limit(workspace)
     try:
         assert plan._fused(6, 9)
-        fused = (fastconv.conv2d(x, w, **kw), fastconv.conv2d_backward(gy, x, w, needs=("input",), **kw)[0])
+        run = lambda: (fastconv.conv2d(x, w, **kw), fastconv.conv2d_backward(gy, x, w, needs=("input",), **kw)[0],
+                       fastconv.conv2d_backward(gy, x, w, needs=("weight",), **kw)[1])
+        fused = run()
         monkeypatch.setattr(plan, "_fused", lambda c, k: False)
-        steps = (fastconv.conv2d(x, w, **kw), fastconv.conv2d_backward(gy, x, w, needs=("input",), **kw)[0])
+        steps = run()
     finally:
         fastconv.set_num_threads(saved)
         limits.set_workspace_limit(None)
-    for a, b in zip(fused, steps):
-        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fused[0], steps[0])
+    np.testing.assert_array_equal(fused[1], steps[1])
+    np.testing.assert_allclose(fused[2], steps[2], rtol=0, atol=1e-5 * np.abs(steps[2]).max())
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
-def test_products_past_the_register_blocks_go_through_blas(backend, algo):
+def test_channels_past_the_fused_chunks_run_the_separate_steps(backend, algo):
     rng = np.random.default_rng(65)
     x = rng.standard_normal((2, 66, 7, 6)).astype(np.float32)
     w = rng.standard_normal((3, 66, 3, 3)).astype(np.float32)
     assert not plan._fused(66, 3)
     y = fastconv.conv2d(x, w, padding=1, algo=algo, backend=backend)
     gx = fastconv.conv2d_backward(y, x, w, padding=1, needs=("input",), algo=algo, backend=backend)[0]
+    gw = fastconv.conv2d_backward(y, x, w, padding=1, needs=("weight",), algo=algo, backend=backend)[1]
     p = conv_params(x.shape, w.shape, 1, 1, 1, 1, np.float32)
     want_y = np.empty(y.shape); reference.conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, want_y, p)
     want_gx = np.empty(x.shape)
     reference.conv2d_grad_input(y.astype(np.float64), w.astype(np.float64), want_gx, p)
+    want_gw = np.empty(w.shape)
+    reference.conv2d_grad_weight(y.astype(np.float64), x.astype(np.float64), want_gw, p)
     np.testing.assert_allclose(y, want_y, rtol=0, atol=2e-5 * np.abs(want_y).max())
     np.testing.assert_allclose(gx, want_gx, rtol=0, atol=2e-5 * np.abs(want_gx).max())
+    np.testing.assert_allclose(gw, want_gw, rtol=0, atol=2e-5 * np.abs(want_gw).max())
 
 
 def test_adjoint_pays_only_with_fewer_tiles():

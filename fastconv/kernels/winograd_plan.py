@@ -37,13 +37,16 @@ class WinogradSteps(NamedTuple):
     forward_chunk: Callable
     #: grad_input's three steps of one chunk (adjoint formulation) in one parallel region.
     input_gradient_chunk: Callable
+    #: grad_weight's two input transforms and products of one chunk in one parallel region.
+    weight_gradient_chunk: Callable
     #: grad_weight = G^T dL/dU G per channel pair (the adjoint of the filter transform).
     filter_gradient: Callable
 
 
 def _fused(c_per_group: int, k_per_group: int) -> bool:
     """Whether a chunk's steps run as one parallel region per chunk (``forward_chunk``,
-    ``input_gradient_chunk``), each thread taking its own tile rows through all of them.
+    ``input_gradient_chunk``, ``weight_gradient_chunk``), each thread taking its own tile
+    rows through all of them.
     Threads wait passively, so every region pays their wake-up: one region instead of three
     took 0.93x (forward) and 0.94x (grad input) the time of MNIST conv2 at 2 threads in
     Cython, 0.97x / 1.00x in Numba, 0.96-0.99x on ResNet 64; level at 1 thread. Past
@@ -153,15 +156,23 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
     dt = tables.grad_output_transform(m).astype(x.dtype)
     slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, cg)
     gy_slots, gy_down, gy_across = tables.input_transform_offsets(m, n_tw, groups, k_out // groups, window=m)
-    dm = np.zeros(((m + 2) ** 2, groups, cg, k_out // groups), dtype=x.dtype)
+    fused = _fused(cg, k_out // groups)
+    # One partial dL/dU per worker where each takes its own tiles through the whole chunk.
+    dm = np.zeros((workers if fused else 1, (m + 2) ** 2, groups, cg, k_out // groups), dtype=x.dtype)
     with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
         for r0, v, d in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype):
+            if fused:
+                steps.weight_gradient_chunk(x, grad_output, v, d, dm, r0, pad_top, pad_left, n_th, n_tw, bt,
+                                            slot_of_col, in_down, in_across, dt, gy_slots, gy_down, gy_across,
+                                            workers)
+                continue
             steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
                                   workers)
             steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across,
                                   workers)
-            steps.batched_gemm_tn(v, d, dm, workers)
-        steps.filter_gradient(dm, tables.MATRICES[m][1].astype(x.dtype), grad_weight, workers)
+            steps.batched_gemm_tn(v, d, dm[0], workers)
+        steps.filter_gradient(dm[0] if len(dm) == 1 else dm.sum(axis=0), tables.MATRICES[m][1].astype(x.dtype),
+                              grad_weight, workers)
 
 
 def adjoint_pays(out_hw: Tuple[int, int], in_hw: Tuple[int, int], m: int,

@@ -1045,10 +1045,47 @@ def _input_gradient_chunk(const floating[:, :, :, ::1] gy, floating[:, :, :, ::1
                                adj + s1_size + dt_size, adj + s1_size + dt_size + line_size)
 
 
+def _weight_gradient_chunk(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] gy,
+                           floating[:, :, :, ::1] v, floating[:, :, :, ::1] d, floating[:, :, :, :, ::1] dm_parts,
+                           Py_ssize_t row_start, Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t n_th,
+                           Py_ssize_t n_tw, const floating[:, ::1] bt, const Py_ssize_t[::1] slot_of_col,
+                           const Py_ssize_t[::1] in_down, const Py_ssize_t[::1] in_across, const floating[:, ::1] dt,
+                           const Py_ssize_t[::1] gy_slots, const Py_ssize_t[::1] gy_down,
+                           const Py_ssize_t[::1] gy_across, int nthreads):
+    """``_input_transform`` of x (into v) and of grad_output (into d), and ``_batched_gemm_tn``
+    of one chunk, each thread on a contiguous range of its tile rows: thread i adds the
+    products of its own tiles to ``dm_parts[i]`` (nthreads, a*a, G, C/G, K/G), which the
+    caller sums, so that no thread waits for another."""
+    cdef Py_ssize_t a = bt.shape[0], aa = v.shape[0]
+    cdef Py_ssize_t groups = v.shape[1], nt = v.shape[2], cg = v.shape[3], kg = d.shape[3]
+    cdef Py_ssize_t cols = slot_of_col.shape[0], cols_gy = gy_slots.shape[0]
+    cdef Py_ssize_t plane = cols * x.shape[1], plane_gy = cols_gy * gy.shape[1], n_rows = nt // n_tw
+    cdef Py_ssize_t in_size = (2 * a + 1) * max(plane, plane_gy)
+    cdef Py_ssize_t worker, row, r0, r1, job
+    cdef floating* scratch
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[:, ::1] scratch_all = np.empty((nthreads, in_size), dtype=dtype)
+    for worker in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static"):
+        scratch = &scratch_all[worker, 0]
+        r0 = worker * n_rows // nthreads
+        r1 = (worker + 1) * n_rows // nthreads
+        for row in range(r0, r1):
+            _input_row(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3], &v[0, 0, 0, 0], groups, nt,
+                       cg, row, row_start + row, pad_top, pad_left, n_th, n_tw, &bt[0, 0], a, bt.shape[1],
+                       &slot_of_col[0], cols, &in_down[0], &in_across[0], scratch, scratch + (a + 1) * plane)
+            _input_row(&gy[0, 0, 0, 0], gy.shape[0], gy.shape[1], gy.shape[2], gy.shape[3], &d[0, 0, 0, 0], groups,
+                       nt, kg, row, row_start + row, 0, 0, n_th, n_tw, &dt[0, 0], a, dt.shape[1], &gy_slots[0],
+                       cols_gy, &gy_down[0], &gy_across[0], scratch, scratch + (a + 1) * plane_gy)
+        for job in range(aa * groups):
+            _small_gemm_tn(&v[0, 0, 0, 0] + (job * nt + r0 * n_tw) * cg, &d[0, 0, 0, 0] + (job * nt + r0 * n_tw) * kg,
+                           &dm_parts[worker, 0, 0, 0, 0] + job * cg * kg, (r1 - r0) * n_tw, cg, kg)
+
+
 # ---------------------------------------------------------------- the driver
 
 _STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
-                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk, _filter_gradient)
+                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk, _weight_gradient_chunk,
+                            _filter_gradient)
 
 
 def _workers():

@@ -732,13 +732,12 @@ def _small_gemm(vf, uf, mf, job, nt, cg, kg, t0, t1):
 
 
 @njit(**JIT_OPTIONS)
-def _small_gemm_tn(vf, df, dmf, job, nt, cg, kg):
-    """dm[job] += v[job]^T @ d[job] for position-and-group ``job`` (flat V (jobs, T, cg),
-    D (jobs, T, kg), dM (jobs, cg, kg)): GEMM_ROWS of dm's rows (v's columns) at a time, then
-    one, over panels of d's columns and GEMM_TN_DEPTH of its rows that stay in L1 meanwhile."""
+def _small_gemm_tn(vf, vi, df, di, dmf, mi, nt, cg, kg):
+    """dm += v^T @ d for one position and group: v (nt x cg) from vf[vi], d (nt x kg) from
+    df[di], dm (cg x kg) at dmf[mi], row-major. GEMM_ROWS of dm's rows (v's columns) at a time,
+    then one, over panels of d's columns and GEMM_TN_DEPTH of its rows that stay in L1 meanwhile."""
     lanes = VECTOR_BYTES // vf.itemsize
     panel = GEMM_PANEL_VECTORS * lanes
-    vi, di, mi = job * nt * cg, job * nt * kg, job * cg * kg
     for j in range(0, kg, panel):
         vectors = min(panel, kg - j) // lanes
         for t0 in range(0, nt, GEMM_TN_DEPTH):
@@ -772,7 +771,7 @@ def _batched_gemm_tn(v, d, dm, workers):
     vf, df, dmf = v.reshape(-1), d.reshape(-1), dm.reshape(-1)
     for worker in prange(workers):
         for job in range(worker * n_jobs // workers, (worker + 1) * n_jobs // workers):
-            _small_gemm_tn(vf, df, dmf, job, nt, cg, kg)
+            _small_gemm_tn(vf, job * nt * cg, df, job * nt * kg, dmf, job * cg * kg, nt, cg, kg)
 
 
 # ---------------------------------------------------------------- output transform
@@ -991,6 +990,36 @@ def _forward_chunk(x, v, u, mm, y, bias, row_start, pad_top, pad_left, n_th, n_t
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
+def _weight_gradient_chunk(x, gy, v, d, dm_parts, row_start, pad_top, pad_left, n_th, n_tw, bt, slot_of_col,
+                           in_down, in_across, dt, gy_slots, gy_down, gy_across, workers):
+    """``_input_transform`` of x (into v) and of grad_output (into d), and ``_batched_gemm_tn``
+    of one chunk, each worker on a contiguous range of its tile rows: worker i adds the
+    products of its own tiles to ``dm_parts[i]`` (workers, a*a, G, C/G, K/G), which the
+    caller sums, so that no worker waits for another."""
+    a = bt.shape[0]
+    in_kind, gy_kind = _kind(bt), _kind(dt)
+    aa, groups, nt, cg = v.shape
+    kg = d.shape[3]
+    plane = max(slot_of_col.size * x.shape[1], gy_slots.size * gy.shape[1])
+    n_rows = nt // n_tw
+    vf, df = v.reshape(-1), d.reshape(-1)
+    for worker in prange(workers):
+        xr = np.empty((a + 1) * plane, dtype=x.dtype)
+        r = np.empty(a * plane, dtype=x.dtype)
+        dmf = dm_parts[worker].reshape(-1)
+        r0 = worker * n_rows // workers
+        r1 = (worker + 1) * n_rows // workers
+        for row in range(r0, r1):
+            _input_row(x, v, row, row_start + row, pad_top, pad_left, n_th, n_tw, bt, in_kind, slot_of_col, in_down,
+                       in_across, xr, r)
+            _input_row(gy, d, row, row_start + row, 0, 0, n_th, n_tw, dt, gy_kind, gy_slots, gy_down, gy_across,
+                       xr, r)
+        for job in range(aa * groups):
+            _small_gemm_tn(vf, (job * nt + r0 * n_tw) * cg, df, (job * nt + r0 * n_tw) * kg, dmf, job * cg * kg,
+                           (r1 - r0) * n_tw, cg, kg)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
 def _input_gradient_chunk(gy, d, ut, v, gx, row_start, pad_top, pad_left, n_th, n_tw, dt, gy_slots, gy_down,
                           gy_across, b, down_offs, across_offs, workers):
     """``_input_transform`` of grad_output (into d), ``_batched_gemm`` (d @ ut into v) and
@@ -1029,7 +1058,8 @@ def _input_gradient_chunk(gy, d, ut, v, gx, row_start, pad_top, pad_left, n_th, 
 # ---------------------------------------------------------------- the driver
 
 _STEPS = plan.WinogradSteps(_input_transform, _batched_gemm, _batched_gemm_tn, _output_transform,
-                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk, _filter_gradient)
+                            _input_transform_adjoint, _forward_chunk, _input_gradient_chunk, _weight_gradient_chunk,
+                            _filter_gradient)
 
 
 def _workers():
