@@ -17,8 +17,15 @@ machine, one training step of the MNIST model at 2 threads:
   the time), but in ``fastconv bench`` beside PyTorch the 2-thread im2col calls of the Numba
   backend (its unfold regions between OpenBLAS GEMMs) took 1.4-2x as long (ResNet 64/128
   forward, MNIST conv2 grad weight).
+
+PyTorch loads the same libgomp (one per process: the first loaded serves both), so beside
+fastconv it waits passively too. ``python -m fastconv.benchmarks.torch_environment`` times
+PyTorch alone under these settings and under its own defaults.
 """
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+#: The variables and the values fastconv gives them when the user has not.
+SETTINGS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+
+for _name, _value in SETTINGS.items():
+    os.environ.setdefault(_name, _value)

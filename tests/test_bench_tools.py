@@ -119,3 +119,45 @@ def test_interleaved_timing_varies_which_candidate_runs_before_which():
         before = [timed[i - 1] for i in range(1, len(timed)) if timed[i] == name]
         assert len(set(before) - {name}) == 3                       # each of the others
         assert max(before.count(other) for other in set(before)) <= 6   # none most of the time
+
+
+def test_torch_environment_times_pytorch_under_both_settings_in_fresh_processes(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from fastconv.benchmarks import torch_environment
+
+    out = tmp_path / "env.json"
+    assert torch_environment.main(["--threads", "1", "--shapes", "mnist_pool2", "--budget", "0.05",
+                                   "--repeats", "3", "--json", str(out)]) == 0
+    import json
+    rows = json.loads(out.read_text())
+    assert {r["op"] for r in rows} == {"maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"}
+    for r in rows:
+        assert r["ms"] > 0 and r["ms_fastconv_env"] > 0
+        assert r["slowdown"] == pytest.approx(r["ms_fastconv_env"] / r["ms"])
+    assert "geometric mean" in capsys.readouterr().out
+
+
+def test_corrected_auto_divides_each_auto_ratio_by_its_rows_factor():
+    from fastconv.benchmarks.torch_environment import corrected_auto
+
+    factors = [{"threads": 2, "layer": "a", "op": "forward", "slowdown": 1.5},
+               {"threads": 2, "layer": "b", "op": "forward", "slowdown": 0.8}]
+    bench = {"rows": [
+        {"threads": 2, "layer": "a", "op": "forward", "impl": "auto", "kernel": "direct/cython", "vs_torch": 1.2},
+        {"threads": 2, "layer": "a", "op": "forward", "impl": "direct/cython", "kernel": "direct/cython",
+         "vs_torch": 1.2},
+        {"threads": 2, "layer": "b", "op": "forward", "impl": "auto", "kernel": "im2col/numba", "vs_torch": 0.9},
+    ]}
+    text = corrected_auto(factors, bench)
+    assert "on 1 of 2 rows" in text                      # 1.2 / 1.5 = 0.8 falls short, 0.9 / 0.8 passes
+    assert "a forward (direct/cython): 1.20x in the bench, 0.80x" in text
+    assert " b forward" not in text
+
+
+def test_torch_environment_refuses_bad_thread_counts():
+    from fastconv.benchmarks import torch_environment
+
+    with pytest.raises(SystemExit):
+        torch_environment.main(["--threads", "0"])
+    with pytest.raises(SystemExit):
+        torch_environment.main(["--threads", "two"])
