@@ -1,8 +1,7 @@
 """One thread count for the three runtimes fastconv uses: Numba, OpenMP (Cython) and BLAS.
 
-Kernels never nest one runtime's parallel region inside another's: a BLAS call is made
-outside any ``prange``, or inside one only with BLAS at one thread (``single_threaded_blas``,
-for batches of small GEMMs), so giving all three the same count never oversubscribes the cores.
+Kernels never nest one runtime's parallel region inside another's: every BLAS call is made
+outside any ``prange``, so giving all three the same count never oversubscribes the cores.
 
 * Numba: kernels call ``numba_threads()`` and pass it to ``numba.set_num_threads`` before a
   parallel region (Numba's setting is per calling thread, so it is applied per call).
@@ -16,8 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
-from typing import Iterator
 
 from . import _waiting  # noqa: F401  (idle threads wait passively: see fastconv/_waiting.py)
 
@@ -82,39 +79,6 @@ def apply_blas() -> None:
     global _blas_controllers
     _blas_controllers = None    # a BLAS loaded since the last call joins the next enumeration
     threadpool_limits(limits=get_num_threads(), user_api="blas")
-
-
-_blas_controllers = None   # threadpoolctl's controllers of the loaded BLAS libraries
-
-
-def _blas_libraries() -> list:
-    global _blas_controllers
-    if _blas_controllers is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            return []
-        _blas_controllers = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
-    return _blas_controllers
-
-
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Every loaded BLAS at one thread inside the block, ``get_num_threads()`` again after.
-
-    For a batch of small independent GEMMs (Winograd's one product per transformed
-    position): the kernel's parallel region runs one whole GEMM per thread, which scales
-    where a multi-threaded BLAS splitting each small product does not. Setting the count
-    costs microseconds.
-    """
-    libs = _blas_libraries()
-    for lib in libs:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for lib in libs:
-            lib.set_num_threads(get_num_threads())
 
 
 def runtime_info() -> dict:

@@ -5,7 +5,8 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from fastconv.kernels.numba import winograd
-from fastconv.kernels.numba.microkernels import VECTOR_BYTES, gemm_block, transpose_block
+from fastconv.kernels.numba.microkernels import (GEMM_PANEL_VECTORS, GEMM_ROWS, VECTOR_BYTES, gemm_block,
+                                                 transpose_block)
 
 
 @njit
@@ -14,18 +15,23 @@ def _transpose_block(src, s_index, ss, dst, d_index, ds):
 
 
 @njit
-def _gemm_block_4x3(a, ai, ast, b, bi, bst, c, ci, cst, depth):
-    gemm_block(a, ai, ast, b, bi, bst, c, ci, cst, depth, 4, 3)
+def _gemm_block_4x3(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero):
+    gemm_block(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero, 4, 3)
 
 
 @njit
-def _gemm_block_1x2(a, ai, ast, b, bi, bst, c, ci, cst, depth):
-    gemm_block(a, ai, ast, b, bi, bst, c, ci, cst, depth, 1, 2)
+def _gemm_block_1x2(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero):
+    gemm_block(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero, 1, 2)
 
 
 @njit
-def _gemm_block_3x1(a, ai, ast, b, bi, bst, c, ci, cst, depth):
-    gemm_block(a, ai, ast, b, bi, bst, c, ci, cst, depth, 3, 1)
+def _gemm_block_3x1(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero):
+    gemm_block(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero, 3, 1)
+
+
+@njit
+def _gemm_block_largest(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero):
+    gemm_block(a, ai, ast, astep, b, bi, bst, c, ci, cst, depth, zero, GEMM_ROWS, GEMM_PANEL_VECTORS)
 
 
 @pytest.mark.parametrize("dtype,lanes", [(np.float32, 8), (np.float64, 4)])
@@ -56,22 +62,36 @@ def test_transpose_covers_partial_blocks(dtype, rows, cols):
 
 @pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
 @pytest.mark.parametrize("kernel,rows,vectors", [(_gemm_block_4x3, 4, 3), (_gemm_block_1x2, 1, 2),
-                                                 (_gemm_block_3x1, 3, 1)])
+                                                 (_gemm_block_3x1, 3, 1),
+                                                 (_gemm_block_largest, GEMM_ROWS, GEMM_PANEL_VECTORS)])
 @pytest.mark.parametrize("depth", [1, 7, 32])
-def test_gemm_block_is_a_small_matrix_product(dtype, lanes, kernel, rows, vectors, depth):
+@pytest.mark.parametrize("transposed,zero", [(False, True), (True, False)])
+def test_gemm_block_is_a_small_matrix_product(dtype, lanes, kernel, rows, vectors, depth, transposed, zero):
+    """c = (0 or c) + a @ b on a block, a read row-major or (``transposed``) down its columns."""
     rng = np.random.default_rng(depth)
     width = vectors * lanes
-    a_stride, b_stride, c_stride = depth + 2, width + 5, width + 3
-    a = rng.standard_normal(1 + rows * a_stride).astype(dtype)
+    b_stride, c_stride = width + 5, width + 3
+    if transposed:      # a's rows are the columns of a depth x (rows + 2) matrix
+        a_stride, a_step = 1, rows + 2
+        a = rng.standard_normal(1 + depth * a_step).astype(dtype)
+        am = a[1:].reshape(depth, a_step)[:, :rows].T.astype(np.float64)
+    else:
+        a_stride, a_step = depth + 2, 1
+        a = rng.standard_normal(1 + rows * a_stride).astype(dtype)
+        am = a[1:].reshape(rows, a_stride)[:, :depth].astype(np.float64)
     b = rng.standard_normal(2 + depth * b_stride).astype(dtype)
     c = np.full(3 + rows * c_stride, np.nan, dtype=dtype)
-    kernel(a, 1, a_stride, b, 2, b_stride, c, 3, c_stride, depth)
-    am = a[1:].reshape(rows, a_stride)[:, :depth].astype(np.float64)
+    start = rng.standard_normal((rows, width))
+    if not zero:
+        c[3:].reshape(rows, c_stride)[:, :width] = start
+    kernel(a, 1, a_stride, a_step, b, 2, b_stride, c, 3, c_stride, depth, zero)
     bm = b[2:].reshape(depth, b_stride)[:, :width].astype(np.float64)
+    expected = am @ bm + (0 if zero else start.astype(dtype))
     got = c[3:].reshape(rows, c_stride)
     eps = np.finfo(dtype).eps
-    np.testing.assert_allclose(got[:, :width], am @ bm, rtol=0, atol=4 * eps * depth * np.abs(am @ bm).max())
+    np.testing.assert_allclose(got[:, :width], expected, rtol=0, atol=4 * eps * (depth + 1) * np.abs(expected).max())
     assert np.isnan(got[:, width:]).all()
+    assert np.isnan(c[:3]).all()
 
 
 def test_vector_width_follows_the_target():
@@ -85,5 +105,5 @@ def test_vector_width_follows_the_target():
 
 def test_gemm_block_refuses_mixed_dtypes():
     with pytest.raises(TypingError):
-        _gemm_block_4x3(np.zeros(64, np.float32), 0, 8, np.zeros(64, np.float64), 0, 8,
-                        np.zeros(64, np.float32), 0, 8, 1)
+        _gemm_block_4x3(np.zeros(64, np.float32), 0, 8, 1, np.zeros(64, np.float64), 0, 8,
+                        np.zeros(64, np.float32), 0, 8, 1, True)

@@ -23,9 +23,9 @@ WORKSPACE = tables.WorkspacePool()
 class WinogradSteps(NamedTuple):
     """A backend's per-chunk functions (signatures as in either backend module).
 
-    The plans call them with BLAS at one thread (``threads.single_threaded_blas``): the
-    batched GEMMs run one whole product per thread, which scales where BLAS splitting each
-    small product (K and C/G of 32-256) did not (MNIST conv2 at 2 threads: 3.3 -> 3.0 ms).
+    The batched GEMMs run one whole product per thread on the backends' register blocks,
+    which scales where BLAS splitting each small product (K and C/G of 32-256) did not
+    (MNIST conv2 at 2 threads: 3.3 -> 3.0 ms); no step calls BLAS.
     """
 
     input_transform: Callable
@@ -120,17 +120,16 @@ def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m
     bias = bias if bias is not None else np.zeros(k_out, dtype=x.dtype)
     slot_of_col, in_down, in_across = tables.input_transform_offsets(m, n_tw, groups, c_in // groups)
     out_across = (np.arange(a) * (k_out * n_tw)).astype(np.intp)
-    with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
-        for r0, v, mm in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype, u.nbytes):
-            out_down = (np.arange(a) * (a * mm[0].size)).astype(np.intp)
-            if _fused(c_in // groups, k_out // groups):
-                steps.forward_chunk(x, v, u, mm, y, bias, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col,
-                                    in_down, in_across, at, out_down, out_across, workers)
-                continue
-            steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
-                                  workers)
-            steps.batched_gemm(v, u, mm, workers)
-            steps.output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, workers)
+    for r0, v, mm in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype, u.nbytes):
+        out_down = (np.arange(a) * (a * mm[0].size)).astype(np.intp)
+        if _fused(c_in // groups, k_out // groups):
+            steps.forward_chunk(x, v, u, mm, y, bias, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col,
+                                in_down, in_across, at, out_down, out_across, workers)
+            continue
+        steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                              workers)
+        steps.batched_gemm(v, u, mm, workers)
+        steps.output_transform(mm, y, bias, r0, n_th, n_tw, at, out_down, out_across, workers)
 
 
 def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: int, pad_left: int, m: int,
@@ -159,20 +158,19 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
     fused = _fused(cg, k_out // groups)
     # One partial dL/dU per worker where each takes its own tiles through the whole chunk.
     dm = np.zeros((workers if fused else 1, (m + 2) ** 2, groups, cg, k_out // groups), dtype=x.dtype)
-    with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
-        for r0, v, d in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype):
-            if fused:
-                steps.weight_gradient_chunk(x, grad_output, v, d, dm, r0, pad_top, pad_left, n_th, n_tw, bt,
-                                            slot_of_col, in_down, in_across, dt, gy_slots, gy_down, gy_across,
-                                            workers)
-                continue
-            steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
-                                  workers)
-            steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across,
-                                  workers)
-            steps.batched_gemm_tn(v, d, dm[0], workers)
-        steps.filter_gradient(dm[0] if len(dm) == 1 else dm.sum(axis=0), tables.MATRICES[m][1].astype(x.dtype),
-                              grad_weight, workers)
+    for r0, v, d in _tile_chunks(x.shape[0], n_th, n_tw, c_in, k_out, groups, m, x.dtype):
+        if fused:
+            steps.weight_gradient_chunk(x, grad_output, v, d, dm, r0, pad_top, pad_left, n_th, n_tw, bt,
+                                        slot_of_col, in_down, in_across, dt, gy_slots, gy_down, gy_across,
+                                        workers)
+            continue
+        steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, in_down, in_across,
+                              workers)
+        steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across,
+                              workers)
+        steps.batched_gemm_tn(v, d, dm[0], workers)
+    steps.filter_gradient(dm[0] if len(dm) == 1 else dm.sum(axis=0), tables.MATRICES[m][1].astype(x.dtype),
+                          grad_weight, workers)
 
 
 def adjoint_pays(out_hw: Tuple[int, int], in_hw: Tuple[int, int], m: int,
@@ -234,19 +232,18 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
     in_h, in_w = grad_input.shape[2:]
     if n_th * m + 2 - pad_top < in_h or n_tw * m + 2 - pad_left < in_w:
         grad_input[...] = 0     # pixels past the last tiles: none is read by the forward
-    with threads.single_threaded_blas():   # whole GEMMs side by side (WinogradSteps)
-        for r0, v, d in _tile_chunks(grad_output.shape[0], n_th, n_tw, c_in, k_out, groups, m, dtype, ut.nbytes):
-            down = (np.arange(a) * (a * v[0].size)).astype(np.intp)
-            if dm is None and _fused(c_in // groups, k_out // groups):
-                steps.input_gradient_chunk(grad_output, d, ut, v, grad_input, r0, pad_top, pad_left, n_th, n_tw, dt,
-                                           gy_slots, gy_down, gy_across, b, down, across, workers)
-                continue
-            steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across, workers)
-            steps.batched_gemm(d, ut, v, workers)
-            steps.input_transform_adjoint(v, grad_input, r0, pad_top, pad_left, n_th, n_tw, b, down, across, workers)
-            if dm is not None:  # v is free again: x's tiles, as in the forward
-                steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, x_down, x_across,
-                                      workers)
-                steps.batched_gemm_tn(v, d, dm, workers)
+    for r0, v, d in _tile_chunks(grad_output.shape[0], n_th, n_tw, c_in, k_out, groups, m, dtype, ut.nbytes):
+        down = (np.arange(a) * (a * v[0].size)).astype(np.intp)
+        if dm is None and _fused(c_in // groups, k_out // groups):
+            steps.input_gradient_chunk(grad_output, d, ut, v, grad_input, r0, pad_top, pad_left, n_th, n_tw, dt,
+                                       gy_slots, gy_down, gy_across, b, down, across, workers)
+            continue
+        steps.input_transform(grad_output, d, r0, 0, 0, n_th, n_tw, dt, gy_slots, gy_down, gy_across, workers)
+        steps.batched_gemm(d, ut, v, workers)
+        steps.input_transform_adjoint(v, grad_input, r0, pad_top, pad_left, n_th, n_tw, b, down, across, workers)
+        if dm is not None:  # v is free again: x's tiles, as in the forward
+            steps.input_transform(x, v, r0, pad_top, pad_left, n_th, n_tw, bt, slot_of_col, x_down, x_across,
+                                  workers)
+            steps.batched_gemm_tn(v, d, dm, workers)
     if dm is not None:
         steps.filter_gradient(dm, tables.MATRICES[m][1].astype(dtype), grad_weight, workers)
