@@ -21,8 +21,8 @@ BACKEND_ORDER = ("cython", "numba", "numpy")
 #: layers 0.96-1.14) on the AVX-512 machine; on the AVX2 machine of earlier recordings
 #: 0.48-0.96 on 22 of 24 such rows. The cost: a Numba kernel's first call in a process loads
 #: it from Numba's cache (up to 0.65 s; compiling it the first time on a machine takes about
-#: 5 s). Winograd stays Cython-first although its Numba kernels ran faster on 13 of its 18
-#: rows at 1 thread here (9 of 18 at 2): their first compile on a machine takes a minute
+#: 5 s). Winograd stays Cython-first: its Numba kernels ran faster on 7 of its 15 F(4x4,3x3)
+#: rows at 1 thread here (10 of 15 at 2), and their first compile on a machine takes a minute
 #: (29 + 23 + 12 s for the float32 forward, grad_input and grad_weight).
 NUMBA_FIRST = ("im2col",)
 
@@ -63,24 +63,25 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
 #: (float32, this project's 2-core machine: Intel Xeon with AVX-512; ratio = PyTorch time /
 #: fastconv time at 1 thread, best backend of each algorithm; forward / grad_input /
-#: grad_weight), with the Cython and Numba register blocks on 64-byte vectors:
+#: grad_weight), with the register blocks on 64-byte vectors and Winograd's products on
+#: ``gemm_block`` at every channel count:
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.27/3.18/1.24      0.80/3.33/1.04      0.42/1.05/0.54
-#: lenet_conv2 6->16 5x5 (150)   0.88/1.15/1.17      0.39/0.92/0.75      -
-#: stem 3->64 7x7 s2 (147)       1.10/0.58/1.01      0.63/3.21/0.93      -
-#: 3x3 s2 64->128 (576)          0.70/0.12/0.34      0.85/1.17/1.10      -
-#: mnist_conv2 32->64 3x3 (288)  0.87/0.72/0.61      0.58/0.70/0.72      1.14/1.03/1.13
-#: resnet 64/128/256 3x3         0.76-0.81/0.67-0.88 0.57-0.65/0.72-0.81 1.22-1.45/1.23-1.60
-#:                               /0.46-0.66          /0.68-0.81          /0.93-1.23
-#: dilated 64->64 3x3 d2         0.79/0.84/0.72      0.58/0.77/0.78      0.93/0.96/0.86
+#: cifar_conv1 3->32 3x3 (27)    1.46/3.26/1.11      1.04/2.93/1.25      0.43/0.96/0.53
+#: lenet_conv2 6->16 5x5 (150)   0.75/1.10/1.14      0.32/0.85/0.74      -
+#: stem 3->64 7x7 s2 (147)       1.12/0.58/0.88      0.64/3.21/0.94      -
+#: 3x3 s2 64->128 (576)          0.53/0.11/0.32      0.87/1.15/1.06      -
+#: mnist_conv2 32->64 3x3 (288)  0.87/0.76/0.59      0.58/0.77/0.70      1.26/1.36/1.21
+#: resnet 64/128/256 3x3         0.73-0.83/0.69-0.89 0.57-0.66/0.74-0.81 1.31-1.56/1.51-1.68
+#:                               /0.48-0.61          /0.70-0.83          /1.06-1.48
+#: dilated 64->64 3x3 d2         0.78/0.85/0.73      0.57/0.77/0.78      0.89/0.93/1.03
 #: ============================  ==================  ==================  ===================
 #:
 #: At 2 threads the order is the same except on the dilation-2 layer, whose forward and
-#: grad_input ran faster on direct (0.84 / 0.89 against Winograd's 0.66 / 0.76), and 3x3
-#: stride 2's forward, a close call again (0.76 direct, 0.63 im2col; im2col's at 1 thread
+#: grad_input ran faster on direct (0.82 / 0.88 against Winograd's 0.74 / 0.81), and 3x3
+#: stride 2's forward, a close call again (0.75 direct, 0.65 im2col; im2col's at 1 thread
 #: here and on the AVX2 machine of earlier recordings, where the rules were first derived
 #: and Winograd led by far more: 1.5-2.4x PyTorch). Hence: direct up to a reduction of 160
 #: (its register blocks beat a GEMM with few rows), for grad_input only with filters up to
