@@ -46,11 +46,11 @@ class WinogradSteps(NamedTuple):
 def _fused(c_per_group: int, k_per_group: int) -> bool:
     """Whether a chunk's steps run as one parallel region per chunk (``forward_chunk``,
     ``input_gradient_chunk``, ``weight_gradient_chunk``), each thread taking its own tile
-    rows through all of them.
-    Threads wait passively, so every region pays their wake-up: one region instead of three
-    took 0.93x (forward) and 0.94x (grad input) the time of MNIST conv2 at 2 threads in
-    Cython, 0.97x / 1.00x in Numba, 0.96-0.99x on ResNet 64; level at 1 thread. Past
-    ``FUSED_CHUNK_CHANNELS`` a thread's share of a product is better whole."""
+    rows through all of them. Threads wait passively, so every region pays their wake-up:
+    one region instead of three took 0.93x (forward) and 0.94x (grad input) the time of
+    MNIST conv2 at 2 threads in Cython, 0.97x / 1.00x in Numba, 0.96-0.99x on ResNet 64, and
+    the weight gradient's 0.82-0.89x; level at 1 thread. Past ``FUSED_CHUNK_CHANNELS`` it
+    did not pay (see there)."""
     return max(c_per_group, k_per_group) <= tables.FUSED_CHUNK_CHANNELS
 
 

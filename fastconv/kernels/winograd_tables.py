@@ -278,15 +278,18 @@ class FilterTransformCache:
 
 
 #: Channel counts (C/G and K/G) up to which a chunk's steps run as one parallel region
-#: (``winograd_plan._fused``). At 128 and 256 channels one region and three measured level
-#: (0.89-1.10x the time either way, by backend and thread count).
+#: (``winograd_plan._fused``). At 128 and 256 channels one region against three measured
+#: 0.89-1.11x the time for forward and grad input (by backend and thread count) and 1.0-1.44x
+#: for the weight gradient, whose per-thread dL/dU grows to 2.4-9.4 MiB.
 FUSED_CHUNK_CHANNELS = 64
 
 #: Preferred size of one chunk's V + M buffers: small enough to stay in the last-level cache
 #: between the input transform, the GEMMs and the output transform...
 CHUNK_TARGET_BYTES = 4 * 2**20
-#: ...but with at least this many tiles, below which the GEMMs lose efficiency (OpenBLAS sgemm
-#: on T x C @ C x K ran ~15% slower at T = 128 than at T >= 256 for C = K = 64..256)...
+#: ...but with at least this many tiles: every chunk pays its parallel regions' wake-ups
+#: (100-150 us each at 2 threads on this project's machine), and chunks of 0.5-2 MiB took
+#: 1.1-3.8x the time of these at 2 threads on MNIST conv2 and ResNet 64/128 grad weight
+#: (0.8-1.0x at 1 thread)...
 CHUNK_MIN_TILES = 256
 #: ...and at least this many times the transformed filters, which every chunk's GEMMs read again.
 CHUNK_FILTER_FACTOR = 2

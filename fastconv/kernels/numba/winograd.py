@@ -60,8 +60,6 @@ per position summed over the chunks -- and ``dL/dw = G^T dL/dU G``. Partial
 tiles are exact: the outputs beyond the edge have zero gradient.
 """
 import numpy as np
-import scipy.linalg.cython_blas  # noqa: F401  (np.dot in @njit calls SciPy's BLAS: load it now
-#                                   so that fastconv's thread limit reaches it when this loads)
 from numba import njit, prange
 
 from ... import threads
