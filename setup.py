@@ -22,9 +22,10 @@ PLAIN_CHECK = "int main(void){return 0;}\n"
 
 #: Modules whose compiler-vectorised loops ran faster with 32-byte vectors on an AVX-512 core
 #: (``-mprefer-vector-width=256``; the intrinsics in ``microkernels.pxd`` keep their width).
-#: Winograd's transforms stream a dozen unaligned rows per loop, where every 64-byte access
-#: spans two cache lines: its layers took 0.85-1.00x the time (ResNet 64/128 forward and grad
-#: input 0.85-0.93x). Pooling and direct convolution measured mixed (0.75-1.19x by layer).
+#: Winograd's transforms stream a dozen unaligned rows per loop, where an unaligned 64-byte
+#: access always spans two cache lines: its layers took 0.85-1.04x the time (ResNet 64/128
+#: forward and grad input 0.85-0.94x). Pooling and direct convolution measured mixed
+#: (0.75-1.19x by layer).
 NARROW_VECTOR_MODULES = ("fastconv.kernels.cython.winograd",)
 
 
