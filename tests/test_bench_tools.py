@@ -161,3 +161,11 @@ def test_torch_environment_refuses_bad_thread_counts():
         torch_environment.main(["--threads", "0"])
     with pytest.raises(SystemExit):
         torch_environment.main(["--threads", "two"])
+
+
+def test_torch_environment_reports_a_failed_timing_process(monkeypatch):
+    from fastconv.benchmarks import torch_environment
+
+    monkeypatch.setattr(torch_environment, "_CHILD", "import sys; sys.exit('no PyTorch here')")
+    with pytest.raises(RuntimeError, match="(?s)torch-first timing process failed.*no PyTorch here"):
+        torch_environment.compare([1], ["mnist_pool2"])

@@ -71,8 +71,10 @@ def _run_child(order: str, thread_counts: List[int], shapes, budget: float, repe
         for name in SETTINGS:
             env.pop(name, None)
     payload = json.dumps([order, thread_counts, shapes, budget, repeats])
-    done = subprocess.run([sys.executable, "-c", _CHILD, payload], env=env, check=True, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-c", _CHILD, payload], env=env, capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"the {order} timing process failed (exit {done.returncode}):\n"
+                           + "\n".join(done.stderr.strip().splitlines()[-10:]))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

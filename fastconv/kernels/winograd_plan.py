@@ -12,7 +12,7 @@ from typing import Callable, Iterator, NamedTuple, Tuple
 
 import numpy as np
 
-from .. import limits, threads
+from .. import limits
 from . import dilation_phases as phases
 from . import winograd_tables as tables
 
