@@ -265,30 +265,45 @@ def _phase_images_by_definition(x, pad_tl, dilation, sub_hw):
     return np.concatenate([big[:, :, i:i + dh * sh:dh, j:j + dw * sw:dw] for i in range(dh) for j in range(dw)])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,pad_tl,dilation,sub_hw", [
     ((2, 3, 9, 8), (2, 2), (2, 2), (7, 6)),
     ((1, 2, 10, 7), (0, 3), (3, 2), (4, 7)),
     ((2, 1, 5, 6), (4, 1), (1, 3), (11, 4)),
+    ((1, 2, 37, 41), (2, 3), (2, 2), (20, 22)),    # rows longer than a vector (vectorised copies)
+    ((1, 1, 4, 5), (3, 0), (2, 2), (2, 2)),        # phase planes smaller than the padded plane
 ])
-def test_phase_split_and_merge(shape, pad_tl, dilation, sub_hw):
+def test_phase_split_and_merge(backend, dtype, shape, pad_tl, dilation, sub_hw):
+    steps = _backend_module(backend)._STEPS
     rng = np.random.default_rng(13)
-    x = rng.standard_normal(shape)
-    z = phases.split_input(x, pad_tl, dilation, sub_hw)
+    x = rng.standard_normal(shape).astype(dtype)
+    z = phases.split(steps.split_phases, x, pad_tl, dilation, sub_hw, 2, "x")
     np.testing.assert_array_equal(z, _phase_images_by_definition(x, pad_tl, dilation, sub_hw))
-    # merge_input is split_input's adjoint: <split(x), g> = <x, merge(g)>.
-    g = rng.standard_normal(z.shape)
-    back = np.full(shape, np.nan)
-    phases.merge_input(g, back, pad_tl, dilation)
-    assert not np.isnan(back).any()     # every input position lies in some phase image
-    np.testing.assert_allclose(np.vdot(z, g), np.vdot(x, back), rtol=1e-12)
-    # split_output and merge_output invert each other (short phases padded with zeros).
-    y = rng.standard_normal(shape)
-    yz = phases.split_output(y, dilation)
-    assert yz.shape[2:] == phases.phase_output_shape(shape[2:], dilation)
+    # merge is split's adjoint: <split(x), g> = <x, merge(g)>.
+    g = rng.standard_normal(z.shape).astype(dtype)
+    back = np.full(shape, np.nan, dtype=dtype)
+    phases.merge(steps.merge_phases, g, back, pad_tl, dilation, 2)
+    assert not np.isnan(back).any()     # every position is written (0 if no phase holds it)
+    np.testing.assert_allclose(np.vdot(z.astype(np.float64), g), np.vdot(x.astype(np.float64), back),
+                               rtol=1e-12 if dtype == np.float64 else 1e-5)
+    # An output's split and merge (no padding) invert each other (short phases padded with zeros).
+    y = rng.standard_normal(shape).astype(dtype)
+    yz = phases.split(steps.split_phases, y, (0, 0), dilation, phases.phase_output_shape(shape[2:], dilation),
+                      2, "y")
+    np.testing.assert_array_equal(yz, _phase_images_by_definition(y, (0, 0), dilation, yz.shape[2:]))
     again = np.empty_like(y)
-    phases.merge_output(yz, again, dilation)
+    phases.merge(steps.merge_phases, yz, again, (0, 0), dilation, 2)
     np.testing.assert_array_equal(again, y)
     assert np.count_nonzero(yz) == y.size
+
+
+def test_phase_steps_reject_mismatched_shapes(backend):
+    steps = _backend_module(backend)._STEPS
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="phase images"):
+        steps.split_phases(x, np.zeros((4, 3, 5, 5), np.float32), 1, 1, 2, 2, 1)     # 2*2*2 images needed
+    with pytest.raises(ValueError, match="phase images"):
+        steps.merge_phases(np.zeros((8, 2, 5, 5), np.float32), x, 1, 1, 2, 2, 1)     # 3 channels needed
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))

@@ -12,13 +12,14 @@ The phase images of a chunk of the batch at a time (``image_chunks``) stay withi
 ``fastconv.limits.workspace_limit_bytes()``; a single image larger than that still runs.
 
 Every padded input position belongs to exactly one phase image, so the gradient of the split
-is a plain scatter (``merge_input``), and the output's split and merge are each other's
-inverse. The copies cost one pass over the input and one over the output (about 10% of
-``dilated_3x3_d2``'s Winograd forward); the buffers are reused between calls.
+is a plain scatter (``merge``), and an output's split and merge are each other's inverse.
+The copies are each backend's compiled ``split_phases`` / ``merge_phases`` steps, parallel
+over planes: one pass over the input and one over the output; the buffers are reused
+between calls.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Callable, Iterator, Tuple
 
 import numpy as np
 
@@ -57,76 +58,27 @@ def image_chunks(n_images: int, image_bytes: int) -> Iterator[slice]:
         yield slice(start, min(start + per_chunk, n_images))
 
 
-def _spans(n_in: int, pad: int, d: int, n_sub: int) -> Iterator[Tuple[int, int, int, int]]:
-    """Per phase ``i``: ``(i, lo, hi, first)``: phase rows ``lo:hi`` hold input rows
-    ``first, first + d, ...`` (row ``a`` of phase ``i`` is padded row ``i + d*a``); the others
-    are padding."""
-    for i in range(d):
-        lo = min(n_sub, max(0, -(-(pad - i) // d)))
-        hi = max(lo, min(n_sub, (n_in - 1 + pad - i) // d + 1))
-        yield i, lo, hi, i + d * lo - pad
-
-
-def split_input(x: np.ndarray, pad_tl: Tuple[int, int], dilation: Tuple[int, int],
-                sub_hw: Tuple[int, int], name: str = "x") -> np.ndarray:
+def split(kernel: Callable, x: np.ndarray, pad_tl: Tuple[int, int], dilation: Tuple[int, int],
+          sub_hw: Tuple[int, int], workers: int, name: str) -> np.ndarray:
     """x (N, C, H, W) -> its zero-padded phase images (d_h*d_w*N, C, sub_h, sub_w).
 
     Image ``(i*d_w + j)*N + n`` holds padded rows ``i, i+d_h, ...`` and columns
     ``j, j+d_w, ...`` of image ``n``, padding ``pad_tl`` on the top and left and zeros
-    wherever the padded input ends. The result is a view of a reused buffer named ``name``.
+    wherever the padded input ends. ``kernel`` is a backend's ``split_phases`` step. The
+    result is a view of the reused buffer ``name``. With ``pad_tl`` (0, 0) and the phase
+    output shape this splits an output (grad_output), which ``merge`` inverts.
     """
-    (dh, dw), (sh, sw) = dilation, sub_hw
-    n, c, h, w = x.shape
-    z = phase_array(name, x.shape, dilation, sub_hw, x.dtype).reshape(dh, dw, n, c, sh, sw)
-    for i, r0, r1, first_row in _spans(h, pad_tl[0], dh, sh):
-        for j, c0, c1, first_col in _spans(w, pad_tl[1], dw, sw):
-            part = z[i, j]
-            part[:, :, :r0] = 0
-            part[:, :, r1:] = 0
-            part[:, :, r0:r1, :c0] = 0
-            part[:, :, r0:r1, c1:] = 0
-            part[:, :, r0:r1, c0:c1] = x[:, :, first_row:first_row + dh * (r1 - r0):dh,
-                                         first_col:first_col + dw * (c1 - c0):dw]
-    return z.reshape(dh * dw * n, c, sh, sw)
+    z = phase_array(name, x.shape, dilation, sub_hw, x.dtype)
+    kernel(x, z, pad_tl[0], pad_tl[1], dilation[0], dilation[1], workers)
+    return z
 
 
-def merge_input(gz: np.ndarray, gx: np.ndarray, pad_tl: Tuple[int, int], dilation: Tuple[int, int]) -> None:
-    """The adjoint of ``split_input``: gx (N, C, H, W) = the phase images' values at x's positions.
+def merge(kernel: Callable, z: np.ndarray, out: np.ndarray, pad_tl: Tuple[int, int],
+          dilation: Tuple[int, int], workers: int) -> None:
+    """out (N, C, H, W) = the values of its phase images z at its own positions.
 
-    Each input position lies in exactly one phase image, so this is a copy, not a sum.
+    Each position lies in exactly one phase image, so this is a copy, not a sum: ``split``'s
+    adjoint (grad_input from the phases' gradient) and, with ``pad_tl`` (0, 0), its inverse
+    (an output from its phases). ``kernel`` is a backend's ``merge_phases`` step.
     """
-    (dh, dw), (n, c, h, w) = dilation, gx.shape
-    sh, sw = gz.shape[2:]
-    gz = gz.reshape(dh, dw, n, c, sh, sw)
-    for i, r0, r1, first_row in _spans(h, pad_tl[0], dh, sh):
-        for j, c0, c1, first_col in _spans(w, pad_tl[1], dw, sw):
-            gx[:, :, first_row:first_row + dh * (r1 - r0):dh,
-               first_col:first_col + dw * (c1 - c0):dw] = gz[i, j, :, :, r0:r1, c0:c1]
-
-
-def split_output(y: np.ndarray, dilation: Tuple[int, int], name: str = "y") -> np.ndarray:
-    """y (N, K, OH, OW) -> its phases (d_h*d_w*N, K, A, B), zeros where a phase is short.
-
-    The inverse of ``merge_output``; used for grad_output. A view of a reused buffer.
-    """
-    (dh, dw), (n, k, oh, ow) = dilation, y.shape
-    a, b = phase_output_shape((oh, ow), dilation)
-    z = phase_array(name, y.shape, dilation, (a, b), y.dtype).reshape(dh, dw, n, k, a, b)
-    for i in range(dh):
-        rows = len(range(i, oh, dh))
-        for j in range(dw):
-            cols = len(range(j, ow, dw))
-            z[i, j, :, :, rows:] = 0
-            z[i, j, :, :, :rows, cols:] = 0
-            z[i, j, :, :, :rows, :cols] = y[:, :, i::dh, j::dw]
-    return z.reshape(dh * dw * n, k, a, b)
-
-
-def merge_output(yz: np.ndarray, y: np.ndarray, dilation: Tuple[int, int]) -> None:
-    """y (N, K, OH, OW) from its phases (d_h*d_w*N, K, A, B); rows past OH are dropped."""
-    (dh, dw), (n, k, oh, ow) = dilation, y.shape
-    yz = yz.reshape(dh, dw, n, k, *yz.shape[2:])
-    for i in range(dh):
-        rows = len(range(i, oh, dh))
-        for j in range(dw):
-            y[:, :, i::dh, j::dw] = yz[i, j, :, :, :rows, :len(range(j, ow, dw))]
+    kernel(z, out, pad_tl[0], pad_tl[1], dilation[0], dilation[1], workers)

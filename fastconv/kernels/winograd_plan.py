@@ -41,6 +41,9 @@ class WinogradSteps(NamedTuple):
     weight_gradient_chunk: Callable
     #: grad_weight = G^T dL/dU G per channel pair (the adjoint of the filter transform).
     filter_gradient: Callable
+    #: A dilated layer's phase images from its input (or grad_output), and back.
+    split_phases: Callable
+    merge_phases: Callable
 
 
 def _fused(c_per_group: int, k_per_group: int) -> bool:
@@ -108,10 +111,11 @@ def convolve(steps: WinogradSteps, x, u, bias, y, pad_top: int, pad_left: int, m
     if phases.dilated(dilation):
         a, b = phases.phase_output_shape(y.shape[2:], dilation)
         for s in _phase_chunks(x.shape, y.shape, dilation, (a, b), y.dtype):
-            z = phases.split_input(x[s], (pad_top, pad_left), dilation, (a + 2, b + 2))
+            z = phases.split(steps.split_phases, x[s], (pad_top, pad_left), dilation, (a + 2, b + 2), workers,
+                             "x")
             yz = phases.phase_array("y", y[s].shape, dilation, (a, b), y.dtype)
             convolve(steps, z, u, bias, yz, 0, 0, m, workers)
-            phases.merge_output(yz, y[s], dilation)
+            phases.merge(steps.merge_phases, yz, y[s], (0, 0), dilation, workers)
         return
     c_in, (k_out, oh, ow), groups = x.shape[1], y.shape[1:], u.shape[1]
     a = m + 2
@@ -145,8 +149,10 @@ def weight_gradient(steps: WinogradSteps, grad_output, x, grad_weight, pad_top: 
         a, b = phases.phase_output_shape(grad_output.shape[2:], dilation)
         chunks = _phase_chunks(x.shape, grad_output.shape, dilation, (a, b), x.dtype)
         for s, part in _summed_over_chunks(grad_weight, chunks):
-            z = phases.split_input(x[s], (pad_top, pad_left), dilation, (a + 2, b + 2))
-            weight_gradient(steps, phases.split_output(grad_output[s], dilation), z, part, 0, 0, m, workers)
+            z = phases.split(steps.split_phases, x[s], (pad_top, pad_left), dilation, (a + 2, b + 2), workers,
+                             "x")
+            gz = phases.split(steps.split_phases, grad_output[s], (0, 0), dilation, (a, b), workers, "y")
+            weight_gradient(steps, gz, z, part, 0, 0, m, workers)
         return
     c_in, (k_out, oh, ow), cg = x.shape[1], grad_output.shape[1:], grad_weight.shape[1]
     groups = c_in // cg
@@ -212,11 +218,12 @@ def input_gradient(steps: WinogradSteps, grad_output, ut, grad_input, pad_top: i
         chunks = _phase_chunks(grad_input.shape, grad_output.shape, dilation, (a, b), dtype,
                                2 if x is not None else 1)
         for s, part in _summed_over_chunks(grad_weight, chunks):
-            gz = phases.split_output(grad_output[s], dilation)
-            z = None if x is None else phases.split_input(x[s], (pad_top, pad_left), dilation, sub_hw)
+            gz = phases.split(steps.split_phases, grad_output[s], (0, 0), dilation, (a, b), workers, "y")
+            z = None if x is None else phases.split(steps.split_phases, x[s], (pad_top, pad_left), dilation,
+                                                    sub_hw, workers, "x")
             gxz = phases.phase_array("grad_input", grad_input[s].shape, dilation, sub_hw, dtype)
             input_gradient(steps, gz, ut, gxz, 0, 0, m, workers, z, part)
-            phases.merge_input(gxz, grad_input[s], (pad_top, pad_left), dilation)
+            phases.merge(steps.merge_phases, gxz, grad_input[s], (pad_top, pad_left), dilation, workers)
         return
     c_in, (k_out, oh, ow), groups = grad_input.shape[1], grad_output.shape[1:], ut.shape[1]
     a = m + 2
