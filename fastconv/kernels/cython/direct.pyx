@@ -71,6 +71,7 @@ cdef enum:
     LANES = 8         # independent partial sums of a dot product (one AVX vector of float)
     TASKS_PER_THREAD = 4
     COPY_BUDGET = 65536   # elements of padded planes a task copies at once
+    COPY_AHEAD = 2        # rows the one-channel 3x3 kernels copy ahead of what they read (numba/direct.py)
 
 
 # Short row copies are written as "dst = src * unit" with this runtime 1.0: exact for every
@@ -319,7 +320,7 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
     oh = 0
     while oh + 2 <= out_h:
         if raw != NULL:
-            while filled < oh + 4:
+            while filled < min(oh + 4 + COPY_AHEAD, out_h + 2):
                 _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
                 filled += 1
         r0 = src + oh * wp
@@ -342,7 +343,7 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
         oh += 2
     if oh < out_h:
         if raw != NULL:
-            while filled < oh + 3:
+            while filled < out_h + 2:
                 _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
                 filled += 1
         r0 = src + oh * wp
@@ -555,7 +556,7 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
     oh = 0
     while oh + 2 <= out_h:
         if raw != NULL:
-            while filled < oh + 4:
+            while filled < min(oh + 4 + COPY_AHEAD, out_h + 2):
                 _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
                 filled += 1
         g0 = gyp + oh * out_w
@@ -593,7 +594,7 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
         oh += 2
     if oh < out_h:
         if raw != NULL:
-            while filled < oh + 3:
+            while filled < out_h + 2:
                 _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
                 filled += 1
         g0 = gyp + oh * out_w
