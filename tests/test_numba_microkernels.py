@@ -5,8 +5,8 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from fastconv.kernels.numba import winograd
-from fastconv.kernels.numba.microkernels import (GEMM_PANEL_VECTORS, GEMM_ROWS, VECTOR_BYTES, gemm_block,
-                                                 transpose_block)
+from fastconv.kernels.numba.microkernels import (GEMM_PANEL_VECTORS, GEMM_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES,
+                                                 gemm_block, tap_block, transpose_block)
 
 
 @njit
@@ -92,6 +92,50 @@ def test_gemm_block_is_a_small_matrix_product(dtype, lanes, kernel, rows, vector
     np.testing.assert_allclose(got[:, :width], expected, rtol=0, atol=4 * eps * (depth + 1) * np.abs(expected).max())
     assert np.isnan(got[:, width:]).all()
     assert np.isnan(c[:3]).all()
+
+
+@njit
+def _tap_block(w, wi, ws, src, si, offs, taps, acc, ai, ast, count, init, ii, first, rows):
+    tap_block(w, wi, ws, src, si, offs, taps, acc, ai, ast, count, init, ii, first, rows)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
+@pytest.mark.parametrize("rows", list(range(1, TAP_ROWS + 1)))
+@pytest.mark.parametrize("first", [True, False])
+def test_tap_block_correlates_a_run_of_every_length(dtype, lanes, rows, first):
+    """acc = (init or acc) + taps of src at arbitrary offsets, for every run length from one
+    output to TAP_VECTORS full vectors: nothing read or written past the run."""
+    rng = np.random.default_rng(rows)
+    taps = 7
+    offs = rng.permutation(40)[:taps].astype(np.intp)        # any order, any gaps
+    w_stride, acc_stride = taps + 2, TAP_VECTORS * lanes + 3
+    w = rng.standard_normal(1 + rows * w_stride).astype(dtype)
+    init = rng.standard_normal(2 + rows).astype(dtype)
+    wm = w[1:].reshape(rows, w_stride)[:, :taps].astype(np.float64)
+    for count in sorted({1, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, TAP_VECTORS * lanes}):
+        # src ends right after the last element the run reads: a read past it would fault
+        # under a bounds-checking allocator and would show as NaN here.
+        src = rng.standard_normal(5 + offs.max() + count).astype(dtype)
+        acc = np.full(4 + rows * acc_stride, np.nan, dtype=dtype)
+        start = rng.standard_normal((rows, count)).astype(dtype)
+        if not first:
+            acc[4:].reshape(rows, acc_stride)[:, :count] = start
+        _tap_block(w, 1, w_stride, src, 5, offs, taps, acc, 4, acc_stride, count, init, 2, first, rows)
+        windows = np.stack([src[5 + o:5 + o + count] for o in offs]).astype(np.float64)
+        expected = wm @ windows + (init[2:2 + rows, None] if first else start)
+        got = acc[4:].reshape(rows, acc_stride)
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(got[:, :count], expected, rtol=0, atol=4 * eps * (taps + 1) * np.abs(expected).max())
+        assert np.isnan(got[:, count:]).all()
+        assert np.isnan(acc[:4]).all()
+
+
+def test_tap_block_ignores_shapes_past_its_largest_block():
+    acc = np.full(64, np.nan, np.float32)
+    args = (np.ones(64, np.float32), 0, 1, np.ones(64, np.float32), 0, np.zeros(1, np.intp), 1, acc, 0, 8)
+    _tap_block(*args, 0, np.zeros(8, np.float32), 0, True, 1)                    # an empty run
+    _tap_block(*args, 4, np.zeros(8, np.float32), 0, True, TAP_ROWS + 1)         # too many rows
+    assert np.isnan(acc).all()
 
 
 def test_vector_width_follows_the_target():

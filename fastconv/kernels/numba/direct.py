@@ -20,6 +20,8 @@ short for that. Two ways to get ``src``:
 * band path (``_forward_tasks``): a band of input rows is copied with its zero padding into
   a buffer exactly as wide as the output rows need; any stride and dilation. The copy is
   shared by a block of output channels (LeNet's 1->6 5x5 "same", grouped convolutions).
+  With one input channel per group and stride 1 (the first layers), each output row of up
+  to TAP_ROWS channels is one ``tap_block`` run (``microkernels.py``) straight into y.
 
 Register blocking: taps are applied three at a time, and 3x3 kernels in one nine-tap pass
 (nine loads and one store per output, the sum in registers); bands are sized so that
@@ -50,6 +52,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
+from .microkernels import TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, tap_block
 from .pooling import _max2x2_plane_idx
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
@@ -279,6 +282,13 @@ def _forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, sh, sw, pt, pl,
     band_len = (band_h - 1) * wp + out_w
     band = np.empty(band_rows * wp, dtype=x.dtype)
     acc = np.empty((1 if cg == 1 else kblock, band_len), dtype=y.dtype)
+    taps = kr * ks
+    offs = np.empty(taps, dtype=np.intp)
+    for t in range(taps):
+        offs[t] = (t // ks) * dh * wp + (t % ks) * dw
+    wf = weight.reshape(-1)
+    yf = y.reshape(-1)
+    seg = TAP_VECTORS * (VECTOR_BYTES // y.itemsize)
     for task in range(t0, t1):
         n = task // (groups * n_kb)
         g = (task // n_kb) % groups
@@ -289,7 +299,24 @@ def _forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, sh, sw, pt, pl,
             bh = min(band_h, out_h - oh0)
             rows = (bh - 1) * sh + (kr - 1) * dh + 1
             length = (bh - 1) * wp + out_w
-            if cg == 1:
+            if cg == 1 and sh == 1 and sw == 1:
+                # One input channel feeds every output channel of the group: each output row
+                # of TAP_ROWS channels at a time, straight into y, the sums in registers over
+                # all the taps (``tap_block``: a tap's band vectors serve all those channels).
+                _copy_band(x[n, g], band, oh0 - pt, -pl, rows, wp)
+                for i in range(bh):
+                    q = 0
+                    while q < nk:
+                        nq = min(TAP_ROWS, nk - q)
+                        y0 = ((n * k_all + k0 + q) * out_h + oh0 + i) * out_w
+                        j = 0
+                        while j < out_w:
+                            cnt = min(seg, out_w - j)
+                            tap_block(wf, (k0 + q) * taps, taps, band, i * wp + j, offs, taps, yf, y0 + j,
+                                      out_h * out_w, cnt, bias, k0 + q if has_bias else 0, True, nq)
+                            j += cnt
+                        q += nq
+            elif cg == 1:
                 # One input channel feeds each output channel: finish one channel at a time so
                 # a single accumulator stays in L1.
                 _copy_band(x[n, g], band, oh0 * sh - pt, -pl, rows, wp)
@@ -357,14 +384,18 @@ def _run_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw, plane_ok=Tr
     if plane_ok and _plane3x3_applies(cg, groups, kr, ks, sh, sw, dh, dw):
         _run_plane3x3(x, weight, bias, y, groups, pt, pl)
         return
-    if _s1_applies(sh, sw, out_w, w) and (borderless or k // groups == 1):
+    # One input channel and several output channels per group (the first layers) go to the
+    # band path's ``tap_block`` rows; so does any layer whose padded copy can be shared.
+    taps_pay = cg == 1 and k // groups > 1 and sh == 1 and sw == 1
+    if not taps_pay and _s1_applies(sh, sw, out_w, w) and (borderless or k // groups == 1):
         _run_s1_forward(x, weight, bias, y, groups, pt, pl, dh, dw)
         return
     wp = (out_w - 1) * sw + (ks - 1) * dw + 1
     kblock, band_h = _forward_blocking(n * groups, k // groups, cg, wp, out_w, kr, sh, dh, y.itemsize)
     band_h = min(band_h, out_h)
     has_bias = bias is not None
-    b = bias if has_bias else np.zeros(1, dtype=y.dtype)
+    # Without a bias, zeros for every channel: ``tap_block`` starts rows of sums from them.
+    b = bias if has_bias else np.zeros(k, dtype=y.dtype)
     n_tasks = n * groups * -(-(k // groups) // kblock)
     use_configured_threads()
     _forward_core(x, weight, b, has_bias, y, groups, sh, sw, pt, pl, dh, dw, kblock, band_h,
