@@ -173,8 +173,9 @@ def test_conv_nan_and_inf_stay_where_they_belong():
 
 @pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((5, 5), 2), ((3, 3), 0)])
 def test_one_channel_grad_weight_with_infinite_input(kernel, padding):
-    """The flat weight-gradient runs (finite inputs only) are not taken when the input holds
-    an Inf or NaN: every tap that reads one is NaN/Inf as in the reference, the others exact."""
+    """No weight-gradient path pairs a zero (a widened grad_output column) with an input
+    value where the input holds an Inf or NaN: every tap that reads one is NaN/Inf as in the
+    reference, the others exact."""
     rng = np.random.default_rng(13)
     x = rng.standard_normal((3, 1, 14, 15))
     # First column only: the last column of taps never reads it and stays finite, while a

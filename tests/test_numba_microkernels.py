@@ -5,8 +5,9 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from fastconv.kernels.numba import winograd
-from fastconv.kernels.numba.microkernels import (GEMM_PANEL_VECTORS, GEMM_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES,
-                                                 gemm_block, tap_block, transpose_block)
+from fastconv.kernels.numba.microkernels import (DOT_ROWS, DOT_TAPS, GEMM_PANEL_VECTORS, GEMM_ROWS, TAP_ROWS,
+                                                 TAP_VECTORS, VECTOR_BYTES, dot_block, gemm_block, tap_block,
+                                                 transpose_block)
 
 
 @njit
@@ -136,6 +137,45 @@ def test_tap_block_ignores_shapes_past_its_largest_block():
     _tap_block(*args, 0, np.zeros(8, np.float32), 0, True, 1)                    # an empty run
     _tap_block(*args, 4, np.zeros(8, np.float32), 0, True, TAP_ROWS + 1)         # too many rows
     assert np.isnan(acc).all()
+
+
+@njit
+def _dot_block(g, gi, gs, gr, src, si, sr, offs, taps, lanes, li, ls, count, runs, rows):
+    dot_block(g, gi, gs, gr, src, si, sr, offs, taps, lanes, li, ls, count, runs, rows)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
+@pytest.mark.parametrize("rows", list(range(1, DOT_ROWS + 1)))
+@pytest.mark.parametrize("taps", [1, 2, DOT_TAPS, 7])
+def test_dot_block_adds_lane_sums_of_dot_products_over_runs(dtype, lanes, rows, taps):
+    """lanes += per-lane partial sums of sum_u g_r[run u] . src[offset_t + run u], whose lane
+    totals are the dot products; lanes outside the block untouched, nothing read past a run
+    (a NaN just past every run of g and src would poison a sum)."""
+    rng = np.random.default_rng(rows * 10 + taps)
+    offs = rng.permutation(30)[:taps].astype(np.intp)
+    for count in sorted({1, lanes - 1, lanes, lanes + 3, 3 * lanes + 5}):
+        runs, g_run, s_run = 3, count + 4, count + 40
+        g_stride = runs * g_run + 2
+        g = np.full(1 + rows * g_stride, np.nan, dtype=dtype)
+        gm = g[1:].reshape(rows, g_stride)[:, :runs * g_run].reshape(rows, runs, g_run)
+        gm[:, :, :count] = rng.standard_normal((rows, runs, count))
+        src = np.full(2 + offs.max() + (runs - 1) * s_run + count + 1, np.nan, dtype=dtype)
+        for t in offs:
+            for u in range(runs):
+                src[2 + t + u * s_run:2 + t + u * s_run + count] = rng.standard_normal(count)
+        l_stride = taps * lanes + 3
+        out = rng.standard_normal(5 + rows * l_stride).astype(dtype)
+        before = out.copy()
+        _dot_block(g, 1, g_stride, g_run, src, 2, s_run, offs, taps, out, 5, l_stride, count, runs, rows)
+        added = (out[5:] - before[5:]).reshape(rows, l_stride)
+        totals = added[:, :taps * lanes].reshape(rows, taps, lanes).astype(np.float64).sum(axis=2)
+        windows = np.stack([[src[2 + t + u * s_run:2 + t + u * s_run + count] for u in range(runs)] for t in offs])
+        expected = np.einsum("ruc,tuc->rt", gm[:, :, :count].astype(np.float64), windows.astype(np.float64))
+        eps = np.finfo(dtype).eps
+        scale = np.abs(gm[:, :, :count]).sum() * 4
+        np.testing.assert_allclose(totals, expected, rtol=0, atol=16 * eps * scale)
+        np.testing.assert_array_equal(out[:5], before[:5])
+        np.testing.assert_array_equal(added[:, taps * lanes:], 0)
 
 
 def test_vector_width_follows_the_target():

@@ -33,9 +33,10 @@ accumulators and input rows stay in L1; one input band serves a block of output 
   each (image, input channel) task scatters grad_output rows into its own padded plane.
 * grad_weight: one task per filter entry (k, c): per-tap accumulator rows summed over the
   batch (two images and a kernel row's taps per pass), then only their valid columns are
-  added up in float64. One input channel per group, stride and dilation 1 (depthwise, the
-  C = 1 first layers): one task per filter, its dot products summed in registers
-  (``_plane_gw_task``).
+  added up in float64. One input channel and several filters per group, stride 1 (the
+  C = 1 first layers): tasks of (group, filter block, batch chunk) on ``dot_block``
+  (``_dots_gw_task``). Depthwise (stride and dilation 1): one task per filter, its dot
+  products summed in registers (``_plane_gw_task``).
 * grad_bias: one task per output channel.
 
 Every output element is computed by exactly one task in a fixed order: results are the same
@@ -52,7 +53,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
-from .microkernels import TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, tap_block
+from .microkernels import DOT_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, dot_block, tap_block
 from .pooling import _max2x2_plane_idx
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
@@ -298,7 +299,6 @@ def _forward_tasks(x, weight, bias, has_bias, y, t0, t1, groups, sh, sw, pt, pl,
         for oh0 in range(0, out_h, band_h):
             bh = min(band_h, out_h - oh0)
             rows = (bh - 1) * sh + (kr - 1) * dh + 1
-            length = (bh - 1) * wp + out_w
             if cg == 1 and sh == 1 and sw == 1:
                 # One input channel feeds every output channel of the group: each output row
                 # of TAP_ROWS channels at a time, straight into y, the sums in registers over
@@ -771,7 +771,7 @@ def _run_s1_forward(x, weight, bias, y, groups, pt, pl, dh, dw):
 
     n, _, _, w = x.shape
     k, cg, kr, ks = weight.shape
-    out_h, out_w = y.shape[2], y.shape[3]
+    out_h = y.shape[2]
     kg = k // groups
     kblock = 1 if cg == 1 else min(kg, _CHANNEL_BLOCK)
     # Split channel blocks further when images x groups alone cannot feed every thread.
@@ -1175,7 +1175,6 @@ def _conv_relu_pool_core(x, weight, bias, has_bias, y, codes, groups, pt, pl, ou
 
 @njit(**JIT_OPTIONS)
 def _conv_relu_pool_tasks(x, weight, bias, has_bias, y, codes, t0, t1, groups, pt, pl, out_h, out_w):
-    h, w = x.shape[2], x.shape[3]
     k_all = weight.shape[0]
     kg = k_all // groups
     wp = out_w + 2
@@ -1371,6 +1370,9 @@ def conv2d_grad_weight(grad_output, x, grad_weight, p):
     """grad_weight (k, c/groups, r, s) = sum over batch and pixels of grad_output x shifted input."""
     sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
     # 3x3 checks its planes itself; other filter sizes take the flat runs on finite inputs only.
+    if _dots_gw_applies(p.c_per_group, p.k_per_group, sh, sw):
+        _run_dots_gw(grad_output, x, grad_weight, p)
+        return
     three = (p.r, p.s) == (3, 3)
     checked = p.c_per_group == 1 and not three and bool(_finite(x.reshape(-1)))
     if _plane_gw_applies(p.c_per_group, p.r, p.s, sh, sw, dh, dw, checked):
@@ -1388,6 +1390,105 @@ def conv2d_grad_weight(grad_output, x, grad_weight, p):
     band_h = max(1, min(p.out_h, (_BAND_BYTES * 2) // per_row))
     use_configured_threads()
     _grad_weight_core(grad_output, x, grad_weight, p.groups, sh, sw, p.pad_top, p.pad_left, dh, dw, band_h)
+
+
+# ---------------------------------------------------------------- grad_weight, one input channel
+#
+# The first layers (one input channel per group, several filters, stride 1): tasks of
+# (group, block of filters, batch chunk) as in the Cython twin (``_grad_weight_task``). A task
+# copies each image's input plane with its zero padding once for all its filters and runs
+# ``dot_block`` (``microkernels.py``) over grad_output's rows: up to DOT_ROWS filters x
+# DOT_TAPS taps of lane sums in registers over the whole plane, each row's last vector
+# masked, so no position pairs a zero with an input value (exact for Inf/NaN inputs too).
+
+#: Filters per grad_weight task on the one-input-channel path: they share its padded copies.
+_DOTS_FILTERS = 8
+
+
+def _dots_gw_applies(cg, kg, sh, sw):
+    return cg == 1 and kg > 1 and sh == 1 and sw == 1
+
+
+def _batch_chunks(n, groups, kg, kbt, weight_elems):
+    """How many batch chunks grad_weight sums separately (then adds in order): a function of
+    the shape only, never of the thread count, so results are reproducible; enough tasks for
+    a few threads, bounded partial buffers (the Cython twin's rule)."""
+    units = groups * -(-kg // kbt)
+    nc = max(1, min(n, -(-16 // units)))
+    while nc > 1 and nc * weight_elems > (1 << 22):
+        nc //= 2
+    return nc
+
+
+@njit(**JIT_OPTIONS)
+def _filter_block(left):
+    """Filters for the next ``dot_block``: DOT_ROWS, but 5 and 6 go as 3 + 2 and 3 + 3 (two
+    filters' six sums are too few chains for the FMA latency; as in the Cython twin)."""
+    if left == 5 or left == 6:
+        return 3
+    return min(left, DOT_ROWS)
+
+
+@njit(**PARALLEL_JIT_OPTIONS)
+def _dots_gw_core(gy, x, part, groups, pt, pl, dh, dw, kbt, nc):
+    """part[chunk, k, t] = filter k's tap-t dot product over the batch chunk's images."""
+    kg = part.shape[1] // groups
+    n_tasks = groups * ((kg + kbt - 1) // kbt) * nc
+    for task in prange(n_tasks):
+        _dots_gw_task(gy, x, part, task, groups, pt, pl, dh, dw, kbt, nc)
+
+
+@njit(**JIT_OPTIONS)
+def _dots_gw_task(gy, x, part, task, groups, pt, pl, dh, dw, kbt, nc):
+    n_all, k_all, out_h, out_w = gy.shape
+    h, w = x.shape[2], x.shape[3]
+    kg = k_all // groups
+    nkb = (kg + kbt - 1) // kbt
+    kr, ks = part.shape[2], part.shape[3]
+    taps = kr * ks
+    nci = task % nc
+    kb = (task // nc) % nkb
+    grp = task // (nc * nkb)
+    n0, n1 = nci * n_all // nc, (nci + 1) * n_all // nc
+    k0 = grp * kg + kb * kbt
+    nk = min(kbt, kg - kb * kbt)
+    hp = out_h + (kr - 1) * dh
+    wp = out_w + (ks - 1) * dw
+    lanes_n = VECTOR_BYTES // gy.itemsize
+    padf = np.zeros(hp * wp, dtype=x.dtype)
+    offs = np.empty(taps, dtype=np.intp)
+    for t in range(taps):
+        offs[t] = (t // ks) * dh * wp + (t % ks) * dw
+    lanes = np.zeros(nk * taps * lanes_n, dtype=gy.dtype)
+    gyf = gy.reshape(-1)
+    for n in range(n0, n1):
+        xf = x[n, grp].reshape(h * w)
+        for a in range(hp):
+            _plane_copy_row(xf, h, w, padf, wp, a, pt, pl)
+        q = 0
+        while q < nk:
+            nq = _filter_block(nk - q)
+            dot_block(gyf, (n * k_all + k0 + q) * out_h * out_w, out_h * out_w, out_w, padf, 0, wp, offs, taps,
+                      lanes, q * taps * lanes_n, taps * lanes_n, out_w, out_h, nq)
+            q += nq
+    for q in range(nk):
+        for t in range(taps):
+            total = lanes[(q * taps + t) * lanes_n]
+            for l in range(1, lanes_n):     # a fixed order: the same sum for any thread count
+                total += lanes[(q * taps + t) * lanes_n + l]
+            part[nci, k0 + q, t // ks, t % ks] = total
+
+
+def _run_dots_gw(grad_output, x, grad_weight, p):
+    kbt = min(_DOTS_FILTERS, p.k_per_group)
+    nc = _batch_chunks(p.n, p.groups, p.k_per_group, kbt, grad_weight.size)
+    part = np.empty((nc, p.k, p.r, p.s), dtype=grad_weight.dtype)
+    use_configured_threads()
+    _dots_gw_core(grad_output, x, part, p.groups, p.pad_top, p.pad_left, p.dil_h, p.dil_w, kbt, nc)
+    total = part[0].copy()
+    for i in range(1, nc):     # a fixed order: reproducible
+        total += part[i]
+    grad_weight.reshape(p.k, p.r, p.s)[...] = total
 
 
 @njit(**PARALLEL_JIT_OPTIONS)

@@ -12,10 +12,13 @@ intrinsics (``cython/microkernels.pxd``, ``cython/winograd.pyx``).
   TAP_VECTORS vectors of one run of outputs, summed in registers over all the taps, the run's
   last vector masked. LLVM's vectoriser summed each channel's taps separately (one load per
   term) in 32-byte vectors: LeNet conv1's forward took 2.6x, MNIST conv1's 2x the time.
+* ``dot_block``: the weight gradient's dot products of up to DOT_ROWS filters x DOT_TAPS taps
+  as lane partial sums held in registers over many runs of outputs (the first layers'
+  grad_weight: 0.54-0.63x the time of per-filter loops).
 
 All work on 1-D contiguous arrays of one float dtype at element indices the caller keeps in
 bounds (nothing is checked at run time). ``transpose_block`` moves 32-byte vectors (AVX);
-``gemm_block``'s and ``tap_block``'s vectors are ``VECTOR_BYTES`` long: 64 where the code is compiled for a CPU
+the others' vectors are ``VECTOR_BYTES`` long: 64 where the code is compiled for a CPU
 with AVX-512 (two 512-bit FMA units do twice the work of AVX2 per cycle), else 32. On
 machines without them LLVM splits the vectors, with the same results.
 """
@@ -320,3 +323,127 @@ def tap_block(typingctx, w, w_index, w_stride, src, src_index, offsets, taps, ac
 
     return types.void(w, w_index, w_stride, src, src_index, offsets, taps, acc, acc_index, acc_stride, count,
                       init, init_index, first, rows), codegen
+
+
+#: ``dot_block``'s largest block: filters x taps of lane sums (12 vectors, 3 loads of the
+#: input and one of grad_output per filter per step).
+DOT_ROWS = 4
+DOT_TAPS = 3
+
+
+@intrinsic
+def dot_block(typingctx, g, g_index, g_stride, g_run, src, src_index, src_run, offsets, taps, lanes, l_index,
+              l_stride, count, runs, rows):
+    """``lanes[l_index + r*l_stride + t*L + l] += sum over u < runs, i < count, i = l (mod L)
+    of g[g_index + r*g_stride + u*g_run + i] * src[src_index + offsets[t] + u*src_run + i]``
+    for r < rows (filters, 1-DOT_ROWS), t < taps: the weight gradient's dot products, each
+    kept as L lane partial sums (L = VECTOR_BYTES // itemsize) that carry over calls.
+
+    ``runs`` runs of ``count`` outputs each (rows of grad_output, ``g_run`` apart, against
+    input rows ``src_run`` apart); the lanes past ``count`` in a run's last vector are neither
+    read nor summed (masked loads), so runs never read a neighbouring row. Taps go DOT_TAPS
+    at a time with their rows x DOT_TAPS sums in registers over all the runs. Other values
+    of rows do nothing. The Cython twin is ``dot_block`` in ``cython/microkernels.pxd``.
+    """
+    if not (_float_arrays(g, src, lanes) and isinstance(offsets, types.Array) and offsets.ndim == 1
+            and isinstance(offsets.dtype, types.Integer)):
+        return None
+    n_lanes = VECTOR_BYTES * 8 // g.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        (gt, git, gst, grt, st, sit, srt, ot, tt, lt, lit, lst, ct, rut, rot) = sig.args
+        elem = context.get_data_type(gt.dtype)
+        vec = ir.VectorType(elem, n_lanes)
+        align = gt.dtype.bitwidth // 8
+        i1, i32 = ir.IntType(1), ir.IntType(32)
+        bits = gt.dtype.bitwidth
+        g_ptr = _element_pointer(context, builder, gt, args[0], git, args[1])
+        s_ptr = _element_pointer(context, builder, st, args[4], sit, args[5])
+        l_ptr = _element_pointer(context, builder, lt, args[9], lit, args[10])
+        offs = context.make_array(ot)(context, builder, args[7])
+
+        def intp_arg(i, t):
+            return context.cast(builder, args[i], t, types.intp)
+
+        g_row, g_run_ = intp_arg(2, gst), intp_arg(3, grt)
+        s_run = intp_arg(6, srt)
+        taps_, l_row = intp_arg(8, tt), intp_arg(11, lst)
+        count_, runs_, rows_ = intp_arg(12, ct), intp_arg(13, rut), intp_arg(14, rot)
+        intp = g_row.type
+        ptr_type = g_ptr.type
+        mask_type = ir.VectorType(i1, n_lanes)
+        i32v = ir.VectorType(i32, n_lanes)
+        broadcast = ir.Constant(i32v, [0] * n_lanes)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                             f"llvm.fma.v{n_lanes}f{bits}")
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{n_lanes}f{bits}.p0")
+        zero_vec = ir.Constant(vec, None)
+        full = builder.sdiv(count_, ir.Constant(intp, n_lanes))
+        rest = builder.trunc(builder.sub(count_, builder.mul(full, ir.Constant(intp, n_lanes))), i32)
+        rest_v = builder.shuffle_vector(builder.insert_element(ir.Constant(i32v, ir.Undefined), rest, ir.Constant(i32, 0)),
+                                        ir.Constant(i32v, ir.Undefined), broadcast)
+        mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(n_lanes))), rest_v)
+        has_rest = builder.icmp_signed(">", rest, ir.Constant(i32, 0))
+
+        def offset(t):
+            p = cgutils.get_item_pointer(context, builder, ot, offs, [t], wraparound=False)
+            return context.cast(builder, builder.load(p), ot.dtype, types.intp)
+
+        def block(n_rows, n_taps, t0):
+            sums = [[cgutils.alloca_once(builder, vec) for _ in range(n_taps)] for _ in range(n_rows)]
+            slots = [[builder.gep(l_ptr, [builder.add(builder.mul(l_row, ir.Constant(intp, r)),
+                                                      builder.mul(builder.add(t0, ir.Constant(intp, t)),
+                                                                  ir.Constant(intp, n_lanes)))])
+                      for t in range(n_taps)] for r in range(n_rows)]
+            for r in range(n_rows):
+                for t in range(n_taps):
+                    builder.store(builder.load(builder.bitcast(slots[r][t], vec.as_pointer()), align=align), sums[r][t])
+            taps_at = [builder.gep(s_ptr, [offset(builder.add(t0, ir.Constant(intp, t)))]) for t in range(n_taps)]
+
+            def step(g_at, x_at, masked):
+                def load(p):
+                    if masked:
+                        return builder.call(masked_load, [p, ir.Constant(i32, align), mask, zero_vec])
+                    return builder.load(builder.bitcast(p, vec.as_pointer()), align=align)
+                xs = [load(p) for p in x_at]
+                for r in range(n_rows):
+                    gv = load(builder.gep(g_at, [builder.mul(g_row, ir.Constant(intp, r))]))
+                    for t in range(n_taps):
+                        builder.store(builder.call(fma, [gv, xs[t], builder.load(sums[r][t])]), sums[r][t])
+
+            with cgutils.for_range(builder, runs_) as run_loop:
+                u = run_loop.index
+                g_at = builder.gep(g_ptr, [builder.mul(u, g_run_)])
+                x_at = [builder.gep(p, [builder.mul(u, s_run)]) for p in taps_at]
+                with cgutils.for_range(builder, full) as vec_loop:
+                    i = builder.mul(vec_loop.index, ir.Constant(intp, n_lanes))
+                    step(builder.gep(g_at, [i]), [builder.gep(p, [i]) for p in x_at], False)
+                with builder.if_then(has_rest):
+                    i = builder.mul(full, ir.Constant(intp, n_lanes))
+                    step(builder.gep(g_at, [i]), [builder.gep(p, [i]) for p in x_at], True)
+            for r in range(n_rows):
+                for t in range(n_taps):
+                    builder.store(builder.load(sums[r][t]), builder.bitcast(slots[r][t], vec.as_pointer()), align=align)
+
+        # Taps DOT_TAPS at a time (the last group may be shorter): one case per (rows, taps).
+        n_groups = builder.sdiv(builder.add(taps_, ir.Constant(intp, DOT_TAPS - 1)), ir.Constant(intp, DOT_TAPS))
+        with cgutils.for_range(builder, n_groups) as group_loop:
+            t0 = builder.mul(group_loop.index, ir.Constant(intp, DOT_TAPS))
+            m = builder.sub(taps_, t0)
+            m = builder.select(builder.icmp_signed(">", m, ir.Constant(intp, DOT_TAPS)), ir.Constant(intp, DOT_TAPS), m)
+            key = builder.add(builder.mul(rows_, ir.Constant(intp, 8)), m)
+            done = builder.append_basic_block("dot_block.done")
+            switch = builder.switch(key, done)
+            for n_rows in range(1, DOT_ROWS + 1):
+                for n_taps in range(1, DOT_TAPS + 1):
+                    case = builder.append_basic_block(f"dot_block.{n_rows}x{n_taps}")
+                    switch.add_case(ir.Constant(intp, n_rows * 8 + n_taps), case)
+                    builder.position_at_end(case)
+                    block(n_rows, n_taps, t0)
+                    builder.branch(done)
+            builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return types.void(g, g_index, g_stride, g_run, src, src_index, src_run, offsets, taps, lanes, l_index, l_stride,
+                      count, runs, rows), codegen
