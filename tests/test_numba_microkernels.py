@@ -5,9 +5,9 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from fastconv.kernels.numba import winograd
-from fastconv.kernels.numba.microkernels import (DOT_ROWS, DOT_TAPS, GEMM_PANEL_VECTORS, GEMM_ROWS, TAP_ROWS,
-                                                 TAP_VECTORS, VECTOR_BYTES, dot_block, gemm_block, tap_block,
-                                                 transpose_block)
+from fastconv.kernels.numba.microkernels import (DOT_ROWS, DOT_TAPS, GEMM_PANEL_VECTORS, GEMM_ROWS, STENCIL_ROWS,
+                                                 TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, dot_block, gemm_block,
+                                                 stencil3x3_rows, tap_block, transpose_block)
 
 
 @njit
@@ -176,6 +176,41 @@ def test_dot_block_adds_lane_sums_of_dot_products_over_runs(dtype, lanes, rows, 
         np.testing.assert_allclose(totals, expected, rtol=0, atol=16 * eps * scale)
         np.testing.assert_array_equal(out[:5], before[:5])
         np.testing.assert_array_equal(added[:, taps * lanes:], 0)
+
+
+@njit
+def _stencil_rows(w, src, si, sr, dst, di, dr, count, bias, rows):
+    if rows == 1:
+        stencil3x3_rows(w, 1, src, si, sr, dst, di, dr, count, bias, 1)
+    elif rows == 2:
+        stencil3x3_rows(w, 1, src, si, sr, dst, di, dr, count, bias, 2)
+    elif rows == 3:
+        stencil3x3_rows(w, 1, src, si, sr, dst, di, dr, count, bias, 3)
+    else:
+        stencil3x3_rows(w, 1, src, si, sr, dst, di, dr, count, bias, STENCIL_ROWS)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
+@pytest.mark.parametrize("rows", list(range(1, STENCIL_ROWS + 1)))
+def test_stencil3x3_rows_is_a_3x3_correlation_of_whole_rows(dtype, lanes, rows):
+    """rows output rows = bias + 3x3 correlation, for row lengths around the vector width;
+    nothing written past a row's end, nothing read past the input's last needed element."""
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal(10).astype(dtype)
+    for count in sorted({1, lanes - 1, lanes, lanes + 1, 3 * lanes + 5}):
+        src_row, dst_row = count + 2 + 3, count + 4
+        src = rng.standard_normal(7 + (rows + 2) * src_row).astype(dtype)
+        src = src[:7 + (rows + 1) * src_row + count + 2]        # ends where the last read does
+        dst = np.full(2 + rows * dst_row, np.nan, dtype=dtype)
+        _stencil_rows(w, src, 7, src_row, dst, 2, dst_row, count, dtype(0.25), rows)
+        planes = np.stack([src[7 + a * src_row:7 + a * src_row + count + 2] for a in range(rows + 2)])
+        expected = np.array([[0.25 + sum(w[1 + 3 * a + b] * np.float64(planes[r + a, j + b])
+                                         for a in range(3) for b in range(3)) for j in range(count)]
+                             for r in range(rows)])
+        got = dst[2:].reshape(rows, dst_row)
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(got[:, :count], expected, rtol=0, atol=32 * eps * np.abs(expected).max())
+        assert np.isnan(got[:, count:]).all() and np.isnan(dst[:2]).all()
 
 
 def test_vector_width_follows_the_target():

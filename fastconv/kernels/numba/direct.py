@@ -53,7 +53,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
-from .microkernels import DOT_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, dot_block, tap_block
+from .microkernels import (DOT_ROWS, STENCIL_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, dot_block, stencil3x3_rows,
+                           tap_block)
 from .pooling import _max2x2_plane_idx
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
@@ -830,68 +831,35 @@ def _plane_copy_row(xf, h, w, padf, wp, a, pt, pl):
         padf[d0 + uj] = xf[s0 + uj]
 
 
-@njit(fastmath={"contract"}, **JIT_OPTIONS)
+@njit(**JIT_OPTIONS)
 def _plane3x3(padf, xf, h, w, wk, b, yf, out_h, out_w, pt, pl):
     """yf (out_h x out_w, flat) = b + 3x3 correlation of the plane xf (h x w, flat)
     zero-padded by (pt, pl).
 
     ``padf`` is a flat (out_h + 2) x (out_w + 2) buffer whose border is already zero; the
-    plane's rows are copied into it ``_COPY_AHEAD`` rows before they are first read. Two
-    output rows per pass share four input rows. Flat arrays with unsigned offsets: a row view
-    per output row costs reference counting, and a signed index a wraparound check that stops
-    vectorisation. ``contract``: one FMA per term, as gcc forms the Cython twin's (rounding
-    only, NaN and Inf propagate; depthwise forward 0.92-0.93x the time).
+    plane's rows are copied into it ``_COPY_AHEAD`` rows before they are first read.
+    STENCIL_ROWS output rows per ``stencil3x3_rows`` pass (``microkernels.py``) share their
+    input rows' loads; the sum is formed tap after tap with one FMA per term, as gcc forms
+    the Cython twin's.
     """
     wp = out_w + 2
-    w0, w1, w2 = wk[0, 0], wk[0, 1], wk[0, 2]
-    w3, w4, w5 = wk[1, 0], wk[1, 1], wk[1, 2]
-    w6, w7, w8 = wk[2, 0], wk[2, 1], wk[2, 2]
-    uwp = np.uint64(wp)
-    one = np.uint64(1)
-    two = np.uint64(2)
+    wf = wk.reshape(9)
     filled = 0
     oh = 0
-    while oh + 2 <= out_h:
-        while filled < min(oh + 4 + _COPY_AHEAD, out_h + 2):
+    while oh < out_h:
+        rows = min(STENCIL_ROWS, out_h - oh)
+        while filled < min(oh + rows + 2 + _COPY_AHEAD, out_h + 2):
             _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
             filled += 1
-        p0 = np.uint64(oh * wp)
-        p1 = p0 + uwp
-        p2 = p1 + uwp
-        p3 = p2 + uwp
-        q0 = np.uint64(oh * out_w)
-        q1 = q0 + np.uint64(out_w)
-        for i in range(out_w):
-            ui = np.uint64(i)
-            a0 = padf[p0 + ui]
-            a1 = padf[p0 + ui + one]
-            a2 = padf[p0 + ui + two]
-            b0 = padf[p1 + ui]
-            b1 = padf[p1 + ui + one]
-            b2 = padf[p1 + ui + two]
-            c0 = padf[p2 + ui]
-            c1 = padf[p2 + ui + one]
-            c2 = padf[p2 + ui + two]
-            v = b + w0 * a0 + w1 * a1 + w2 * a2
-            v = v + w3 * b0 + w4 * b1 + w5 * b2
-            yf[q0 + ui] = v + w6 * c0 + w7 * c1 + w8 * c2
-            u = b + w0 * b0 + w1 * b1 + w2 * b2
-            u = u + w3 * c0 + w4 * c1 + w5 * c2
-            yf[q1 + ui] = u + w6 * padf[p3 + ui] + w7 * padf[p3 + ui + one] + w8 * padf[p3 + ui + two]
-        oh += 2
-    if oh < out_h:
-        while filled < out_h + 2:
-            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
-            filled += 1
-        p0 = np.uint64(oh * wp)
-        p1 = p0 + uwp
-        p2 = p1 + uwp
-        q0 = np.uint64(oh * out_w)
-        for i in range(out_w):
-            ui = np.uint64(i)
-            v = b + w0 * padf[p0 + ui] + w1 * padf[p0 + ui + one] + w2 * padf[p0 + ui + two]
-            v = v + w3 * padf[p1 + ui] + w4 * padf[p1 + ui + one] + w5 * padf[p1 + ui + two]
-            yf[q0 + ui] = v + w6 * padf[p2 + ui] + w7 * padf[p2 + ui + one] + w8 * padf[p2 + ui + two]
+        if rows == STENCIL_ROWS:
+            stencil3x3_rows(wf, 0, padf, oh * wp, wp, yf, oh * out_w, out_w, out_w, b, STENCIL_ROWS)
+        elif rows == 3:
+            stencil3x3_rows(wf, 0, padf, oh * wp, wp, yf, oh * out_w, out_w, out_w, b, 3)
+        elif rows == 2:
+            stencil3x3_rows(wf, 0, padf, oh * wp, wp, yf, oh * out_w, out_w, out_w, b, 2)
+        else:
+            stencil3x3_rows(wf, 0, padf, oh * wp, wp, yf, oh * out_w, out_w, out_w, b, 1)
+        oh += rows
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
