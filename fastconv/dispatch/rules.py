@@ -63,31 +63,32 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
 #: (float32, this project's 2-core machine: Intel Xeon with AVX-512; ratio = PyTorch time /
 #: fastconv time at 1 thread, best backend of each algorithm; forward / grad_input /
-#: grad_weight), with the register blocks on 64-byte vectors and Winograd's products on
-#: ``gemm_block`` at every channel count:
+#: grad_weight), with the register blocks on 64-byte vectors, Winograd's products on
+#: ``gemm_block`` at every channel count and the dilated layer's phase copies compiled:
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.46/3.26/1.11      1.04/2.93/1.25      0.43/0.96/0.53
-#: lenet_conv2 6->16 5x5 (150)   0.75/1.10/1.14      0.32/0.85/0.74      -
-#: stem 3->64 7x7 s2 (147)       1.12/0.58/0.88      0.64/3.21/0.94      -
-#: 3x3 s2 64->128 (576)          0.53/0.11/0.32      0.87/1.15/1.06      -
-#: mnist_conv2 32->64 3x3 (288)  0.87/0.76/0.59      0.58/0.77/0.70      1.26/1.36/1.21
-#: resnet 64/128/256 3x3         0.73-0.83/0.69-0.89 0.57-0.66/0.74-0.81 1.31-1.56/1.51-1.68
-#:                               /0.48-0.61          /0.70-0.83          /1.06-1.48
-#: dilated 64->64 3x3 d2         0.78/0.85/0.73      0.57/0.77/0.78      0.89/0.93/1.03
+#: cifar_conv1 3->32 3x3 (27)    1.41/3.57/1.28      0.94/3.39/1.13      0.46/1.01/0.54
+#: lenet_conv2 6->16 5x5 (150)   0.82/1.12/1.06      0.35/0.87/0.74      -
+#: stem 3->64 7x7 s2 (147)       1.08/0.58/0.91      0.65/3.30/0.96      -
+#: 3x3 s2 64->128 (576)          0.68/0.12/0.34      0.81/1.19/1.10      -
+#: mnist_conv2 32->64 3x3 (288)  0.90/0.81/0.56      0.64/0.81/0.71      1.31/1.45/1.11
+#: resnet 64/128/256 3x3         0.70-0.83/0.66-0.88 0.57-0.64/0.75-0.83 1.41-1.49/1.35-1.70
+#:                               /0.40-0.63          /0.73-0.80          /1.10-1.57
+#: dilated 64->64 3x3 d2         0.75/0.79/0.57      0.57/0.70/0.79      1.05/1.18/1.21
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same except on the dilation-2 layer, whose forward and
-#: grad_input ran faster on direct (0.82 / 0.88 against Winograd's 0.74 / 0.81), and 3x3
-#: stride 2's forward, a close call again (0.75 direct, 0.65 im2col; im2col's at 1 thread
-#: here and on the AVX2 machine of earlier recordings, where the rules were first derived
-#: and Winograd led by far more: 1.5-2.4x PyTorch). Hence: direct up to a reduction of 160
-#: (its register blocks beat a GEMM with few rows), for grad_input only with filters up to
-#: 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's fold), Winograd
-#: F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation) from 32 channels
-#: per group (3 channels starve its 36 GEMMs), im2col otherwise.
+#: At 2 threads the order is the same except on 3x3 stride 2's forward, a close call again
+#: (0.72 direct, 0.65 im2col; im2col's at 1 thread here and on the AVX2 machine of earlier
+#: recordings, where the rules were first derived and Winograd led by far more: 1.5-2.4x
+#: PyTorch). The dilation-2 layer, whose forward and grad_input had run faster on direct at
+#: 2 threads while NumPy copied its phase images (0.82 / 0.88 against 0.74 / 0.81), now runs
+#: faster on Winograd there too (1.03 / 1.05 against 0.78 / 0.88). Hence: direct up to a
+#: reduction of 160 (its register blocks beat a GEMM with few rows), for grad_input only
+#: with filters up to 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's
+#: fold), Winograd F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation)
+#: from 32 channels per group (3 channels starve its 36 GEMMs), im2col otherwise.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
