@@ -6,8 +6,8 @@ from numba.core.errors import TypingError
 
 from fastconv.kernels.numba import winograd
 from fastconv.kernels.numba.microkernels import (DOT_ROWS, DOT_TAPS, GEMM_PANEL_VECTORS, GEMM_ROWS, STENCIL_ROWS,
-                                                 TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, dot_block, gemm_block,
-                                                 stencil3x3_rows, tap_block, transpose_block)
+                                                 TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, copy_run, dot_block,
+                                                 gemm_block, stencil3x3_rows, tap_block, transpose_block)
 
 
 @njit
@@ -211,6 +211,24 @@ def test_stencil3x3_rows_is_a_3x3_correlation_of_whole_rows(dtype, lanes, rows):
         eps = np.finfo(dtype).eps
         np.testing.assert_allclose(got[:, :count], expected, rtol=0, atol=32 * eps * np.abs(expected).max())
         assert np.isnan(got[:, count:]).all() and np.isnan(dst[:2]).all()
+
+
+@njit
+def _copy_run(src, si, dst, di, count):
+    copy_run(src, si, dst, di, count)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
+def test_copy_run_copies_exactly_the_run(dtype, lanes):
+    rng = np.random.default_rng(lanes)
+    src = rng.standard_normal(8 * lanes + 9).astype(dtype)
+    src[[1, 4, 7]] = [np.nan, -0.0, np.inf]            # bit patterns must survive the copy
+    for count in sorted({0, 1, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, 5 * lanes}):
+        dst = np.full(src.size + 11, 7.5, dtype=dtype)
+        _copy_run(src, 1, dst, 3, count)
+        expected = np.full_like(dst, 7.5)
+        expected[3:3 + count] = src[1:1 + count]
+        assert dst.tobytes() == expected.tobytes(), count
 
 
 def test_vector_width_follows_the_target():

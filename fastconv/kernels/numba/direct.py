@@ -53,8 +53,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
-from .microkernels import (DOT_ROWS, STENCIL_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, dot_block, stencil3x3_rows,
-                           tap_block)
+from .microkernels import (DOT_ROWS, STENCIL_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, copy_run, dot_block,
+                           stencil3x3_rows, tap_block)
 from .pooling import _max2x2_plane_idx
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
@@ -824,11 +824,7 @@ def _plane_copy_row(xf, h, w, padf, wp, a, pt, pl):
     j1 = min(w, wp - pl)
     if j1 <= j0:
         return
-    s0 = np.uint64(i * w + j0)
-    d0 = np.uint64(a * wp + j0 + pl)
-    for j in range(j1 - j0):
-        uj = np.uint64(j)
-        padf[d0 + uj] = xf[s0 + uj]
+    copy_run(xf, i * w + j0, padf, a * wp + j0 + pl, j1 - j0)
 
 
 @njit(**JIT_OPTIONS)

@@ -17,6 +17,8 @@ intrinsics (``cython/microkernels.pxd``, ``cython/winograd.pyx``).
   grad_weight: 0.54-0.63x the time of per-filter loops).
 * ``stencil3x3_rows``: a 3x3 correlation of whole rows of one plane, STENCIL_ROWS output rows
   per pass sharing their input vectors (depthwise forward and grad input: 0.91-0.95x).
+* ``copy_run``: a run of elements copied in vectors, the last one masked (the depthwise
+  kernels' row copies into padded planes: forward 0.71-0.78x, grad input 0.76-0.81x).
 
 All work on 1-D contiguous arrays of one float dtype at element indices the caller keeps in
 bounds (nothing is checked at run time). ``transpose_block`` moves 32-byte vectors (AVX);
@@ -539,3 +541,50 @@ def stencil3x3_rows(typingctx, w, w_index, src, src_index, src_row, dst, dst_ind
         return context.get_dummy_value()
 
     return types.void(w, w_index, src, src_index, src_row, dst, dst_index, dst_row, count, bias, rows), codegen
+
+
+@intrinsic
+def copy_run(typingctx, src, src_index, dst, dst_index, count):
+    """``dst[dst_index + j] = src[src_index + j]`` for j < count, in VECTOR_BYTES vectors with
+    the last one masked: a row of a few dozen elements in one pass (LLVM's loop left up to 24
+    of a 56-element row to scalar code)."""
+    if not _float_arrays(src, dst):
+        return None
+    lanes = VECTOR_BYTES * 8 // src.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        st, sit, dt, dit, ct = sig.args
+        elem = context.get_data_type(st.dtype)
+        vec = ir.VectorType(elem, lanes)
+        align = st.dtype.bitwidth // 8
+        bits = st.dtype.bitwidth
+        i1, i32 = ir.IntType(1), ir.IntType(32)
+        i32v = ir.VectorType(i32, lanes)
+        s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
+        d_ptr = _element_pointer(context, builder, dt, args[2], dit, args[3])
+        count_ = context.cast(builder, args[4], ct, types.intp)
+        intp = count_.type
+        ptr_type = s_ptr.type
+        mask_type = ir.VectorType(i1, lanes)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{lanes}f{bits}.p0")
+        masked_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr_type, i32, mask_type]),
+            f"llvm.masked.store.v{lanes}f{bits}.p0")
+        full = builder.sdiv(count_, ir.Constant(intp, lanes))
+        with cgutils.for_range(builder, full) as loop:
+            i = builder.mul(loop.index, ir.Constant(intp, lanes))
+            v = builder.load(builder.bitcast(builder.gep(s_ptr, [i]), vec.as_pointer()), align=align)
+            builder.store(v, builder.bitcast(builder.gep(d_ptr, [i]), vec.as_pointer()), align=align)
+        i = builder.mul(full, ir.Constant(intp, lanes))
+        rest = builder.trunc(builder.sub(count_, i), i32)
+        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
+            rest_v = builder.shuffle_vector(builder.insert_element(ir.Constant(i32v, ir.Undefined), rest,
+                                                                   ir.Constant(i32, 0)),
+                                            ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * lanes))
+            mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), rest_v)
+            v = builder.call(masked_load, [builder.gep(s_ptr, [i]), ir.Constant(i32, align), mask, ir.Constant(vec, None)])
+            builder.call(masked_store, [v, builder.gep(d_ptr, [i]), ir.Constant(i32, align), mask])
+        return context.get_dummy_value()
+
+    return types.void(src, src_index, dst, dst_index, count), codegen
