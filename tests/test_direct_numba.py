@@ -131,8 +131,23 @@ LARGE_CONV_CASES = [
     ConvCase("depthwise_5x3", (1, 2, 64, 72), 2, (5, 3), padding=(2, 1), groups=2),
     # strided depthwise: padded-band forward, scatter grad_input
     ConvCase("depthwise_stride2", (2, 4, 57, 56), 4, (3, 3), stride=2, padding=1, groups=4),
-    # channels per group > 1 with channel blocks
+    # several input channels per group: the tap-plane path, in groups
     ConvCase("grouped_channels", (2, 12, 33, 31), 20, (3, 3), padding=1, groups=2),
+    # tap planes: two channel chunks with rows summed straight into y (out_w 64), more
+    # taps than one tap_block call takes (15 * 9 > TAP_CHUNK) in tiles, masked straight rows
+    # (79 = 4*16 + 15), LeNet's conv2, padding wider than the kernel (grad_input crops)
+    ConvCase("planes_channel_chunks", (1, 24, 70, 64), 5, (3, 3), padding=1),
+    ConvCase("planes_tile_channel_chunks", (1, 40, 40, 40), 3, (3, 3), padding=1),
+    ConvCase("planes_tap_chunks", (2, 15, 11, 13), 7, (3, 3), padding=1),
+    ConvCase("planes_masked_rows", (2, 3, 9, 79), 6, (3, 3), padding=1),
+    ConvCase("planes_lenet_conv2", (3, 6, 14, 14), 16, (5, 5)),
+    ConvCase("planes_wide_padding", (2, 4, 12, 11), 3, (3, 3), padding=3),
+    # tap planes of phase-split strided inputs: stride 2 (a 7x7 stem), uneven stride 3 x 2
+    # with dilation, and straight rows of a stride-2 layer (out_w 80)
+    ConvCase("planes_stride2_7x7", (2, 3, 40, 37), 8, (7, 7), stride=2, padding=3),
+    ConvCase("planes_stride3x2_dilated", (1, 5, 29, 31), 4, (3, 2), stride=(3, 2), padding=(2, 1), dilation=2),
+    ConvCase("planes_stride2_rows", (1, 3, 12, 160), 5, (3, 3), stride=2, padding=1),
+    ConvCase("planes_no_bias", (2, 6, 10, 10), 5, (3, 3), padding=1, bias=False),
 ]
 
 
@@ -148,15 +163,18 @@ def test_large_conv_fast_paths_match_oracle(case, dtype):
     assert_close(gb, gb_ref, dtype, "direct", "grad_bias")
 
 
-def test_conv_nan_and_inf_stay_where_they_belong():
+@pytest.mark.parametrize("groups,stride,size", [(2, 1, 12), (1, 1, 12), (1, 2, 12), (1, 1, 40)],
+                         ids=["one_channel", "planes", "phases", "planes_row_spans"])
+def test_conv_nan_and_inf_stay_where_they_belong(groups, stride, size):
     # An Inf in the input's last column: the stride-1 passes wrap around row ends at the
-    # border columns, which must not leak it into outputs or weight taps that never read it.
-    x = np.random.default_rng(8).standard_normal((2, 2, 12, 12))
-    x[0, 1, 5, 11] = np.inf
+    # border columns, and the tap planes' wide rows run past them, which must not leak it
+    # into outputs or weight taps that never read it.
+    x = np.random.default_rng(8).standard_normal((2, 2, size, size))
+    x[0, 1, 5, size - 1] = np.inf
     x[1, 0, 0, 0] = np.nan
-    w = np.random.default_rng(9).standard_normal((2, 1, 3, 3))
-    gy = np.random.default_rng(10).standard_normal((2, 2, 12, 12))
-    kwargs = dict(padding=1, groups=2)
+    w = np.random.default_rng(9).standard_normal((2, 2 // groups, 3, 3))
+    gy = np.random.default_rng(10).standard_normal((2, 2, size // stride, size // stride))
+    kwargs = dict(padding=1, groups=groups, stride=stride)
     y_ref = fastconv.conv2d(x, w, **kwargs, **REF)
     y = fastconv.conv2d(x, w, **kwargs, **NB)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
@@ -199,7 +217,10 @@ def test_one_channel_grad_weight_with_infinite_input(kernel, padding):
 def _all_results(dtype):
     """Every kernel's output on shapes that reach the fast paths."""
     out = []
-    for case in LARGE_CONV_CASES[:3] + [LARGE_CONV_CASES[5]]:
+    by_name = {case.name: case for case in LARGE_CONV_CASES}
+    for name in ("depthwise_large", "c1_valid_large", "c1_5x5_same", "depthwise_5x3", "planes_channel_chunks",
+                 "planes_stride2_7x7"):
+        case = by_name[name]
         x, w, b, gy = case.arrays(dtype, seed=11)
         out.append(fastconv.conv2d(x, w, b, **case.kwargs(), **NB))
         out.extend(fastconv.conv2d_backward(gy, x, w, **case.kwargs(), **NB))

@@ -62,15 +62,13 @@ from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_VECTOR_BYTES,
                                                    dot_block, tap_block)
 
+from fastconv.kernels import direct_plan
 from fastconv.threads import get_num_threads
 
 cdef enum:
     TILE = 256        # outputs per tile (per output channel)
-    TAP_CHUNK = 128   # taps per tap_block call: their input lines stay in L1 between blocks
     GW_FILTERS = 8    # filters per grad_weight task that copies its input planes
     LANES = 8         # independent partial sums of a dot product (one AVX vector of float)
-    TASKS_PER_THREAD = 4
-    COPY_BUDGET = 65536   # elements of padded planes a task copies at once
     COPY_AHEAD = 2        # rows the one-channel 3x3 kernels copy ahead of what they read (numba/direct.py)
 
 
@@ -78,6 +76,8 @@ cdef enum:
 # value (NaN, Inf and -0.0 included), but it keeps gcc from turning the copy loops into
 # memcpy calls, whose call overhead exceeds the copy itself for rows of a few dozen elements.
 cdef double _UNIT = float(np.ones(1)[0])
+# Taps per tap_block call, as planned for both backends (a C value: read without the GIL).
+cdef Py_ssize_t _tap_chunk = direct_plan.TAP_CHUNK
 
 
 cdef extern from *:
@@ -247,13 +247,13 @@ cdef inline void _taps(const floating* src, const Py_ssize_t* toff, Py_ssize_t n
                        const floating* wr, Py_ssize_t wstride, Py_ssize_t nq,
                        floating* acc, Py_ssize_t astride, Py_ssize_t n,
                        const floating* init) noexcept nogil:
-    """``tap_block`` TAP_CHUNK taps at a time (the input lines those taps read for one block
+    """``tap_block`` ``_tap_chunk`` taps at a time (the input lines those taps read for one block
     stay in L1 for the next block); the first chunk starts from ``init`` unless NULL."""
     cdef Py_ssize_t t = 0, m
     while t < ntaps:
         m = ntaps - t
-        if m > TAP_CHUNK:
-            m = TAP_CHUNK
+        if m > _tap_chunk:
+            m = _tap_chunk
         tap_block(nq, src, toff + t, m, wr + t, wstride, acc, astride, n, init if t == 0 else NULL)
         t += m
 
@@ -777,43 +777,6 @@ cdef void _grad_bias_core(const floating* gy, floating* gb, Py_ssize_t n, Py_ssi
 
 # ---------------------------------------------------------------- Python-level wrappers
 
-def _tap_offsets(channels, r, s, dh, dw, sh, sw, hq, wq, plane):
-    """Where each tap (c, i, j), in that order, starts in the source buffer.
-
-    Stride 1: ``c*plane + i*dh*wq + j*dw`` in (padded) planes with rows of ``wq``. Larger
-    strides read phase planes (see ``_copy_phases``): phase ``((i*dh) % sh, (j*dw) % sw)``,
-    shifted by ``((i*dh) // sh, (j*dw) // sw)``.
-    """
-    c = np.arange(channels, dtype=np.intp)[:, None, None] * plane
-    ri = np.arange(r, dtype=np.intp)[None, :, None] * dh
-    sj = np.arange(s, dtype=np.intp)[None, None, :] * dw
-    phase = (ri % sh) * sw + sj % sw
-    off = c + phase * (hq * wq) + (ri // sh) * wq + sj // sw
-    return np.ascontiguousarray(off.ravel(), dtype=np.intp)
-
-
-def _channel_chunk(cg, plane_elems, taps_per_channel):
-    """Channels whose padded planes are copied together: a bounded workspace, but at least
-    enough channels to fill one ``TAP_CHUNK`` (each channel chunk stores its sums and the
-    next reloads them; the 7x7 stem's 3 channels in one chunk instead of 3: 0.97x the time
-    of its forward and weight gradient)."""
-    fill = -(-TAP_CHUNK // max(taps_per_channel, 1))
-    return max(1, min(cg, max(COPY_BUDGET // max(plane_elems, 1), fill)))
-
-
-def _task_block(units, kg, nthreads):
-    """Output channels per task: all of a group's when there are enough (image, group) units
-    for the threads, otherwise fewer (a multiple of 4, the register block) so that every
-    thread gets work. The blocking does not change any result."""
-    want = TASKS_PER_THREAD * nthreads
-    if units >= want or kg <= 4:
-        return kg
-    blocks = -(-want // units)
-    kbt = -(-kg // blocks)
-    kbt = -(-kbt // 4) * 4
-    return max(4, min(kg, kbt))
-
-
 cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, Py_ssize_t k,
                         Py_ssize_t groups, Py_ssize_t r, Py_ssize_t s, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t top, Py_ssize_t left,
@@ -836,7 +799,7 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
         g.wp = (wp + sw - 1) // sw
         g.ps = sh * sw * g.hp * g.wp
     g.plane3x3 = not g.phased and g.cg == 1 and g.kg == 1 and r == 3 and s == 3 and dh == 1 and dw == 1
-    g.cb = _channel_chunk(g.cg, g.ps, r * s) if g.copy else g.cg
+    g.cb = direct_plan.channel_chunk(g.cg, g.ps, r * s) if g.copy else g.cg
     g.kbt = g.kg
     g.nkb = 1
     g.nc = 1
@@ -854,9 +817,9 @@ cdef Geometry _forward_geometry(p):
 cdef void _run_forward(Geometry* g, const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                        const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y, int nthreads):
     """The correlation core over checked arrays; workspace and tap offsets prepared here."""
-    g.kbt = _task_block(g.n * g.groups, g.kg, nthreads)
+    g.kbt = direct_plan.task_block(g.n * g.groups, g.kg, nthreads)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
-    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
+    toff = direct_plan.tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
     cdef Py_ssize_t ws_stride = g.cb * g.ps if g.copy else 0
     dtype = np.float32 if floating is float else np.float64
@@ -944,7 +907,7 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
     # produce. An input holding Inf/NaN takes the row-by-row dot products instead.
     g.rows = g.wp != g.out_w and not g.plane3x3 and not np.isfinite(np.asarray(x)).all()
     dtype = np.float32 if floating is float else np.float64
-    toff = _tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
+    toff = direct_plan.tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
     # Per thread: wide grad_output copies, padded input planes, the dot products' lanes.
     cdef Py_ssize_t ws_stride = (g.kbt * g.out_h * g.wp + (g.cb * g.ps if g.copy else 0)
