@@ -19,6 +19,14 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 ALGO_TOLERANCE = {}
 
 
+def chunked_channels(padded_h: int, padded_w: int) -> int:
+    """More channels than one copy of padded planes holds (``direct_plan.COPY_BUDGET``): a
+    direct convolution over them runs in two channel chunks."""
+    from fastconv.kernels import direct_plan
+
+    return direct_plan.COPY_BUDGET // (padded_h * padded_w) + 9
+
+
 def tolerance(dtype, algo: str = "") -> float:
     name = np.dtype(dtype).name
     return ALGO_TOLERANCE.get((algo, name), TOLERANCE[name])

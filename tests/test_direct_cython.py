@@ -17,7 +17,7 @@ import fastconv
 from fastconv import reference
 from fastconv.checks import conv_params, pool_params
 
-from cases import assert_close
+from cases import assert_close, chunked_channels
 
 pytest.importorskip("fastconv.kernels.cython.direct")
 pytest.importorskip("fastconv.kernels.cython.pooling")
@@ -67,6 +67,10 @@ def _conv_arrays(xshape, wshape, dtype, seed=0, **kw):
 
 # ---------------------------------------------------------------- larger convolutions
 
+# Channel counts past one copy of padded planes: 60x60 and 70x64 inputs padded by 1, and the
+# grad_output planes (96x97) of a 5x5 filter padded by 4 for grad_input.
+CHUNKED_60, CHUNKED_70, CHUNKED_GRAD = chunked_channels(62, 62), chunked_channels(72, 66), chunked_channels(104, 105)
+
 LARGE_CONVS = [
     # name, x shape, w shape, kwargs
     ("depthwise_3x3_same", (2, 12, 30, 33), (12, 1, 3, 3), dict(padding=1, groups=12)),
@@ -75,7 +79,7 @@ LARGE_CONVS = [
     ("one_channel_mnist_3x3", (9, 1, 28, 28), (32, 1, 3, 3), {}),
     ("one_channel_lenet_5x5_same", (5, 1, 28, 28), (6, 1, 5, 5), dict(padding=2)),
     ("one_channel_wide_rows", (2, 1, 7, 300), (3, 1, 3, 3), dict(padding=1)),
-    ("many_channel_chunks", (2, 24, 60, 60), (6, 24, 3, 3), dict(padding=1)),
+    ("many_channel_chunks", (2, CHUNKED_60, 60, 60), (6, CHUNKED_60, 3, 3), dict(padding=1)),
     ("k_blocks_with_remainder", (1, 3, 20, 21), (11, 3, 3, 3), dict(padding=1)),
     ("strided_wide_rows", (1, 2, 9, 601), (5, 2, 3, 3), dict(stride=2, padding=1)),
     ("grad_weight_batch_chunks", (16, 2, 10, 10), (2, 2, 3, 3), dict(padding=1)),
@@ -89,13 +93,13 @@ LARGE_CONVS = [
     # rows summed straight into y: a masked last vector (30 = 3*8 + 6), and channel chunks
     # (later chunks start from the sums already in y) with 4 + 1 output channels.
     ("rows_masked_tail", (2, 3, 9, 30), (6, 3, 3, 3), dict(padding=1)),
-    ("rows_channel_chunks", (1, 24, 70, 64), (5, 24, 3, 3), dict(padding=1)),
+    ("rows_channel_chunks", (1, CHUNKED_70, 70, 64), (5, CHUNKED_70, 3, 3), dict(padding=1)),
     # stride-1 grad_input rows that share their zero borders (a read past a row's end lands
     # in the next row's left border): dilated taps, an even kernel's uneven "same" padding,
     # and grad_output planes in several channel chunks (reads past the last row of a plane).
     ("shared_border_dilated", (2, 5, 13, 17), (4, 5, 3, 3), dict(padding=1, dilation=2)),
     ("shared_border_even_same", (2, 3, 12, 15), (4, 3, 4, 4), dict(padding="same")),
-    ("shared_border_channel_chunks", (1, 3, 100, 101), (12, 3, 5, 5), {}),
+    ("shared_border_channel_chunks", (1, 3, 100, 101), (CHUNKED_GRAD, 3, 5, 5), {}),
 ]
 
 

@@ -12,7 +12,7 @@ import pytest
 import fastconv
 from fastconv.threads import get_num_threads
 
-from cases import ConvCase, assert_close, reference_conv
+from cases import ConvCase, assert_close, chunked_channels, reference_conv
 
 NB = dict(algo="direct", backend="numba")
 REF = dict(algo="reference")
@@ -136,8 +136,8 @@ LARGE_CONV_CASES = [
     # tap planes: two channel chunks with rows summed straight into y (out_w 64), more
     # taps than one tap_block call takes (15 * 9 > TAP_CHUNK) in tiles, masked straight rows
     # (79 = 4*16 + 15), LeNet's conv2, padding wider than the kernel (grad_input crops)
-    ConvCase("planes_channel_chunks", (1, 24, 70, 64), 5, (3, 3), padding=1),
-    ConvCase("planes_tile_channel_chunks", (1, 40, 40, 40), 3, (3, 3), padding=1),
+    ConvCase("planes_channel_chunks", (1, chunked_channels(72, 66), 70, 64), 5, (3, 3), padding=1),
+    ConvCase("planes_tile_channel_chunks", (1, chunked_channels(42, 42), 40, 40), 3, (3, 3), padding=1),
     ConvCase("planes_tap_chunks", (2, 15, 11, 13), 7, (3, 3), padding=1),
     ConvCase("planes_masked_rows", (2, 3, 9, 79), 6, (3, 3), padding=1),
     ConvCase("planes_lenet_conv2", (3, 6, 14, 14), 16, (5, 5)),

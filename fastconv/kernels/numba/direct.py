@@ -441,9 +441,13 @@ def _copy_planes(x, n, c0, nc, ws, ps, hq, wq, sh, sw, top, left):
                 d = row0 + b * hq * wq + (j0 + left) // sw
                 if sw == 1:
                     copy_run(xf, s0 + i * w + j0, ws, d, cnt)
+                    continue
+                src = xf[s0 + i * w + j0:s0 + i * w + j_hi]
+                dst = ws[d:d + cnt]
+                if sw == 2:     # a literal stride: LLVM de-interleaves vectors instead of gathering
+                    for m in range(cnt):
+                        dst[m] = src[2 * m]
                 else:
-                    src = xf[s0 + i * w + j0:s0 + i * w + j_hi]
-                    dst = ws[d:d + cnt]
                     for m in range(cnt):
                         dst[m] = src[m * sw]
 
