@@ -59,8 +59,8 @@ from libc.string cimport memset
 from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
-from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_VECTOR_BYTES,
-                                                   dot_block, tap_block)
+from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_TAP_ROWS,
+                                                   FC_VECTOR_BYTES, dot_block, tap_block)
 
 from fastconv.kernels import direct_plan
 from fastconv.threads import get_num_threads
@@ -262,7 +262,7 @@ cdef void _tile(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                 const floating* wr, Py_ssize_t wstride, Py_ssize_t nq, const floating* init,
                 floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
                 Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
-    """``nq`` (1-4) output channels x ``n`` (<= TILE) outputs: y_q[j] = s_q + sum_t w_q[t] * src[i + toff[t]].
+    """``nq`` (1-FC_TAP_ROWS) output channels x ``n`` (<= TILE) outputs: y_q[j] = s_q + sum_t w_q[t] * src[i + toff[t]].
 
     Output i of the tile is output ``j0 + i`` of planes indexed by wide rows of ``wq``
     columns, of which the first ``out_w`` are real. s_q is ``init[q]`` (the bias, or 0),
@@ -270,7 +270,7 @@ cdef void _tile(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
     q's weights are ``wr + q*wstride`` and its plane ``dst + q*dstride``. The sums are made
     in a local tile, then the real outputs are copied to ``dst``.
     """
-    cdef floating acc[4 * TILE]
+    cdef floating acc[FC_TAP_ROWS * TILE]
     cdef Py_ssize_t q, i
     # The output lines are requested for writing now, while the taps are summed: written in
     # one burst at the end, their misses otherwise stalled the copy (a fifth of the CIFAR
@@ -357,14 +357,21 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
 
 
 cdef inline Py_ssize_t _channel_block(Py_ssize_t left) noexcept nogil:
-    """Output channels (filters) for the next ``tap_block`` (``dot_block``) call when
-    ``left`` remain: 4, but 5 and 6 go as 3 + 2 and 3 + 3. A block of 2 channels holds 6
-    sums, too few chains to cover the FMA latency, so 3 + 3 beats 4 + 2 (6 channels: LeNet
-    conv2's grad_input 0.95x the time, LeNet conv1's forward and grad_weight 0.97x). The
-    blocking changes no result."""
+    """Output channels (filters) for the next ``dot_block`` call when ``left`` remain: 4, but
+    5 and 6 go as 3 + 2 and 3 + 3. A block of 2 channels holds 6 sums, too few chains to
+    cover the FMA latency, so 3 + 3 beats 4 + 2 (6 channels: LeNet conv2's grad_input 0.95x
+    the time, LeNet conv1's forward and grad_weight 0.97x). The blocking changes no result."""
     if left == 5 or left == 6:
         return 3
     return left if left < 4 else 4
+
+
+cdef inline Py_ssize_t _tap_rows(Py_ssize_t left) noexcept nogil:
+    """Output channels for the next ``tap_block`` call: blocks of at most FC_TAP_ROWS as
+    equal as possible (with 4: 5 and 6 as 3 + 2 and 3 + 3, as ``_channel_block``; the Numba
+    twin's rule). The blocking changes no result."""
+    cdef Py_ssize_t blocks = (left + FC_TAP_ROWS - 1) // FC_TAP_ROWS
+    return (left + blocks - 1) // blocks
 
 
 cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, const floating* w,
@@ -383,11 +390,12 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
     cdef floating* y_blk
     cdef const floating* w_blk = w + k0 * crs
     cdef const floating* base
-    cdef floating zeros[4]    # the starting sums when there is no bias
+    cdef floating zeros[FC_TAP_ROWS]    # the starting sums when there is no bias
     cdef Py_ssize_t vl = FC_VECTOR_BYTES // sizeof(floating)    # lanes of tap_block's vectors
     cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, nq, oh, ow0
     cdef bint first
-    zeros[0] = zeros[1] = zeros[2] = zeros[3] = 0
+    for kk in range(FC_TAP_ROWS):
+        zeros[kk] = 0
     if nk > g.kbt:
         nk = g.kbt
     y_blk = y + (n * g.k + k0) * out_plane
@@ -427,7 +435,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             for oh in range(g.out_h):
                 kk = 0
                 while kk < nk:
-                    nq = _channel_block(nk - kk)
+                    nq = _tap_rows(nk - kk)
                     _taps(base + oh * g.wp, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
                           y_blk + kk * out_plane + oh * g.out_w, out_plane, g.out_w,
                           (bias + k0 + kk if bias != NULL else zeros) if first else NULL)
@@ -444,7 +452,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                 m = TILE
             kk = 0
             while kk < nk:
-                nq = _channel_block(nk - kk)
+                nq = _tap_rows(nk - kk)
                 _tile(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
                       (bias + k0 + kk if bias != NULL else zeros) if first else NULL,
                       y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
@@ -817,7 +825,7 @@ cdef Geometry _forward_geometry(p):
 cdef void _run_forward(Geometry* g, const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                        const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y, int nthreads):
     """The correlation core over checked arrays; workspace and tap offsets prepared here."""
-    g.kbt = direct_plan.task_block(g.n * g.groups, g.kg, nthreads)
+    g.kbt = direct_plan.task_block(g.n * g.groups, g.kg, nthreads, FC_TAP_ROWS)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
     toff = direct_plan.tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff

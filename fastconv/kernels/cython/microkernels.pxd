@@ -4,11 +4,15 @@
 #
 #     acc_q[i] += sum over taps t of w[q * wstride + t] * src[toff[t] + i]
 #
-# for nq <= 4 output channels q and n outputs i. Blocks of 3 SIMD vectors x nq channels keep
-# their partial sums in registers over all the taps (12 accumulators, 3 input vectors and one
-# broadcast weight: the 16 AVX registers), so each tap costs 3 loads and nq broadcasts for
-# 3 * nq FMAs, and an accumulator is loaded and stored once per call, not once per tap.
-# What is left of n goes as 2 vectors, then 1, then one masked vector. Every output's sum is
+# for nq <= FC_TAP_ROWS output channels q and n outputs i. Blocks of 3 AVX2 vectors x 4
+# channels keep their partial sums in registers over all the taps (12 accumulators, 3 input
+# vectors and one broadcast weight: the 16 AVX registers), so each tap costs 3 loads and nq
+# broadcasts for 3 * nq FMAs, and an accumulator is loaded and stored once per call, not once
+# per tap. With AVX-512's 32 registers the blocks are 4 vectors x 6 channels (24 FMAs for 4
+# loads and 6 broadcasts, as the Numba twin's): against 3 x 4 blocks, the 3x3 stride-2
+# forward 0.82-0.84x the time at 1 and 2 threads, the 7x7 stem's 0.90-0.92x, MNIST conv2's
+# forward and grad_input 0.91-0.93x, LeNet conv2's 0.87-0.95x. What is left of n goes as 3
+# vectors, 2, then 1, then one masked vector. Every output's sum is
 # formed tap after tap in order (acc + w*x, contracted to one FMA per tap), in every one of
 # those blocks alike: results do not depend on where a block boundary falls.
 #
@@ -38,6 +42,16 @@ from fastconv.kernels.cython.blas cimport floating
 
 cdef extern from *:
     """
+    /* The largest tap block: 6 channels x 4 vectors of sums (24 of AVX-512's 32 registers:
+       4 loads and 6 broadcasts per 24 FMAs), else 4 x 3 (12 of AVX2's 16), as gemm_block. */
+    #if defined(__AVX512F__)
+    #define FC_TAP_ROWS 6
+    #define FC_TAP_WIDE 4
+    #else
+    #define FC_TAP_ROWS 4
+    #define FC_TAP_WIDE 3
+    #endif
+
     #if defined(__AVX2__) && defined(__FMA__)
     #include <immintrin.h>
 
@@ -105,10 +119,13 @@ cdef extern from *:
             Py_ssize_t n, const T* init) {                                                      \\
         Py_ssize_t i = 0, t, m;                                                                 \\
         int q, k;                                                                               \\
-        /* 3 vectors at a time, but 4 left go as 2 + 2: a 1-vector block keeps NQ sums in      \\
-           flight, too few for the FMA latency (MNIST conv2's 32-wide Winograd products 0.94x  \\
-           the time). What is left as 2 (8 FMAs for 6 loads, not 2 x 4 for 5), 1, and the last \\
-           m < LANES outputs with masked loads and stores. */                                   \\
+        /* FC_TAP_WIDE vectors at a time (4 with AVX-512's 32 registers), then 3, but 4 left   \\
+           go as 2 + 2: a 1-vector block keeps NQ sums in flight, too few for the FMA latency   \\
+           (MNIST conv2's 32-wide Winograd products 0.94x the time). What is left as 2 (8 FMAs  \\
+           for 6 loads, not 2 x 4 for 5), 1, and the last m < LANES outputs with masked loads  \\
+           and stores. */                                                                       \\
+        for (; FC_TAP_WIDE > 3 && i + FC_TAP_WIDE * LANES <= n; i += FC_TAP_WIDE * LANES)       \\
+            FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, FC_TAP_WIDE)            \\
         for (; i + 3 * LANES <= n && (n - i) / LANES != 4; i += 3 * LANES)                      \\
             FC_TAP_VECTORS(T, V, LANES, LOADU, STOREU, SET1, FMADD, NQ, 3)                      \\
         for (; i + 2 * LANES <= n; i += 2 * LANES)                                              \\
@@ -154,10 +171,14 @@ cdef extern from *:
     FC_TAP_BLOCK(fc_taps2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 2)\\
     FC_TAP_BLOCK(fc_taps3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 3)\\
     FC_TAP_BLOCK(fc_taps4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 4)\\
+    FC_TAP_BLOCK(fc_taps5_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 5)\\
+    FC_TAP_BLOCK(fc_taps6_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 6)\\
     static void fc_taps_##SUFFIX(Py_ssize_t nq, const T* src, const Py_ssize_t* toff,           \\
             Py_ssize_t ntaps, const T* w, Py_ssize_t wstride, T* acc, Py_ssize_t astride,       \\
             Py_ssize_t n, const T* init) {                                                      \\
         switch (nq) {                                                                           \\
+        case 6: fc_taps6_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
+        case 5: fc_taps5_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
         case 4: fc_taps4_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
         case 3: fc_taps3_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
         case 2: fc_taps2_##SUFFIX(src, toff, ntaps, w, wstride, acc, astride, n, init); break;  \\
@@ -415,6 +436,7 @@ cdef extern from *:
                      const double* w, Py_ssize_t wstride, double* acc, Py_ssize_t astride,
                      Py_ssize_t n, const double* init) noexcept nogil
     enum:
+        FC_TAP_ROWS
         FC_VECTOR_BYTES
         FC_DOT_LANES_F32
         FC_DOT_LANES_F64
@@ -440,7 +462,7 @@ cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t*
                            Py_ssize_t ntaps, const floating* w, Py_ssize_t wstride,
                            floating* acc, Py_ssize_t astride, Py_ssize_t n,
                            const floating* init) noexcept nogil:
-    """acc[q*astride + i] = s + sum_t w[q*wstride + t] * src[toff[t] + i] for q < nq (1-4),
+    """acc[q*astride + i] = s + sum_t w[q*wstride + t] * src[toff[t] + i] for q < nq (1-FC_TAP_ROWS),
     i < n, where s is init[q], or acc's own value when ``init`` is NULL."""
     if floating is float:
         fc_taps_f32(nq, src, toff, ntaps, w, wstride, acc, astride, n, init)
