@@ -135,6 +135,21 @@ def test_auto_sends_small_reductions_to_direct_but_a_large_filters_grad_input_to
     assert "chosen: im2col/" in grad_input
 
 
+def test_auto_sends_a_strided_forward_to_direct_whatever_its_reduction():
+    """A 3x3 stride-2 layer of 64 channels (reduction 576): its forward pass goes to direct,
+    its gradients stay with the GEMM-sized rule (im2col), as does the same layer at stride 1
+    with too few channels for Winograd."""
+    x = np.empty((1, 64, 16, 16), np.float32)
+    w = np.empty((16, 64, 3, 3), np.float32)
+    forward = fastconv.explain("conv2d", x, w, stride=2, padding=1)
+    assert "chosen: direct/" in forward and "strided forward" in forward
+    gy = np.empty((1, 16, 8, 8), np.float32)
+    for needs in ("input", "weight"):
+        text = fastconv.explain("conv2d_backward", gy, x, w, stride=2, padding=1, needs=(needs,))
+        assert "chosen: im2col/" in text
+    assert "chosen: im2col/" in fastconv.explain("conv2d", x, w, padding=1)
+
+
 def test_auto_backend_order_is_per_algorithm_and_a_forced_backend_is_kept():
     from fastconv.checks import conv_params
     from fastconv.dispatch import rules

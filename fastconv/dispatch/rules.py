@@ -89,6 +89,13 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: with filters up to 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's
 #: fold), Winograd F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation)
 #: from 32 channels per group (3 channels starve its 36 GEMMs), im2col otherwise.
+#:
+#: Strided forward passes go to direct whatever their reduction: with both backends' tap
+#: planes on 6-channel x 4-vector blocks (AVX-512) the 3x3 stride-2 forward (reduction 576)
+#: read direct/cython 0.89 / 0.94 against im2col/numba 0.83 / 0.62 at 1 / 2 threads
+#: (``fastconv bench --shapes resnet_3x3_s2 --ops forward --threads 1,2 --budget 2
+#: --repeats 7``): direct's phase copies are one pass and it scales with the threads, while
+#: the unfold of strided windows does not.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
@@ -108,6 +115,10 @@ def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     if reduction <= DIRECT_MAX_REDUCTION and (op != "conv2d_grad_input" or p.r * p.s <= DIRECT_MAX_TAPS):
         why = (f"small reduction (c/groups*r*s = {reduction} <= {DIRECT_MAX_REDUCTION}"
                + (f", {p.r}x{p.s} filter" if op == "conv2d_grad_input" else "") + "): direct beats a GEMM")
+        return [("direct", why), ("im2col", "fallback")]
+    if op == "conv2d_forward" and (p.stride_h, p.stride_w) != (1, 1):
+        why = ("strided forward: direct's phase planes beat an unfold of strided windows "
+               f"(reduction {reduction})")
         return [("direct", why), ("im2col", "fallback")]
     order = []
     if unsupported_reason(op, "winograd_f43", p) is None \
