@@ -63,39 +63,41 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: Measured with ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5 --compare torch``
 #: (float32, this project's 2-core machine: Intel Xeon with AVX-512; ratio = PyTorch time /
 #: fastconv time at 1 thread, best backend of each algorithm; forward / grad_input /
-#: grad_weight), with the register blocks on 64-byte vectors, Winograd's products on
-#: ``gemm_block`` at every channel count and the dilated layer's phase copies compiled:
+#: grad_weight), with the register blocks on 64-byte vectors (the direct kernels' on 6-channel
+#: x 4-vector blocks in both backends), Winograd's products on ``gemm_block`` at every
+#: channel count and the dilated layer's phase copies compiled:
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.41/3.57/1.28      0.94/3.39/1.13      0.46/1.01/0.54
-#: lenet_conv2 6->16 5x5 (150)   0.82/1.12/1.06      0.35/0.87/0.74      -
-#: stem 3->64 7x7 s2 (147)       1.08/0.58/0.91      0.65/3.30/0.96      -
-#: 3x3 s2 64->128 (576)          0.68/0.12/0.34      0.81/1.19/1.10      -
-#: mnist_conv2 32->64 3x3 (288)  0.90/0.81/0.56      0.64/0.81/0.71      1.31/1.45/1.11
-#: resnet 64/128/256 3x3         0.70-0.83/0.66-0.88 0.57-0.64/0.75-0.83 1.41-1.49/1.35-1.70
-#:                               /0.40-0.63          /0.73-0.80          /1.10-1.57
-#: dilated 64->64 3x3 d2         0.75/0.79/0.57      0.57/0.70/0.79      1.05/1.18/1.21
+#: cifar_conv1 3->32 3x3 (27)    1.25/3.44/1.19      1.04/3.81/1.26      0.44/1.08/0.46
+#: lenet_conv2 6->16 5x5 (150)   0.79/1.30/1.08      0.30/0.93/0.76      -
+#: stem 3->64 7x7 s2 (147)       1.16/0.57/1.00      0.65/3.18/0.93      -
+#: 3x3 s2 64->128 (576)          0.93/0.12/0.33      0.83/1.13/1.07      -
+#: mnist_conv2 32->64 3x3 (288)  0.95/0.86/0.63      0.62/0.76/0.72      1.18/1.35/1.16
+#: resnet 64/128/256 3x3         0.78-0.97/0.76-1.05 0.57-0.65/0.78-0.80 1.61-1.81/1.51-1.73
+#:                               /0.40-0.73          /0.69-0.81          /1.12-1.63
+#: dilated 64->64 3x3 d2         0.89/0.96/0.68      0.53/0.71/0.78      1.15/1.20/1.16
+#: 1x1 256->64 (256)             0.62/1.26/0.42      0.70/1.59/0.97      -
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same except on 3x3 stride 2's forward, a close call again
-#: (0.72 direct, 0.65 im2col; im2col's at 1 thread here and on the AVX2 machine of earlier
-#: recordings, where the rules were first derived and Winograd led by far more: 1.5-2.4x
-#: PyTorch). The dilation-2 layer, whose forward and grad_input had run faster on direct at
-#: 2 threads while NumPy copied its phase images (0.82 / 0.88 against 0.74 / 0.81), now runs
-#: faster on Winograd there too (1.03 / 1.05 against 0.78 / 0.88). Hence: direct up to a
-#: reduction of 160 (its register blocks beat a GEMM with few rows), for grad_input only
-#: with filters up to 5x5 (a 7x7 filter's strided grad_input scatter loses to im2col's
-#: fold), Winograd F(4x4,3x3) for all three passes of 3x3 stride-1 layers (any dilation)
-#: from 32 channels per group (3 channels starve its 36 GEMMs), im2col otherwise.
+#: At 2 threads the order is the same except on the 1x1 forward (direct 1.66 against im2col
+#: 1.31; 0.62 / 0.70 at 1 thread), where the 1-thread order stands; CIFAR conv1's grad
+#: weight, a close call at 1 thread (direct 1.19, im2col 1.26), is direct's by far at 2
+#: (1.36 / 0.62). (On the AVX2 machine of
+#: earlier recordings, where the rules were first derived, Winograd led by far more:
+#: 1.5-2.4x PyTorch.) Hence: direct up to a reduction of 160 (its register blocks beat a
+#: GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7 filter's strided
+#: grad_input scatter loses to im2col's fold), Winograd F(4x4,3x3) for all three passes of
+#: 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels starve its 36
+#: GEMMs), im2col otherwise.
 #:
 #: Strided forward passes go to direct whatever their reduction: with both backends' tap
 #: planes on 6-channel x 4-vector blocks (AVX-512) the 3x3 stride-2 forward (reduction 576)
 #: read direct/cython 0.89 / 0.94 against im2col/numba 0.83 / 0.62 at 1 / 2 threads
 #: (``fastconv bench --shapes resnet_3x3_s2 --ops forward --threads 1,2 --budget 2
-#: --repeats 7``): direct's phase copies are one pass and it scales with the threads, while
-#: the unfold of strided windows does not.
+#: --repeats 7``; 0.93 / 0.96 against 0.83 / 0.61 in the table's run): direct's phase copies
+#: are one pass and it scales with the threads, while the unfold of strided windows does not.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
