@@ -573,18 +573,23 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
             cc += ncb
 
 
+def _tap_planes(out_h, out_w, cg, kr, ks, sh, sw, dh, dw):
+    """(hq, wq, cb, offs): the phase planes (hq x wq each, sh*sw per channel) that the outputs
+    read, the input channels copied at once and their taps' offsets (``direct_plan``)."""
+    hq = -(-((out_h - 1) * sh + (kr - 1) * dh + 1) // sh)
+    wq = -(-((out_w - 1) * sw + (ks - 1) * dw + 1) // sw)
+    ps = sh * sw * hq * wq
+    cb = direct_plan.channel_chunk(cg, ps, kr * ks)
+    return hq, wq, cb, direct_plan.tap_offsets(cb, kr, ks, dh, dw, sh, sw, hq, wq, ps)
+
+
 def _run_planes_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw):
     """Plan (``direct_plan``) and run ``_planes_forward_core``; ``bias`` is never None."""
     from ... import threads
 
     n = x.shape[0]
     k, cg, kr, ks = weight.shape
-    out_h, out_w = y.shape[2], y.shape[3]
-    hq = -(-((out_h - 1) * sh + (kr - 1) * dh + 1) // sh)
-    wq = -(-((out_w - 1) * sw + (ks - 1) * dw + 1) // sw)
-    ps = sh * sw * hq * wq
-    cb = direct_plan.channel_chunk(cg, ps, kr * ks)
-    offs = direct_plan.tap_offsets(cb, kr, ks, dh, dw, sh, sw, hq, wq, ps)
+    hq, wq, cb, offs = _tap_planes(y.shape[2], y.shape[3], cg, kr, ks, sh, sw, dh, dw)
     kbt = direct_plan.task_block(n * groups, k // groups, threads.get_num_threads(), TAP_ROWS)
     n_tasks = n * groups * -(-(k // groups) // kbt)
     use_configured_threads()
@@ -1492,11 +1497,7 @@ def _dots_gw_task(gy, x, part, task, groups, sh, sw, pt, pl, hq, wq, cb, offs, k
 
 def _run_dots_gw(grad_output, x, grad_weight, p):
     sh, sw, dh, dw = p.stride_h, p.stride_w, p.dil_h, p.dil_w
-    hq = -(-((p.out_h - 1) * sh + (p.r - 1) * dh + 1) // sh)
-    wq = -(-((p.out_w - 1) * sw + (p.s - 1) * dw + 1) // sw)
-    ps = sh * sw * hq * wq
-    cb = direct_plan.channel_chunk(p.c_per_group, ps, p.r * p.s)
-    offs = direct_plan.tap_offsets(cb, p.r, p.s, dh, dw, sh, sw, hq, wq, ps)
+    hq, wq, cb, offs = _tap_planes(p.out_h, p.out_w, p.c_per_group, p.r, p.s, sh, sw, dh, dw)
     kbt = min(_DOTS_FILTERS, p.k_per_group)
     nc = _batch_chunks(p.n, p.groups, p.k_per_group, kbt, grad_weight.size)
     part = np.empty((nc,) + grad_weight.shape, dtype=grad_weight.dtype)
