@@ -70,6 +70,8 @@ def _conv_arrays(xshape, wshape, dtype, seed=0, **kw):
 # Channel counts past one copy of padded planes: 60x60 and 70x64 inputs padded by 1, and the
 # grad_output planes (96x97) of a 5x5 filter padded by 4 for grad_input.
 CHUNKED_60, CHUNKED_70, CHUNKED_GRAD = chunked_channels(62, 62), chunked_channels(72, 66), chunked_channels(104, 105)
+# A 5x5 filter's five column-shifted 30 x 16 planes per channel.
+CHUNKED_SHIFTED = chunked_channels(30, 5 * 16)
 
 LARGE_CONVS = [
     # name, x shape, w shape, kwargs
@@ -100,6 +102,8 @@ LARGE_CONVS = [
     ("shared_border_dilated", (2, 5, 13, 17), (4, 5, 3, 3), dict(padding=1, dilation=2)),
     ("shared_border_even_same", (2, 3, 12, 15), (4, 3, 4, 4), dict(padding="same")),
     ("shared_border_channel_chunks", (1, 3, 100, 101), (CHUNKED_GRAD, 3, 5, 5), {}),
+    # column-shifted planes (rows wasting over 1/8 of their width) in two channel chunks
+    ("shifted_channel_chunks", (1, CHUNKED_SHIFTED, 30, 20), (3, CHUNKED_SHIFTED, 5, 5), {}),
 ]
 
 

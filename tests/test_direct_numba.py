@@ -148,6 +148,10 @@ LARGE_CONV_CASES = [
     ConvCase("planes_stride3x2_dilated", (1, 5, 29, 31), 4, (3, 2), stride=(3, 2), padding=(2, 1), dilation=2),
     ConvCase("planes_stride2_rows", (1, 3, 12, 160), 5, (3, 3), stride=2, padding=1),
     ConvCase("planes_no_bias", (2, 6, 10, 10), 5, (3, 3), padding=1, bias=False),
+    # column-shifted planes (rows wasting over 1/8 of their width): dilated, and in two
+    # channel chunks; grad_input of planes_wide_padding crops them (negative top/left)
+    ConvCase("shifted_dilated", (2, 5, 13, 17), 4, (3, 3), padding=1, dilation=2),
+    ConvCase("shifted_channel_chunks", (1, chunked_channels(30, 5 * 16), 30, 20), 3, (5, 5)),
 ]
 
 

@@ -99,6 +99,8 @@ cdef struct Geometry:
     bint plane3x3                     # one input channel per group, 3x3, stride/dilation 1
     bint phased                       # stride > 1: the source is split into phase planes
     bint rows                         # grad_weight: dot products row by row (see below)
+    bint shifted                      # column-shifted planes (direct_plan), hq x out_w each
+    Py_ssize_t hq                     # rows of a column-shifted plane
 
 
 # ---------------------------------------------------------------- helpers
@@ -163,6 +165,28 @@ cdef void _copy_phases(const floating* src, Py_ssize_t h, Py_ssize_t w, floating
             else:
                 for m in range(cnt):
                     row[m] = s[m * sw] * unit
+
+
+cdef void _copy_shifted(const floating* src, Py_ssize_t h, Py_ssize_t w, floating* dst,
+                        Py_ssize_t hq, Py_ssize_t out_w, Py_ssize_t s, Py_ssize_t dw,
+                        Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """dst[j*hq*out_w:] = the hq x out_w window of the padded plane (src, h x w, at top/left)
+    that starts at column j*dw, for filter columns j < s (``direct_plan.shifted_tap_offsets``).
+    Only input pixels are written: the zero border stays."""
+    cdef Py_ssize_t j, i, o, lo, hi
+    cdef Py_ssize_t i0 = max(0, -top), i1 = min(h, hq - top)
+    cdef const floating* row
+    cdef floating* out
+    cdef floating unit = <floating>_UNIT
+    for j in range(s):
+        # Output column o reads input column o + j*dw - left.
+        lo = max(0, left - j * dw)
+        hi = min(out_w, w + left - j * dw)
+        for i in range(i0, i1):
+            row = src + i * w + j * dw - left
+            out = dst + (j * hq + i + top) * out_w
+            for o in range(lo, hi):
+                out[o] = row[o] * unit
 
 
 cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
@@ -412,6 +436,27 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                           g.out_w, w_blk + kk * crs, bias[k0 + kk] if bias != NULL else 0,
                           x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
             break
+        if g.shifted:
+            for c in range(ncb):
+                _copy_shifted(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps, g.hq, g.out_w, g.s,
+                              g.dw, g.top, g.left)
+            # Outputs in y's own order, TILE at a time for every block of channels while
+            # the input lines they read are in L1.
+            ntaps = ncb * rs
+            first = cc == 0
+            j0 = 0
+            while j0 < out_plane:
+                m = min(TILE, out_plane - j0)
+                kk = 0
+                while kk < nk:
+                    nq = _tap_rows(nk - kk)
+                    _taps(ws + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
+                          y_blk + kk * out_plane + j0, out_plane, m,
+                          (bias + k0 + kk if bias != NULL else zeros) if first else NULL)
+                    kk += nq
+                j0 += m
+            cc += ncb
+            continue
         if g.copy:
             for c in range(ncb):
                 if g.phased:
@@ -812,6 +857,8 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
     g.nkb = 1
     g.nc = 1
     g.rows = False
+    g.shifted = False
+    g.hq = 0
     return g
 
 
@@ -827,7 +874,15 @@ cdef void _run_forward(Geometry* g, const floating[:, :, :, ::1] x, const floati
     """The correlation core over checked arrays; workspace and tap offsets prepared here."""
     g.kbt = direct_plan.task_block(g.n * g.groups, g.kg, nthreads, FC_TAP_ROWS)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
-    toff = direct_plan.tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
+    if not g.plane3x3 and direct_plan.shifted_pays(g.sh, g.sw, g.wp, g.out_w):
+        g.shifted = True
+        g.copy = True
+        g.hq = g.out_h + (g.r - 1) * g.dh
+        g.ps = g.s * g.hq * g.out_w
+        g.cb = direct_plan.channel_chunk(g.cg, g.ps, g.r * g.s)
+        toff = direct_plan.shifted_tap_offsets(g.cb, g.r, g.s, g.dh, g.hq, g.out_w)
+    else:
+        toff = direct_plan.tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff
     cdef Py_ssize_t ws_stride = g.cb * g.ps if g.copy else 0
     dtype = np.float32 if floating is float else np.float64
