@@ -126,6 +126,25 @@ def test_max_2x2_ties_give_the_first_maximum(backend, hw, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hw", [(6, 40), (11, 11), (26, 27)])
+def test_max_2x2_nan_wins_and_its_last_position_is_the_index(backend, hw):
+    """Rows narrower than a vector (5 outputs) and wider ones: every window position of a
+    NaN, and windows with two NaNs, against the oracle."""
+    rng = np.random.default_rng(hw[0] + hw[1])
+    x = rng.standard_normal((2, 3) + hw).astype(np.float32)
+    for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        x[0, k % 3, r, 2 * k + c] = np.nan           # one NaN, in each position of a window
+    x[1, 0, 2:4, 2] = np.nan                         # two NaNs: the later one is the index
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True, backend=backend)
+    p = pool_params(x.shape, 2, None, 0, True, np.float32)
+    want_y, want_idx = np.empty(p.output_shape, np.float32), np.empty(p.output_shape, np.int64)
+    reference.max_pool2d_forward(x, want_y, want_idx, p)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+    assert np.isnan(y).sum() == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("hw", [(8, 8), (9, 7), (26, 26), (11, 11), (2, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_max_backward_2x2_matches_reference(backend, hw, dtype):
