@@ -20,7 +20,7 @@ order: equal to the unfused ones up to float rounding (``tests/test_fused.py``).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 

@@ -14,22 +14,25 @@ from ..params import ConvParams, PoolParams
 #: Backend preference for ``backend="auto"``: compiled code first (no JIT latency), then Numba.
 BACKEND_ORDER = ("cython", "numba", "numpy")
 
-#: Algorithms whose Numba kernels measured faster than their Cython twins. im2col: Numba's
-#: time over Cython's on the rows that auto sends to im2col (1x1 256->64, 3x3 stride 2, the
-#: 7x7 stem's grad_input; ``fastconv bench --threads 1,2 --budget 1.2 --repeats 5``):
-#: 0.73-0.95 on 10 of 14 at 1 and 2 threads (the grad weights of the 1x1 and 3x3 stride 2
-#: layers 0.96-1.14) on the AVX-512 machine; on the AVX2 machine of earlier recordings
-#: 0.48-0.96 on 22 of 24 such rows. The cost: a Numba kernel's first call in a process loads
-#: it from Numba's cache (up to 0.65 s; compiling it the first time on a machine takes about
-#: 5 s). Winograd stays Cython-first: its Numba kernels ran faster on 7 of its 15 F(4x4,3x3)
-#: rows at 1 thread here (10 of 15 at 2), and their first compile on a machine takes a minute
-#: (29 + 23 + 12 s for the float32 forward, grad_input and grad_weight).
-NUMBA_FIRST = ("im2col",)
+#: (op, algorithm) pairs whose Numba kernels measured faster than their Cython twins.
+#: im2col's forward and grad_input: Numba's time over Cython's on the rows that auto sends to
+#: im2col (1x1 256->64 forward, the 3x3 stride 2 and 7x7 stem grad_input; ``fastconv bench
+#: --threads 1,2 --budget 1.2 --repeats 5``): 0.73-0.95 on 10 of 14 at 1 and 2 threads on the
+#: AVX-512 machine; on the AVX2 machine of earlier recordings 0.48-0.96 on 22 of 24 such rows.
+#: Not im2col's grad_weight: 1.05-1.18 on the 1x1 and 3x3 stride-2 layers in all three runs
+#: of the last recording (``--shapes resnet_1x1_256_64 resnet_3x3_s2 --ops grad_weight
+#: --algos im2col --repeats 11 --budget 4`` and two full runs), so it stays Cython-first.
+#: The cost: a Numba kernel's first call in a process loads it from Numba's cache (up to
+#: 0.65 s; compiling it the first time on a machine takes about 5 s). Winograd stays
+#: Cython-first: its Numba kernels ran faster on 7 of its 15 F(4x4,3x3) rows at 1 thread
+#: here (10 of 15 at 2), and their first compile on a machine takes a minute (29 + 23 + 12 s
+#: for the float32 forward, grad_input and grad_weight).
+NUMBA_FIRST = (("conv2d_forward", "im2col"), ("conv2d_grad_input", "im2col"))
 
 
-def backend_order(algo: str) -> Tuple[str, ...]:
-    """The backends ``backend="auto"`` tries for ``algo``, best first."""
-    if algo in NUMBA_FIRST:
+def backend_order(op: str, algo: str) -> Tuple[str, ...]:
+    """The backends ``backend="auto"`` tries for ``op`` computed by ``algo``, best first."""
+    if (op, algo) in NUMBA_FIRST:
         return ("numba", "cython", "numpy")
     return BACKEND_ORDER
 

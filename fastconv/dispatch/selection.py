@@ -6,7 +6,7 @@ cache empties itself when the registry changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from . import autotune, registry, rules
 
@@ -70,7 +70,7 @@ def candidates(op: str, params, algo: str = "auto", backend: str = "auto") -> Li
         if actual != wanted:
             rule = f"{rule}; {op} of {wanted} is computed by {actual}"
         reason = rules.unsupported_reason(op, wanted, params)
-        for b in (rules.backend_order(actual) if backend == "auto" else (backend,)):
+        for b in (rules.backend_order(op, actual) if backend == "auto" else (backend,)):
             if (actual, b) in seen:
                 continue
             seen.add((actual, b))
