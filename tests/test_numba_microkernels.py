@@ -7,7 +7,8 @@ from numba.core.errors import TypingError
 from fastconv.kernels.numba import winograd
 from fastconv.kernels.numba.microkernels import (DOT_ROWS, DOT_TAPS, GEMM_PANEL_VECTORS, GEMM_ROWS, STENCIL_ROWS,
                                                  TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, copy_run, dot_block,
-                                                 gemm_block, stencil3x3_rows, tap_block, transpose_block)
+                                                 gemm_block, split_pairs, stencil3x3_rows, tap_block,
+                                                 transpose_block)
 
 
 @njit
@@ -228,6 +229,28 @@ def test_copy_run_copies_exactly_the_run(dtype, lanes):
         _copy_run(src, 1, dst, 3, count)
         expected = np.full_like(dst, 7.5)
         expected[3:3 + count] = src[1:1 + count]
+        assert dst.tobytes() == expected.tobytes(), count
+
+
+@njit
+def _split_pairs(src, si, count, dst, ei, oi):
+    split_pairs(src, si, count, dst, ei, oi)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
+def test_split_pairs_writes_each_phase_and_nothing_else(dtype, lanes):
+    rng = np.random.default_rng(lanes + 1)
+    src = rng.standard_normal(8 * lanes + 9).astype(dtype)
+    src[[1, 2, 5]] = [np.nan, -0.0, np.inf]            # bit patterns must survive the copy
+    counts = {0, 1, 2, lanes - 1, lanes, lanes + 1, 2 * lanes - 1, 2 * lanes, 2 * lanes + 1, 3 * lanes + 3,
+              4 * lanes, 6 * lanes + 5}
+    for count in sorted(counts):
+        dst = np.full(src.size + 40, 7.5, dtype=dtype)
+        _split_pairs(src, 1, count, dst, 3, 8 + 4 * lanes)
+        expected = np.full_like(dst, 7.5)
+        run = src[1:1 + count]
+        expected[3:3 + (count + 1) // 2] = run[0::2]
+        expected[8 + 4 * lanes:8 + 4 * lanes + count // 2] = run[1::2]
         assert dst.tobytes() == expected.tobytes(), count
 
 

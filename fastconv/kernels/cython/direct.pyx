@@ -60,7 +60,7 @@ from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_TAP_ROWS,
-                                                   FC_VECTOR_BYTES, dot_block, tap_block)
+                                                   FC_VECTOR_BYTES, dot_block, split_pairs, tap_block)
 
 from fastconv.kernels import direct_plan
 from fastconv.threads import get_num_threads
@@ -151,6 +151,13 @@ cdef void _copy_phases(const floating* src, Py_ssize_t h, Py_ssize_t w, floating
         pi = i + top
         a = pi % sh
         qi = pi // sh
+        if sw == 2 and left >= 0:
+            # Column j goes to phase (j + left) % 2 at (j + left) // 2: the even columns to
+            # one phase row, the odd to the other, in one pass over the input row.
+            row = dst + (a * 2 * hq + qi) * wq
+            split_pairs(src + i * w, w, row + (left % 2) * hq * wq + left // 2,
+                        row + ((left + 1) % 2) * hq * wq + (left + 1) // 2)
+            continue
         for b in range(sw):
             j0 = ((b - left) % sw + sw) % sw         # first column j with (j + left) % sw == b
             if j0 >= w:
@@ -159,12 +166,8 @@ cdef void _copy_phases(const floating* src, Py_ssize_t h, Py_ssize_t w, floating
             qj0 = (j0 + left) // sw
             row = dst + ((a * sw + b) * hq + qi) * wq + qj0
             s = src + i * w + j0
-            if sw == 2:     # literal stride: de-interleaving vector loads instead of gathers
-                for m in range(cnt):
-                    row[m] = s[2 * m] * unit
-            else:
-                for m in range(cnt):
-                    row[m] = s[m * sw] * unit
+            for m in range(cnt):
+                row[m] = s[m * sw] * unit
 
 
 cdef void _copy_shifted(const floating* src, Py_ssize_t h, Py_ssize_t w, floating* dst,

@@ -59,7 +59,7 @@ from numba import njit, prange
 
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
 from .microkernels import (DOT_ROWS, STENCIL_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, copy_run, dot_block,
-                           stencil3x3_rows, tap_block)
+                           split_pairs, stencil3x3_rows, tap_block)
 from .pooling import _max2x2_plane_idx
 from .. import direct_plan
 from ..direct_plan import TAP_CHUNK
@@ -436,6 +436,13 @@ def _copy_planes(x, n, c0, nc, ws, ps, hq, wq, sh, sw, top, left):
         for i in range(i_lo, i_hi):
             pi = i + top
             row0 = c * ps + ((pi % sh) * sw * hq + pi // sh) * wq
+            if sw == 2:
+                # Column j goes to phase (j + left) % 2 at (j + left) // 2: every other
+                # column of the run to one phase row, the rest to the other, in one pass.
+                e = j_lo + left
+                split_pairs(xf, s0 + i * w + j_lo, j_hi - j_lo, ws,
+                            row0 + (e % 2) * hq * wq + e // 2, row0 + ((e + 1) % 2) * hq * wq + (e + 1) // 2)
+                continue
             for b in range(sw):
                 j0 = j_lo + (b - j_lo - left) % sw      # first column landing in phase b
                 if j0 >= j_hi:
@@ -447,12 +454,8 @@ def _copy_planes(x, n, c0, nc, ws, ps, hq, wq, sh, sw, top, left):
                     continue
                 src = xf[s0 + i * w + j0:s0 + i * w + j_hi]
                 dst = ws[d:d + cnt]
-                if sw == 2:     # a literal stride: LLVM de-interleaves vectors instead of gathering
-                    for m in range(cnt):
-                        dst[m] = src[2 * m]
-                else:
-                    for m in range(cnt):
-                        dst[m] = src[m * sw]
+                for m in range(cnt):
+                    dst[m] = src[m * sw]
 
 
 @njit(**JIT_OPTIONS)

@@ -588,3 +588,75 @@ def copy_run(typingctx, src, src_index, dst, dst_index, count):
         return context.get_dummy_value()
 
     return types.void(src, src_index, dst, dst_index, count), codegen
+
+
+@intrinsic
+def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
+    """``dst[even_index + m] = src[src_index + 2m]`` for m < (count + 1) // 2 and
+    ``dst[odd_index + m] = src[src_index + 2m + 1]`` for m < count // 2: the stride-2 phase
+    copy of one input row, bit for bit. Two VECTOR_BYTES vectors of the row become one of
+    each phase (one two-source permute each), the last pair masked: LLVM's stride-2 loop
+    left up to a vector of each phase row to scalar code. Cython's twin is ``split_pairs``
+    in ``cython/microkernels.pxd``."""
+    if not _float_arrays(src, dst):
+        return None
+    lanes = VECTOR_BYTES * 8 // src.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        st, sit, ct, dt, eit, oit = sig.args
+        elem = context.get_data_type(st.dtype)
+        vec = ir.VectorType(elem, lanes)
+        align = st.dtype.bitwidth // 8
+        bits = st.dtype.bitwidth
+        i1, i32 = ir.IntType(1), ir.IntType(32)
+        i32v = ir.VectorType(i32, lanes)
+        s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
+        e_ptr = _element_pointer(context, builder, dt, args[3], eit, args[4])
+        o_ptr = _element_pointer(context, builder, dt, args[3], oit, args[5])
+        count_ = context.cast(builder, args[2], ct, types.intp)
+        intp = count_.type
+        ptr_type = s_ptr.type
+        mask_type = ir.VectorType(i1, lanes)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{lanes}f{bits}.p0")
+        masked_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr_type, i32, mask_type]),
+            f"llvm.masked.store.v{lanes}f{bits}.p0")
+        evens = ir.Constant(i32v, [2 * j for j in range(lanes)])
+        odds = ir.Constant(i32v, [2 * j + 1 for j in range(lanes)])
+
+        def vector_at(ptr, i):
+            return builder.bitcast(builder.gep(ptr, [i]), vec.as_pointer())
+
+        def first(k):
+            # The mask of lanes j < k (k an i32; none when k <= 0).
+            k_v = builder.shuffle_vector(builder.insert_element(ir.Constant(i32v, ir.Undefined), k, ir.Constant(i32, 0)),
+                                         ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * lanes))
+            return builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), k_v)
+
+        pairs = builder.sdiv(count_, ir.Constant(intp, 2 * lanes))
+        with cgutils.for_range(builder, pairs) as loop:
+            m = builder.mul(loop.index, ir.Constant(intp, lanes))
+            i = builder.add(m, m)
+            v0 = builder.load(vector_at(s_ptr, i), align=align)
+            v1 = builder.load(vector_at(s_ptr, builder.add(i, ir.Constant(intp, lanes))), align=align)
+            builder.store(builder.shuffle_vector(v0, v1, evens), vector_at(e_ptr, m), align=align)
+            builder.store(builder.shuffle_vector(v0, v1, odds), vector_at(o_ptr, m), align=align)
+        m = builder.mul(pairs, ir.Constant(intp, lanes))
+        i = builder.add(m, m)
+        rest = builder.trunc(builder.sub(count_, i), i32)
+        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
+            zero = ir.Constant(vec, None)
+            v0 = builder.call(masked_load, [builder.gep(s_ptr, [i]), ir.Constant(i32, align), first(rest), zero])
+            v1 = builder.call(masked_load, [builder.gep(s_ptr, [builder.add(i, ir.Constant(intp, lanes))]),
+                                            ir.Constant(i32, align),
+                                            first(builder.sub(rest, ir.Constant(i32, lanes))), zero])
+            half_up = builder.ashr(builder.add(rest, ir.Constant(i32, 1)), ir.Constant(i32, 1))
+            half = builder.ashr(rest, ir.Constant(i32, 1))
+            builder.call(masked_store, [builder.shuffle_vector(v0, v1, evens), builder.gep(e_ptr, [m]),
+                                        ir.Constant(i32, align), first(half_up)])
+            builder.call(masked_store, [builder.shuffle_vector(v0, v1, odds), builder.gep(o_ptr, [m]),
+                                        ir.Constant(i32, align), first(half)])
+        return context.get_dummy_value()
+
+    return types.void(src, src_index, count, dst, even_index, odd_index), codegen
