@@ -60,7 +60,8 @@ from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
 from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_TAP_ROWS,
-                                                   FC_VECTOR_BYTES, dot_block, split_pairs, tap_block)
+                                                   FC_VECTOR_BYTES, copy_run, dot_block, split_pairs,
+                                                   tap_block)
 
 from fastconv.kernels import direct_plan
 from fastconv.threads import get_num_threads
@@ -72,9 +73,10 @@ cdef enum:
     COPY_AHEAD = 2        # rows the one-channel 3x3 kernels copy ahead of what they read (numba/direct.py)
 
 
-# Short row copies are written as "dst = src * unit" with this runtime 1.0: exact for every
-# value (NaN, Inf and -0.0 included), but it keeps gcc from turning the copy loops into
-# memcpy calls, whose call overhead exceeds the copy itself for rows of a few dozen elements.
+# Rows go into the planes with ``copy_run`` (vectors, the last one masked). The strided
+# (not stride-2) phase copy writes "dst = src * unit" with this runtime 1.0: exact for every
+# value (NaN, Inf and -0.0 included), but it keeps gcc from turning the loop into a memcpy
+# call, whose call overhead exceeds the copy itself for rows of a few dozen elements.
 cdef double _UNIT = float(np.ones(1)[0])
 # Taps per tap_block call, as planned for both backends (a C value: read without the GIL).
 cdef Py_ssize_t _tap_chunk = direct_plan.TAP_CHUNK
@@ -122,14 +124,12 @@ cdef inline void _copy_interior(const floating* src, Py_ssize_t hs, Py_ssize_t w
     cdef Py_ssize_t b1 = left + ws if left + ws < wd else wd
     cdef floating* row
     cdef const floating* s
-    cdef floating unit = <floating>_UNIT
     if b1 <= b0:
         return
     for a in range(a0, a1):
         row = dst + a * wd
         s = src + (a - top) * ws - left
-        for b in range(b0, b1):
-            row[b] = s[b] * unit
+        copy_run(s + b0, row + b0, b1 - b0)
 
 
 cdef void _copy_phases(const floating* src, Py_ssize_t h, Py_ssize_t w, floating* dst,
@@ -176,11 +176,10 @@ cdef void _copy_shifted(const floating* src, Py_ssize_t h, Py_ssize_t w, floatin
     """dst[j*hq*out_w:] = the hq x out_w window of the padded plane (src, h x w, at top/left)
     that starts at column j*dw, for filter columns j < s (``direct_plan.shifted_tap_offsets``).
     Only input pixels are written: the zero border stays."""
-    cdef Py_ssize_t j, i, o, lo, hi
+    cdef Py_ssize_t j, i, lo, hi
     cdef Py_ssize_t i0 = max(0, -top), i1 = min(h, hq - top)
     cdef const floating* row
     cdef floating* out
-    cdef floating unit = <floating>_UNIT
     for j in range(s):
         # Output column o reads input column o + j*dw - left.
         lo = max(0, left - j * dw)
@@ -188,8 +187,8 @@ cdef void _copy_shifted(const floating* src, Py_ssize_t h, Py_ssize_t w, floatin
         for i in range(i0, i1):
             row = src + i * w + j * dw - left
             out = dst + (j * hq + i + top) * out_w
-            for o in range(lo, hi):
-                out[o] = row[o] * unit
+            if hi > lo:
+                copy_run(row + lo, out + lo, hi - lo)
 
 
 cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
@@ -200,18 +199,15 @@ cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_s
     cdef Py_ssize_t b1 = left + w if left + w < wp else wp
     cdef floating* row = dst + a * wp
     cdef const floating* s = raw + sa * w - left
-    cdef floating unit = <floating>_UNIT
-    if sa < 0 or sa >= h:
+    if sa < 0 or sa >= h or b1 <= b0:
         return
-    for b in range(b0, b1):
-        row[b] = s[b] * unit
+    copy_run(s + b0, row + b0, b1 - b0)
 
 
 cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_ssize_t n,
                             Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
     """a[i] = output j0 + i of a plane stored (out_h, out_w) but indexed by wide rows of wq."""
     cdef Py_ssize_t j = j0, end = j0 + n, oh, ow, row_end, valid_end, i
-    cdef floating unit = <floating>_UNIT
     while j < end:
         oh = j // wq
         ow = j - oh * wq
@@ -221,8 +217,8 @@ cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_
         valid_end = oh * wq + out_w
         if valid_end > row_end:
             valid_end = row_end
-        for i in range(j, valid_end):
-            a[i - j0] = dst[oh * out_w + (i - oh * wq)] * unit
+        if valid_end > j:
+            copy_run(dst + oh * out_w + (j - oh * wq), a + (j - j0), valid_end - j)
         for i in range(valid_end if valid_end > j else j, row_end):
             a[i - j0] = 0
         j = row_end
@@ -259,14 +255,12 @@ cdef inline void _advance_row(Py_ssize_t* i, Py_ssize_t* oh, Py_ssize_t* ow,
 cdef inline void _tile_store(const floating* a, floating* dst, Py_ssize_t j0, Py_ssize_t n,
                              Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
     """The real outputs of a tile (``_tile_load``'s layout) into their rows of ``dst``."""
-    cdef Py_ssize_t si = 0, soh = j0 // wq, sow = j0 - soh * wq, start, count, i
-    cdef floating unit = <floating>_UNIT
+    cdef Py_ssize_t si = 0, soh = j0 // wq, sow = j0 - soh * wq, start, count
     while True:
         start = _next_segment(&si, &soh, &sow, n, wq, out_w, &count)
         if start < 0:
             break
-        for i in range(count):
-            dst[start + i] = a[si + i] * unit
+        copy_run(a + si, dst + start, count)
         _advance_row(&si, &soh, &sow, wq)
 
 

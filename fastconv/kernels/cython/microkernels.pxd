@@ -474,7 +474,35 @@ cdef extern from *:
             _mm512_mask_storeu_pd(odd + m, fc_first8(r / 2), _mm512_permutex2var_pd(a, io, b));
         }
     }
+    /* copy_run: d[j] = s[j] for j < n, whole vectors then one masked: the rows of a few
+       dozen elements that the direct kernels copy into their planes (gcc's loops left a
+       row's last partial vector, or all of a 10-wide row, to scalar code). As the Numba
+       twin's copy_run. */
+    static inline void fc_copy_run_f32(const float* s, float* d, Py_ssize_t n) {
+        Py_ssize_t j = 0;
+        for (; j + 16 <= n; j += 16)
+            _mm512_storeu_ps(d + j, _mm512_loadu_ps(s + j));
+        if (j < n) {
+            __mmask16 k = fc_first16(n - j);
+            _mm512_mask_storeu_ps(d + j, k, _mm512_maskz_loadu_ps(k, s + j));
+        }
+    }
+    static inline void fc_copy_run_f64(const double* s, double* d, Py_ssize_t n) {
+        Py_ssize_t j = 0;
+        for (; j + 8 <= n; j += 8)
+            _mm512_storeu_pd(d + j, _mm512_loadu_pd(s + j));
+        if (j < n) {
+            __mmask8 k = fc_first8(n - j);
+            _mm512_mask_storeu_pd(d + j, k, _mm512_maskz_loadu_pd(k, s + j));
+        }
+    }
     #else
+    #define FC_COPY_RUN(SUFFIX, T)                                                              \
+    static inline void fc_copy_run_##SUFFIX(const T* s, T* d, Py_ssize_t n) {                  \
+        for (Py_ssize_t j = 0; j < n; j++) d[j] = s[j];                                         \
+    }
+    FC_COPY_RUN(f32, float)
+    FC_COPY_RUN(f64, double)
     #define FC_SPLIT_PAIRS(SUFFIX, T)                                                           \
     static void fc_split_pairs_##SUFFIX(const T* s, Py_ssize_t n, T* even, T* odd) {           \
         Py_ssize_t m;                                                                           \
@@ -515,6 +543,8 @@ cdef extern from *:
                      bint zero) noexcept nogil
     void fc_split_pairs_f32(const float* s, Py_ssize_t n, float* even, float* odd) noexcept nogil
     void fc_split_pairs_f64(const double* s, Py_ssize_t n, double* even, double* odd) noexcept nogil
+    void fc_copy_run_f32(const float* s, float* d, Py_ssize_t n) noexcept nogil
+    void fc_copy_run_f64(const double* s, double* d, Py_ssize_t n) noexcept nogil
 
 
 cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t* toff,
@@ -557,3 +587,11 @@ cdef inline void split_pairs(const floating* s, Py_ssize_t n, floating* even, fl
         fc_split_pairs_f32(s, n, even, odd)
     else:
         fc_split_pairs_f64(s, n, even, odd)
+
+
+cdef inline void copy_run(const floating* s, floating* d, Py_ssize_t n) noexcept nogil:
+    """d[j] = s[j] for j < n (s and d do not overlap)."""
+    if floating is float:
+        fc_copy_run_f32(s, d, n)
+    else:
+        fc_copy_run_f64(s, d, n)
