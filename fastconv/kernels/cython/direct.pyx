@@ -68,7 +68,7 @@ from fastconv.threads import get_num_threads
 
 cdef enum:
     TILE = 256        # outputs per tile (per output channel)
-    GW_FILTERS = 8    # filters per grad_weight task that copies its input planes
+    GW_FILTERS = 16    # filters per grad_weight task that copies its input planes
     LANES = 8         # independent partial sums of a dot product (one AVX vector of float)
     COPY_AHEAD = 2        # rows the one-channel 3x3 kernels copy ahead of what they read (numba/direct.py)
 
@@ -956,8 +956,9 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
                               floating[:, :, :, ::1] gw, p, int nthreads):
     cdef Geometry g = _forward_geometry(p)
     # dot_block takes 4 filters at a time. Where the input planes are copied (padding,
-    # stride), GW_FILTERS filters share a task and its copies (CIFAR conv1: 6-9% less time);
-    # else 4 keep the lane sums in L1 (8 filters of LeNet's conv2 were 4-6% slower). The
+    # stride), GW_FILTERS filters share a task and its copies (8 against 4: CIFAR conv1 6-9%
+    # less time; 16 against 8: CIFAR conv1 0.83-0.87x at 1 thread, the 7x7 stem 0.96-0.97x,
+    # level at 2); else 4 keep the lane sums in L1 (8 filters of LeNet's conv2 were 4-6% slower). The
     # one-input-channel path holds 4 filters' lanes in local arrays.
     g.kbt = min(GW_FILTERS if g.copy and not g.plane3x3 else 4, g.kg)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
