@@ -104,6 +104,11 @@ LARGE_CONVS = [
     ("shared_border_channel_chunks", (1, 3, 100, 101), (CHUNKED_GRAD, 3, 5, 5), {}),
     # column-shifted planes (rows wasting over 1/8 of their width) in two channel chunks
     ("shifted_channel_chunks", (1, CHUNKED_SHIFTED, 30, 20), (3, CHUNKED_SHIFTED, 5, 5), {}),
+    # 1x1 planes as wide as the output, summed in y's own order: read in place with several
+    # tap chunks (direct_plan.TAP_CHANNELS), and copied (padding) or phase-split (stride 2)
+    ("pointwise_tap_chunks", (2, 150, 7, 9), (11, 150, 1, 1), {}),
+    ("pointwise_padded", (2, 70, 6, 5), (5, 70, 1, 1), dict(padding=1)),
+    ("pointwise_stride2_chunks", (1, 130, 9, 8), (7, 130, 1, 1), dict(stride=2)),
 ]
 
 

@@ -152,6 +152,11 @@ LARGE_CONV_CASES = [
     # channel chunks; grad_input of planes_wide_padding crops them (negative top/left)
     ConvCase("shifted_dilated", (2, 5, 13, 17), 4, (3, 3), padding=1, dilation=2),
     ConvCase("shifted_channel_chunks", (1, chunked_channels(30, 5 * 16), 30, 20), 3, (5, 5)),
+    # 1x1 planes as wide as the output, summed in y's own order: read in place with several
+    # tap chunks (direct_plan.TAP_CHANNELS), and copied (padding) or phase-split (stride 2)
+    ConvCase("pointwise_tap_chunks", (2, 150, 7, 9), 11, (1, 1)),
+    ConvCase("pointwise_padded", (2, 70, 6, 5), 5, (1, 1), padding=1),
+    ConvCase("pointwise_stride2_chunks", (1, 130, 9, 8), 7, (1, 1), stride=2),
 ]
 
 

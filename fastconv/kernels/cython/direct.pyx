@@ -78,8 +78,6 @@ cdef enum:
 # value (NaN, Inf and -0.0 included), but it keeps gcc from turning the loop into a memcpy
 # call, whose call overhead exceeds the copy itself for rows of a few dozen elements.
 cdef double _UNIT = float(np.ones(1)[0])
-# Taps per tap_block call, as planned for both backends (a C value: read without the GIL).
-cdef Py_ssize_t _tap_chunk = direct_plan.TAP_CHUNK
 
 
 cdef extern from *:
@@ -103,6 +101,7 @@ cdef struct Geometry:
     bint rows                         # grad_weight: dot products row by row (see below)
     bint shifted                      # column-shifted planes (direct_plan), hq x out_w each
     Py_ssize_t hq                     # rows of a column-shifted plane
+    Py_ssize_t tap_chunk              # taps per tap_block call (direct_plan.tap_chunk)
 
 
 # ---------------------------------------------------------------- helpers
@@ -267,14 +266,14 @@ cdef inline void _tile_store(const floating* a, floating* dst, Py_ssize_t j0, Py
 cdef inline void _taps(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                        const floating* wr, Py_ssize_t wstride, Py_ssize_t nq,
                        floating* acc, Py_ssize_t astride, Py_ssize_t n,
-                       const floating* init) noexcept nogil:
-    """``tap_block`` ``_tap_chunk`` taps at a time (the input lines those taps read for one block
+                       const floating* init, Py_ssize_t chunk) noexcept nogil:
+    """``tap_block`` ``chunk`` taps at a time (the input lines those taps read for one block
     stay in L1 for the next block); the first chunk starts from ``init`` unless NULL."""
     cdef Py_ssize_t t = 0, m
     while t < ntaps:
         m = ntaps - t
-        if m > _tap_chunk:
-            m = _tap_chunk
+        if m > chunk:
+            m = chunk
         tap_block(nq, src, toff + t, m, wr + t, wstride, acc, astride, n, init if t == 0 else NULL)
         t += m
 
@@ -282,7 +281,7 @@ cdef inline void _taps(const floating* src, const Py_ssize_t* toff, Py_ssize_t n
 cdef void _tile(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
                 const floating* wr, Py_ssize_t wstride, Py_ssize_t nq, const floating* init,
                 floating* dst, Py_ssize_t dstride, Py_ssize_t j0, Py_ssize_t n,
-                Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
+                Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t chunk) noexcept nogil:
     """``nq`` (1-FC_TAP_ROWS) output channels x ``n`` (<= TILE) outputs: y_q[j] = s_q + sum_t w_q[t] * src[i + toff[t]].
 
     Output i of the tile is output ``j0 + i`` of planes indexed by wide rows of ``wq``
@@ -305,7 +304,7 @@ cdef void _tile(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
     if init == NULL:
         for q in range(nq):
             _tile_load(acc + q * TILE, dst + q * dstride, j0, n, wq, out_w)
-    _taps(src, toff, ntaps, wr, wstride, nq, acc, TILE, n, init)
+    _taps(src, toff, ntaps, wr, wstride, nq, acc, TILE, n, init, chunk)
     for q in range(nq):
         _tile_store(acc + q * TILE, dst + q * dstride, j0, n, wq, out_w)
 
@@ -437,24 +436,8 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             for c in range(ncb):
                 _copy_shifted(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps, g.hq, g.out_w, g.s,
                               g.dw, g.top, g.left)
-            # Outputs in y's own order, TILE at a time for every block of channels while
-            # the input lines they read are in L1.
-            ntaps = ncb * rs
-            first = cc == 0
-            j0 = 0
-            while j0 < out_plane:
-                m = min(TILE, out_plane - j0)
-                kk = 0
-                while kk < nk:
-                    nq = _tap_rows(nk - kk)
-                    _taps(ws + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
-                          y_blk + kk * out_plane + j0, out_plane, m,
-                          (bias + k0 + kk if bias != NULL else zeros) if first else NULL)
-                    kk += nq
-                j0 += m
-            cc += ncb
-            continue
-        if g.copy:
+            base = ws
+        elif g.copy:
             for c in range(ncb):
                 if g.phased:
                     _copy_phases(x_img + (cc + c) * in_plane, g.h, g.w, ws + c * g.ps,
@@ -467,6 +450,23 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             base = x_img + cc * in_plane
         ntaps = ncb * rs
         first = cc == 0
+        if g.shifted or g.wp == g.out_w:
+            # Planes as wide as the output (column-shifted, or 1x1 read in place): outputs
+            # in y's own order, TILE at a time for every block of channels while the input
+            # lines they read are in L1; no tile to fill and copy out.
+            j0 = 0
+            while j0 < out_plane:
+                m = min(TILE, out_plane - j0)
+                kk = 0
+                while kk < nk:
+                    nq = _tap_rows(nk - kk)
+                    _taps(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
+                          y_blk + kk * out_plane + j0, out_plane, m,
+                          (bias + k0 + kk if bias != NULL else zeros) if first else NULL, g.tap_chunk)
+                    kk += nq
+                j0 += m
+            cc += ncb
+            continue
         if g.out_w >= 3 * vl and (g.out_w + vl - 1) // vl * vl <= g.wp:
             # Output row oh reads base[oh*wp + ow + toff[t]]. Rows of at least one 3-vector
             # block, whose last vector wastes no more lanes than a wide row has extra
@@ -480,7 +480,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                     nq = _tap_rows(nk - kk)
                     _taps(base + oh * g.wp, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
                           y_blk + kk * out_plane + oh * g.out_w, out_plane, g.out_w,
-                          (bias + k0 + kk if bias != NULL else zeros) if first else NULL)
+                          (bias + k0 + kk if bias != NULL else zeros) if first else NULL, g.tap_chunk)
                     kk += nq
             cc += ncb
             continue
@@ -497,7 +497,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
                 nq = _tap_rows(nk - kk)
                 _tile(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
                       (bias + k0 + kk if bias != NULL else zeros) if first else NULL,
-                      y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w)
+                      y_blk + kk * out_plane, out_plane, j0, m, g.wp, g.out_w, g.tap_chunk)
                 kk += nq
             j0 += m
         cc += ncb
@@ -856,6 +856,7 @@ cdef Geometry _geometry(Py_ssize_t n, Py_ssize_t c, Py_ssize_t h, Py_ssize_t w, 
     g.rows = False
     g.shifted = False
     g.hq = 0
+    g.tap_chunk = direct_plan.tap_chunk(r * s)
     return g
 
 

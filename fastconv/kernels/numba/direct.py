@@ -62,7 +62,6 @@ from .microkernels import (DOT_ROWS, STENCIL_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR
                            split_pairs, stencil3x3_rows, tap_block)
 from .pooling import _max2x2_plane_idx
 from .. import direct_plan
-from ..direct_plan import TAP_CHUNK
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
 _BAND_BYTES = 28 * 1024
@@ -481,12 +480,12 @@ def _copy_shifted(x, n, c0, nc, ws, hp, out_w, ks, dw, top, left):
 
 
 @njit(**JIT_OPTIONS)
-def _taps(wf, w0, w_stride, src, s0, offs, ntaps, acc, a0, a_stride, count, init, i0, first, rows):
-    """``tap_block`` over ``ntaps`` taps, TAP_CHUNK at a time (the input lines a chunk reads
+def _taps(wf, w0, w_stride, src, s0, offs, ntaps, acc, a0, a_stride, count, init, i0, first, rows, chunk):
+    """``tap_block`` over ``ntaps`` taps, ``chunk`` at a time (the input lines a chunk reads
     stay in L1 for the next block of channels); the first chunk starts from init if first."""
     t = 0
     while t < ntaps:
-        m = min(TAP_CHUNK, ntaps - t)
+        m = min(chunk, ntaps - t)
         tap_block(wf, w0 + t, w_stride, src, s0, offs[t:t + m], m, acc, a0, a_stride, count, init, i0,
                   first and t == 0, rows)
         t += m
@@ -515,19 +514,22 @@ def _tile_move(tile, seg, yf, y0, out_plane, rows, j0, m, wq, out_w, load):
 
 
 @njit(**PARALLEL_JIT_OPTIONS)
-def _planes_forward_core(x, weight, bias, y, groups, sh, sw, pt, pl, hq, wq, cb, offs, kbt, shifted, dw, chunk):
+def _planes_forward_core(x, weight, bias, y, groups, sh, sw, pt, pl, hq, wq, cb, offs, kbt, shifted, dw, tap_chunk,
+                         chunk):
     """y = x (*) weight + bias over copied tap planes; tasks are (image, group, block of kbt
     output channels), run ``chunk`` at a time per parallel iteration."""
     kg = weight.shape[0] // groups
     n_tasks = x.shape[0] * groups * ((kg + kbt - 1) // kbt)
     for t in prange((n_tasks + chunk - 1) // chunk):
         _planes_forward_tasks(x, weight, bias, y, t * chunk, min(n_tasks, (t + 1) * chunk), groups, sh, sw, pt, pl,
-                              hq, wq, cb, offs, kbt, shifted, dw)
+                              hq, wq, cb, offs, kbt, shifted, dw, tap_chunk)
 
 
 @njit(**JIT_OPTIONS)
-def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq, wq, cb, offs, kbt, shifted, dw):
-    """Tasks t0 .. t1-1 of ``_planes_forward_core``, chunk of cb input channels by chunk."""
+def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq, wq, cb, offs, kbt, shifted, dw,
+                          tap_chunk):
+    """Tasks t0 .. t1-1 of ``_planes_forward_core``, chunk of cb input channels by chunk;
+    ``tap_chunk`` taps per ``tap_block`` call (``direct_plan.tap_chunk``)."""
     k_all, cg, kr, ks = weight.shape
     out_h, out_w = y.shape[2], y.shape[3]
     kg = k_all // groups
@@ -568,17 +570,19 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
                 _copy_planes(x, n, grp * cg + cc, ncb, ws, ps, hq, wq, sh, sw, pt, pl)
             ntaps = ncb * rs
             first = cc == 0
-            if shifted:
-                # Outputs in y's own order: each run of up to seg outputs straight into y, for
-                # every block of channels while its input lines are in L1.
+            if shifted or wq == out_w:
+                # Planes as wide as the output (column-shifted, or 1x1 read in place): outputs
+                # in y's own order, each run of up to seg outputs straight into y, for every
+                # block of channels while its input lines are in L1; no tile.
                 j = 0
                 while j < out_plane:
                     cnt = min(seg, out_plane - j)
                     kk = 0
                     while kk < nk:
                         nq = _tap_rows(nk - kk)
-                        _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, j, offs, ntaps, yf,
-                              (n * k_all + k0 + kk) * out_plane + j, out_plane, cnt, bias, k0 + kk, first, nq)
+                        _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + j, offs, ntaps, yf,
+                              (n * k_all + k0 + kk) * out_plane + j, out_plane, cnt, bias, k0 + kk, first, nq,
+                              tap_chunk)
                         kk += nq
                     j += cnt
             elif straight:
@@ -591,7 +595,7 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
                         while j < out_w:
                             cnt = min(seg, out_w - j)
                             _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + oh * wq + j, offs, ntaps, yf, y0 + j,
-                                  out_plane, cnt, bias, k0 + kk, first, nq)
+                                  out_plane, cnt, bias, k0 + kk, first, nq, tap_chunk)
                             j += cnt
                         kk += nq
             else:
@@ -608,7 +612,7 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
                         while j < m:
                             cnt = min(seg, m - j)
                             _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + j0 + j, offs, ntaps, tile, j, tile_len,
-                                  cnt, bias, k0 + kk, first, nq)
+                                  cnt, bias, k0 + kk, first, nq, tap_chunk)
                             j += cnt
                         _tile_move(tile, tile_len, yf, y0, out_plane, nq, j0, m, wq, out_w, False)
                         kk += nq
@@ -642,7 +646,7 @@ def _run_planes_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw):
     n_tasks = n * groups * -(-(k // groups) // kbt)
     use_configured_threads()
     _planes_forward_core(x, weight, bias, y, groups, sh, sw, pt, pl, hq, wq, cb, offs, kbt, shifted, dw,
-                         _chunk(n_tasks))
+                         direct_plan.tap_chunk(kr * ks), _chunk(n_tasks))
 
 
 # ---------------------------------------------------------------- stride 1, no copies
