@@ -150,12 +150,22 @@ def test_auto_sends_a_strided_forward_to_direct_whatever_its_reduction():
     assert "chosen: im2col/" in fastconv.explain("conv2d", x, w, padding=1)
 
 
+def test_auto_sends_a_1x1_forward_to_direct_and_its_gradients_to_im2col():
+    x = np.empty((1, 256, 14, 14), np.float32)
+    w = np.empty((64, 256, 1, 1), np.float32)
+    forward = fastconv.explain("conv2d", x, w)
+    assert "chosen: direct/" in forward and "1x1 forward" in forward
+    gy = np.empty((1, 64, 14, 14), np.float32)
+    for needs in ("input", "weight"):
+        assert "chosen: im2col/" in fastconv.explain("conv2d_backward", gy, x, w, needs=(needs,))
+
+
 def test_auto_backend_order_is_per_op_and_algorithm_and_a_forced_backend_is_kept():
     from fastconv.checks import conv_params
     from fastconv.dispatch import rules
     from fastconv.dispatch.selection import candidates
 
-    p = conv_params((8, 256, 14, 14), (64, 256, 1, 1), 1, 0, 1, 1, "float32")  # auto: im2col
+    p = conv_params((8, 256, 14, 14), (64, 256, 1, 1), 1, 0, 1, 1, "float32")  # im2col and direct both candidates
     for op in ("conv2d_forward", "conv2d_grad_input", "conv2d_grad_weight"):
         listed = [(c.algo, c.backend) for c in candidates(op, p)]
         for algo in ("im2col", "direct"):

@@ -101,6 +101,12 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: (``fastconv bench --shapes resnet_3x3_s2 --ops forward --threads 1,2 --budget 2
 #: --repeats 7``; 0.93 / 0.96 against 0.83 / 0.61 in the table's run): direct's phase copies
 #: are one pass and it scales with the threads, while the unfold of strided windows does not.
+#:
+#: So do 1x1 forward passes: with 1x1 planes summed straight into y and 64 taps per
+#: ``tap_block`` call, the 1x1 256->64 forward read direct/cython 1.07 / 1.46 of PyTorch against
+#: im2col/numba's 0.83 / 1.39 at 1 / 2 threads (``fastconv bench --shapes resnet_1x1_256_64
+#: --ops forward --algos direct im2col --threads 1,2 --repeats 15 --budget 5``): OpenBLAS
+#: reached 116 GFLOP/s on its 64 x 256 x 3136 products, direct 134.
 DIRECT_MAX_REDUCTION = 160
 DIRECT_MAX_TAPS = 25
 WINOGRAD_MIN_CHANNELS = 32
@@ -124,6 +130,9 @@ def auto_algos(op: str, params) -> List[Tuple[str, str]]:
     if op == "conv2d_forward" and (p.stride_h, p.stride_w) != (1, 1):
         why = ("strided forward: direct's phase planes beat an unfold of strided windows "
                f"(reduction {reduction})")
+        return [("direct", why), ("im2col", "fallback")]
+    if op == "conv2d_forward" and (p.r, p.s) == (1, 1):
+        why = f"1x1 forward: direct's register blocks over the input planes beat BLAS (reduction {reduction})"
         return [("direct", why), ("im2col", "fallback")]
     order = []
     if unsupported_reason(op, "winograd_f43", p) is None \
