@@ -9,9 +9,7 @@ Layouts. Two column layouts, chosen per call by the number of output pixels ``P`
   image and group is one GEMM that writes straight into ``y`` (and reads ``grad_output``
   in place). A large image is cut into bands of ``rows`` output rows so that its column
   matrix stays within ``CACHE_TARGET_BYTES``: the band is still in cache when the GEMM
-  reads it, and GEMMs of about a thousand columns ran as fast as or faster than whole
-  images (ResNet 64@56x56, plain and dilated, 1 thread: 0-14% less time for the forward
-  pass and the weight gradient). For grad_input each band's columns are folded at once
+  reads it. For grad_input each band's columns are folded at once
   onto the input rows they touch; rows shared with the previous band keep their sums
   (``band_table``).
 * wide (``P < WIDE_BELOW_PIXELS``, small images such as MNIST or late ResNet stages): ``col``
@@ -54,8 +52,12 @@ WIDE_BELOW_PIXELS = 512
 #: faster (OpenBLAS, 1 thread: e.g. 64x288 by 1452 columns 71-81 GFLOP/s, by 3872 65-71).
 WIDE_COLUMNS = 1536
 #: A per-image chunk is cut down to about this much workspace (at least one image) so the
-#: column matrix is still in cache when the GEMM reads it.
-CACHE_TARGET_BYTES = 2 * 2**20
+#: column matrix is still in cache (L2 and the shared L3) when the GEMM reads it. Not less:
+#: every band is one unfold region and one multi-threaded GEMM, each a wake-up of the other
+#: threads, and at 2 threads 8 MiB bands took 0.63-0.90x the time of 2 MiB ones on the
+#: ResNet 3x3, stride-2, stem and dilated layers (forward, grad input, grad weight, both
+#: backends; 1 thread: 0.93-1.08x).
+CACHE_TARGET_BYTES = 8 * 2**20
 
 
 def is_plain_pointwise(p):
