@@ -330,7 +330,9 @@ def tap_block(typingctx, w, w_index, w_stride, src, src_index, offsets, taps, ac
 
 
 #: ``dot_block``'s largest block: filters x taps of lane sums (12 vectors, 3 loads of the
-#: input and one of grad_output per filter per step).
+#: input and one of grad_output per filter per step). Cython's twin takes 6 taps with
+#: AVX-512 (FC_DOT_TAPS); here 4 x 6 measured level with 4 x 3 (LeNet conv2, CIFAR conv1,
+#: the 7x7 stem, 1 and 2 threads), so the smaller block stays.
 DOT_ROWS = 4
 DOT_TAPS = 3
 
