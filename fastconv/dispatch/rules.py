@@ -67,27 +67,28 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: (float32, this project's 2-core machine: Intel Xeon with AVX-512; ratio = PyTorch time /
 #: fastconv time at 1 thread, best backend of each algorithm; forward / grad_input /
 #: grad_weight), with the register blocks on 64-byte vectors (the direct kernels' on 6-channel
-#: x 4-vector blocks in both backends), Winograd's products on ``gemm_block`` at every
-#: channel count and the dilated layer's phase copies compiled:
+#: x 4-vector blocks in both backends, Cython's weight gradient on 6 taps x 4 filters), 1x1
+#: planes summed in their own order, im2col's 8 MiB bands and Winograd's products on
+#: ``gemm_block`` at every channel count:
 #:
 #: ============================  ==================  ==================  ===================
 #: layer (reduction c/g*r*s)      direct              im2col              winograd_f43
 #: ============================  ==================  ==================  ===================
-#: cifar_conv1 3->32 3x3 (27)    1.25/3.44/1.19      1.04/3.81/1.26      0.44/1.08/0.46
-#: lenet_conv2 6->16 5x5 (150)   0.79/1.30/1.08      0.30/0.93/0.76      -
-#: stem 3->64 7x7 s2 (147)       1.16/0.57/1.00      0.65/3.18/0.93      -
-#: 3x3 s2 64->128 (576)          0.93/0.12/0.33      0.83/1.13/1.07      -
-#: mnist_conv2 32->64 3x3 (288)  0.95/0.86/0.63      0.62/0.76/0.72      1.18/1.35/1.16
-#: resnet 64/128/256 3x3         0.78-0.97/0.76-1.05 0.57-0.65/0.78-0.80 1.61-1.81/1.51-1.73
-#:                               /0.40-0.73          /0.69-0.81          /1.12-1.63
-#: dilated 64->64 3x3 d2         0.89/0.96/0.68      0.53/0.71/0.78      1.15/1.20/1.16
-#: 1x1 256->64 (256)             0.62/1.26/0.42      0.70/1.59/0.97      -
+#: cifar_conv1 3->32 3x3 (27)    1.39/3.90/1.42      0.79/2.61/0.96      0.44/1.13/0.57
+#: lenet_conv2 6->16 5x5 (150)   0.92/1.36/1.03      0.31/0.86/0.67      -
+#: stem 3->64 7x7 s2 (147)       1.14/0.55/1.02      0.65/3.00/0.89      -
+#: 3x3 s2 64->128 (576)          0.94/0.12/0.63      0.81/1.20/1.07      -
+#: mnist_conv2 32->64 3x3 (288)  1.01/0.90/0.60      0.58/0.75/0.78      1.17/1.35/1.33
+#: resnet 64/128/256 3x3         0.77-0.95/0.76-1.07 0.56-0.67/0.77-0.82 1.49-1.59/1.53-1.72
+#:                               /0.46-0.74          /0.67-0.77          /1.09-1.61
+#: dilated 64->64 3x3 d2         0.94/1.03/0.84      0.62/0.74/0.75      1.25/1.30/1.17
+#: 1x1 256->64 (256)             0.85/1.87/0.42      0.84/1.87/0.99      -
 #: ============================  ==================  ==================  ===================
 #:
-#: At 2 threads the order is the same except on the 1x1 forward (direct 1.66 against im2col
-#: 1.31; 0.62 / 0.70 at 1 thread), where the 1-thread order stands; CIFAR conv1's grad
-#: weight, a close call at 1 thread (direct 1.19, im2col 1.26), is direct's by far at 2
-#: (1.36 / 0.62). (On the AVX2 machine of
+#: At 2 threads the order is the same; CIFAR conv1's grad weight, a close call in earlier
+#: runs at 1 thread, is direct's by far at 2 (1.21-1.48 against im2col's 0.71); the 1x1 forward, a
+#: tie at 1 thread here (0.85 / 0.84; 1.07 / 0.83 in the run quoted below), is direct's at 2
+#: (1.73 / 1.23). (On the AVX2 machine of
 #: earlier recordings, where the rules were first derived, Winograd led by far more:
 #: 1.5-2.4x PyTorch.) Hence: direct up to a reduction of 160 (its register blocks beat a
 #: GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7 filter's strided
@@ -99,7 +100,7 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: planes on 6-channel x 4-vector blocks (AVX-512) the 3x3 stride-2 forward (reduction 576)
 #: read direct/cython 0.89 / 0.94 against im2col/numba 0.83 / 0.62 at 1 / 2 threads
 #: (``fastconv bench --shapes resnet_3x3_s2 --ops forward --threads 1,2 --budget 2
-#: --repeats 7``; 0.93 / 0.96 against 0.83 / 0.61 in the table's run): direct's phase copies
+#: --repeats 7``; 0.94 / 1.00 against 0.81 / 0.72 in the table's run): direct's phase copies
 #: are one pass and it scales with the threads, while the unfold of strided windows does not.
 #:
 #: So do 1x1 forward passes: with 1x1 planes summed straight into y and 64 taps per
