@@ -252,20 +252,3 @@ def test_results_do_not_depend_on_thread_count(dtype, restore_threads):
     two = _all_results(dtype)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)  # bit for bit: every element has one owner task
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("stride", [(2, 2), (3, 2)])
-def test_stride2_phase_rows_hold_every_pixel_in_its_place(stride, dtype):
-    """Rows of 1-45 pixels split into stride-2 phase rows with 0-3 columns of padding on the
-    left (``split_pairs``): a 1x1 identity filter must give back the padded input sampled at
-    the stride, bit for bit."""
-    rng = np.random.default_rng(7)
-    eye = np.eye(2, dtype=dtype).reshape(2, 2, 1, 1)
-    for width in range(1, 46):
-        x = rng.standard_normal((1, 2, 5, width)).astype(dtype)
-        for pad in range(4):
-            y = fastconv.conv2d(x, eye, None, stride=stride, padding=pad, **NB)
-            padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-            np.testing.assert_array_equal(y, padded[:, :, ::stride[0], ::stride[1]],
-                                          err_msg=f"width {width}, padding {pad}")

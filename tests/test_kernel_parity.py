@@ -150,3 +150,29 @@ pool_geometry = st.builds(
 @given(case=pool_geometry, dtype=st.sampled_from(DTYPES))
 def test_pool_kernels_match_oracle_hypothesis(algo, backend, case, dtype):
     _check_pool_case(case, dtype, algo, backend)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algo,backend", _algo_backends("conv2d_forward"))
+def test_stride2_identity_filter_samples_the_padded_input_exactly(algo, backend, dtype):
+    """Rows of 1-45 pixels (vector pairs, masked tails under and over one vector: the direct
+    kernels' stride-2 phase rows, ``split_pairs``) with 0-3 columns of padding, strides (2, 2)
+    and (3, 2): a 1x1 identity filter must give back the padded input sampled at the stride,
+    bit for bit (1 * x + 0 * x' is exact)."""
+    rng = np.random.default_rng(7)
+    eye = np.eye(2, dtype=dtype).reshape(2, 2, 1, 1)
+    for stride in ((2, 2), (3, 2)):
+        if rules.unsupported_reason("conv2d_forward", algo, _conv_params_for((1, 2, 5, 8), eye, stride)):
+            pytest.skip(f"{algo} does not take strided calls")
+        for width in range(1, 46):
+            x = rng.standard_normal((1, 2, 5, width)).astype(dtype)
+            for pad in range(4):
+                y = fastconv.conv2d(x, eye, None, stride=stride, padding=pad, algo=algo, backend=backend)
+                padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+                np.testing.assert_array_equal(y, padded[:, :, ::stride[0], ::stride[1]],
+                                              err_msg=f"width {width}, padding {pad}, stride {stride}")
+
+
+def _conv_params_for(xshape, w, stride):
+    from fastconv.checks import conv_params
+    return conv_params(xshape, w.shape, stride, 0, 1, 1, str(w.dtype))

@@ -463,74 +463,56 @@ cdef extern from *:
     static inline __mmask8 fc_first8(Py_ssize_t k) {
         return k <= 0 ? 0 : (k >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << k) - 1));
     }
-    static void fc_split_pairs_f32(const float* s, Py_ssize_t n, float* even, float* odd) {
-        const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        Py_ssize_t m = 0, r;
-        for (; 2 * m + 32 <= n; m += 16) {
-            __m512 a = _mm512_loadu_ps(s + 2 * m), b = _mm512_loadu_ps(s + 2 * m + 16);
-            _mm512_storeu_ps(even + m, _mm512_permutex2var_ps(a, ie, b));
-            _mm512_storeu_ps(odd + m, _mm512_permutex2var_ps(a, io, b));
-        }
-        r = n - 2 * m;
-        if (r > 0) {
-            __m512 a = _mm512_maskz_loadu_ps(fc_first16(r), s + 2 * m);
-            __m512 b = _mm512_maskz_loadu_ps(fc_first16(r - 16), s + 2 * m + 16);
-            _mm512_mask_storeu_ps(even + m, fc_first16((r + 1) / 2), _mm512_permutex2var_ps(a, ie, b));
-            _mm512_mask_storeu_ps(odd + m, fc_first16(r / 2), _mm512_permutex2var_ps(a, io, b));
-        }
-    }
-    static void fc_split_pairs_f64(const double* s, Py_ssize_t n, double* even, double* odd) {
-        const __m512i ie = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-        const __m512i io = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
-        Py_ssize_t m = 0, r;
-        for (; 2 * m + 16 <= n; m += 8) {
-            __m512d a = _mm512_loadu_pd(s + 2 * m), b = _mm512_loadu_pd(s + 2 * m + 8);
-            _mm512_storeu_pd(even + m, _mm512_permutex2var_pd(a, ie, b));
-            _mm512_storeu_pd(odd + m, _mm512_permutex2var_pd(a, io, b));
-        }
-        r = n - 2 * m;
-        if (r > 0) {
-            __m512d a = _mm512_maskz_loadu_pd(fc_first8(r), s + 2 * m);
-            __m512d b = _mm512_maskz_loadu_pd(fc_first8(r - 8), s + 2 * m + 8);
-            _mm512_mask_storeu_pd(even + m, fc_first8((r + 1) / 2), _mm512_permutex2var_pd(a, ie, b));
-            _mm512_mask_storeu_pd(odd + m, fc_first8(r / 2), _mm512_permutex2var_pd(a, io, b));
-        }
-    }
     /* copy_run: d[j] = s[j] for j < n, whole vectors then one masked: the rows of a few
        dozen elements that the direct kernels copy into their planes (gcc's loops left a
        row's last partial vector, or all of a 10-wide row, to scalar code). As the Numba
        twin's copy_run. */
-    static inline void fc_copy_run_f32(const float* s, float* d, Py_ssize_t n) {
-        Py_ssize_t j = 0;
-        for (; j + 16 <= n; j += 16)
-            _mm512_storeu_ps(d + j, _mm512_loadu_ps(s + j));
-        if (j < n) {
-            __mmask16 k = fc_first16(n - j);
-            _mm512_mask_storeu_ps(d + j, k, _mm512_maskz_loadu_ps(k, s + j));
-        }
+    #define FC_ROW_MOVES(SUFFIX, T, V, LANES, MASK, FIRST, LOADU, STOREU, MASKZ_LOADU,          \\
+                         MASK_STOREU, PERMUTE2, EVENS, ODDS)                                    \\
+    static void fc_split_pairs_##SUFFIX(const T* s, Py_ssize_t n, T* even, T* odd) {           \\
+        const __m512i ie = EVENS, io = ODDS;                                                    \\
+        Py_ssize_t m = 0, r;                                                                    \\
+        for (; 2 * m + 2 * LANES <= n; m += LANES) {                                            \\
+            V a = LOADU(s + 2 * m), b = LOADU(s + 2 * m + LANES);                               \\
+            STOREU(even + m, PERMUTE2(a, ie, b));                                               \\
+            STOREU(odd + m, PERMUTE2(a, io, b));                                                \\
+        }                                                                                       \\
+        r = n - 2 * m;                                                                          \\
+        if (r > 0) {                                                                            \\
+            V a = MASKZ_LOADU(FIRST(r), s + 2 * m);                                             \\
+            V b = MASKZ_LOADU(FIRST(r - LANES), s + 2 * m + LANES);                             \\
+            MASK_STOREU(even + m, FIRST((r + 1) / 2), PERMUTE2(a, ie, b));                      \\
+            MASK_STOREU(odd + m, FIRST(r / 2), PERMUTE2(a, io, b));                             \\
+        }                                                                                       \\
+    }                                                                                           \\
+    static inline void fc_copy_run_##SUFFIX(const T* s, T* d, Py_ssize_t n) {                  \\
+        Py_ssize_t j = 0;                                                                       \\
+        for (; j + LANES <= n; j += LANES)                                                      \\
+            STOREU(d + j, LOADU(s + j));                                                        \\
+        if (j < n) {                                                                            \\
+            MASK k = FIRST(n - j);                                                              \\
+            MASK_STOREU(d + j, k, MASKZ_LOADU(k, s + j));                                       \\
+        }                                                                                       \\
     }
-    static inline void fc_copy_run_f64(const double* s, double* d, Py_ssize_t n) {
-        Py_ssize_t j = 0;
-        for (; j + 8 <= n; j += 8)
-            _mm512_storeu_pd(d + j, _mm512_loadu_pd(s + j));
-        if (j < n) {
-            __mmask8 k = fc_first8(n - j);
-            _mm512_mask_storeu_pd(d + j, k, _mm512_maskz_loadu_pd(k, s + j));
-        }
-    }
+    FC_ROW_MOVES(f32, float, __m512, 16, __mmask16, fc_first16, _mm512_loadu_ps, _mm512_storeu_ps,
+                 _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps, _mm512_permutex2var_ps,
+                 _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                 _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31))
+    FC_ROW_MOVES(f64, double, __m512d, 8, __mmask8, fc_first8, _mm512_loadu_pd, _mm512_storeu_pd,
+                 _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd, _mm512_permutex2var_pd,
+                 _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15))
     #else
-    #define FC_COPY_RUN(SUFFIX, T)                                                              \
-    static inline void fc_copy_run_##SUFFIX(const T* s, T* d, Py_ssize_t n) {                  \
-        for (Py_ssize_t j = 0; j < n; j++) d[j] = s[j];                                         \
+    #define FC_COPY_RUN(SUFFIX, T)                                                              \\
+    static inline void fc_copy_run_##SUFFIX(const T* s, T* d, Py_ssize_t n) {                  \\
+        for (Py_ssize_t j = 0; j < n; j++) d[j] = s[j];                                         \\
     }
     FC_COPY_RUN(f32, float)
     FC_COPY_RUN(f64, double)
-    #define FC_SPLIT_PAIRS(SUFFIX, T)                                                           \
-    static void fc_split_pairs_##SUFFIX(const T* s, Py_ssize_t n, T* even, T* odd) {           \
-        Py_ssize_t m;                                                                           \
-        for (m = 0; 2 * m < n; m++) even[m] = s[2 * m];                                         \
-        for (m = 0; 2 * m + 1 < n; m++) odd[m] = s[2 * m + 1];                                  \
+    #define FC_SPLIT_PAIRS(SUFFIX, T)                                                           \\
+    static void fc_split_pairs_##SUFFIX(const T* s, Py_ssize_t n, T* even, T* odd) {           \\
+        Py_ssize_t m;                                                                           \\
+        for (m = 0; 2 * m < n; m++) even[m] = s[2 * m];                                         \\
+        for (m = 0; 2 * m + 1 < n; m++) odd[m] = s[2 * m + 1];                                  \\
     }
     FC_SPLIT_PAIRS(f32, float)
     FC_SPLIT_PAIRS(f64, double)

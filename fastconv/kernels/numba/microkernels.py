@@ -59,6 +59,18 @@ def _float_arrays(*arrays) -> bool:
                for a in arrays) and arrays[0].dtype in (types.float32, types.float64)
 
 
+def _masked_memory_ops(builder, vec, ptr_type, lanes, bits):
+    """LLVM's masked load and store of ``vec`` (``lanes`` floats of ``bits`` bits) through
+    ``ptr_type``: lanes whose mask bit is off are neither read nor written."""
+    i32, mask_type = ir.IntType(32), ir.VectorType(ir.IntType(1), lanes)
+    load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{lanes}f{bits}.p0")
+    store = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr_type, i32, mask_type]),
+        f"llvm.masked.store.v{lanes}f{bits}.p0")
+    return load, store
+
+
 def _element_pointer(context, builder, array_type, array, index_type, index):
     """Pointer to ``array[index]`` (no bounds or negative-index handling)."""
     ary = context.make_array(array_type)(context, builder, array)
@@ -232,8 +244,7 @@ def tap_block(typingctx, w, w_index, w_stride, src, src_index, offsets, taps, ac
         elem = context.get_data_type(wt.dtype)
         vec = ir.VectorType(elem, lanes)
         align = wt.dtype.bitwidth // 8
-        i1, i32 = ir.IntType(1), ir.IntType(32)
-        mask_type = ir.VectorType(i1, lanes)
+        i32 = ir.IntType(32)
         w_ptr = _element_pointer(context, builder, wt, args[0], wit, args[1])
         s_ptr = _element_pointer(context, builder, st, args[3], sit, args[4])
         a_ptr = _element_pointer(context, builder, at, args[7], ait, args[8])
@@ -251,11 +262,7 @@ def tap_block(typingctx, w, w_index, w_stride, src, src_index, offsets, taps, ac
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                              f"llvm.fma.v{lanes}f{bits}")
         ptr_type = s_ptr.type
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{lanes}f{bits}.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr_type, i32, mask_type]),
-            f"llvm.masked.store.v{lanes}f{bits}.p0")
+        masked_load, masked_store = _masked_memory_ops(builder, vec, ptr_type, lanes, bits)
         zero_vec = ir.Constant(vec, None)
 
         def splat(x, vtype):
@@ -361,7 +368,7 @@ def dot_block(typingctx, g, g_index, g_stride, g_run, src, src_index, src_run, o
         elem = context.get_data_type(gt.dtype)
         vec = ir.VectorType(elem, n_lanes)
         align = gt.dtype.bitwidth // 8
-        i1, i32 = ir.IntType(1), ir.IntType(32)
+        i32 = ir.IntType(32)
         bits = gt.dtype.bitwidth
         g_ptr = _element_pointer(context, builder, gt, args[0], git, args[1])
         s_ptr = _element_pointer(context, builder, st, args[4], sit, args[5])
@@ -377,13 +384,11 @@ def dot_block(typingctx, g, g_index, g_stride, g_run, src, src_index, src_run, o
         count_, runs_, rows_ = intp_arg(12, ct), intp_arg(13, rut), intp_arg(14, rot)
         intp = g_row.type
         ptr_type = g_ptr.type
-        mask_type = ir.VectorType(i1, n_lanes)
         i32v = ir.VectorType(i32, n_lanes)
         broadcast = ir.Constant(i32v, [0] * n_lanes)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                              f"llvm.fma.v{n_lanes}f{bits}")
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{n_lanes}f{bits}.p0")
+        masked_load = _masked_memory_ops(builder, vec, ptr_type, n_lanes, bits)[0]
         zero_vec = ir.Constant(vec, None)
         full = builder.sdiv(count_, ir.Constant(intp, n_lanes))
         rest = builder.trunc(builder.sub(count_, builder.mul(full, ir.Constant(intp, n_lanes))), i32)
@@ -483,7 +488,7 @@ def stencil3x3_rows(typingctx, w, w_index, src, src_index, src_row, dst, dst_ind
         vec = ir.VectorType(elem, lanes)
         align = wt.dtype.bitwidth // 8
         bits = wt.dtype.bitwidth
-        i1, i32 = ir.IntType(1), ir.IntType(32)
+        i32 = ir.IntType(32)
         i32v = ir.VectorType(i32, lanes)
         broadcast = ir.Constant(i32v, [0] * lanes)
         w_ptr = _element_pointer(context, builder, wt, args[0], wit, args[1])
@@ -495,14 +500,9 @@ def stencil3x3_rows(typingctx, w, w_index, src, src_index, src_row, dst, dst_ind
         bias_ = context.cast(builder, args[9], bt, wt.dtype)
         intp = s_row.type
         ptr_type = s_ptr.type
-        mask_type = ir.VectorType(i1, lanes)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                              f"llvm.fma.v{lanes}f{bits}")
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{lanes}f{bits}.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr_type, i32, mask_type]),
-            f"llvm.masked.store.v{lanes}f{bits}.p0")
+        masked_load, masked_store = _masked_memory_ops(builder, vec, ptr_type, lanes, bits)
         zero_vec = ir.Constant(vec, None)
 
         def splat(x, vtype=vec):
@@ -560,19 +560,14 @@ def copy_run(typingctx, src, src_index, dst, dst_index, count):
         vec = ir.VectorType(elem, lanes)
         align = st.dtype.bitwidth // 8
         bits = st.dtype.bitwidth
-        i1, i32 = ir.IntType(1), ir.IntType(32)
+        i32 = ir.IntType(32)
         i32v = ir.VectorType(i32, lanes)
         s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
         d_ptr = _element_pointer(context, builder, dt, args[2], dit, args[3])
         count_ = context.cast(builder, args[4], ct, types.intp)
         intp = count_.type
         ptr_type = s_ptr.type
-        mask_type = ir.VectorType(i1, lanes)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{lanes}f{bits}.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr_type, i32, mask_type]),
-            f"llvm.masked.store.v{lanes}f{bits}.p0")
+        masked_load, masked_store = _masked_memory_ops(builder, vec, ptr_type, lanes, bits)
         full = builder.sdiv(count_, ir.Constant(intp, lanes))
         with cgutils.for_range(builder, full) as loop:
             i = builder.mul(loop.index, ir.Constant(intp, lanes))
@@ -610,7 +605,7 @@ def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
         vec = ir.VectorType(elem, lanes)
         align = st.dtype.bitwidth // 8
         bits = st.dtype.bitwidth
-        i1, i32 = ir.IntType(1), ir.IntType(32)
+        i32 = ir.IntType(32)
         i32v = ir.VectorType(i32, lanes)
         s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
         e_ptr = _element_pointer(context, builder, dt, args[3], eit, args[4])
@@ -618,12 +613,7 @@ def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
         count_ = context.cast(builder, args[2], ct, types.intp)
         intp = count_.type
         ptr_type = s_ptr.type
-        mask_type = ir.VectorType(i1, lanes)
-        masked_load = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [ptr_type, i32, mask_type, vec]), f"llvm.masked.load.v{lanes}f{bits}.p0")
-        masked_store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vec, ptr_type, i32, mask_type]),
-            f"llvm.masked.store.v{lanes}f{bits}.p0")
+        masked_load, masked_store = _masked_memory_ops(builder, vec, ptr_type, lanes, bits)
         evens = ir.Constant(i32v, [2 * j for j in range(lanes)])
         odds = ir.Constant(i32v, [2 * j + 1 for j in range(lanes)])
 
