@@ -1139,13 +1139,29 @@ def _plane_gw_task(gy, x, gw, k, groups, pt, pl, checked):
     sums = np.zeros(kr * ks, dtype=np.float64)
     part = np.empty(kr * ks, dtype=gw.dtype)
     n_flat = (out_h - 1) * wp + out_w
+    n_lanes = VECTOR_BYTES // gy.itemsize
+    lanes = np.empty(9 * n_lanes, dtype=gy.dtype)
+    offs = np.empty(9, dtype=np.intp)
+    for t in range(9):
+        offs[t] = (t // 3) * wp + t % 3
+    gyf = gy.reshape(-1)
     for n in range(x.shape[0]):
         # Per-image sums in the kernel's dtype (lane partial sums over one plane), added up
         # across images in float64.
         part[:] = 0
         xf = x[n, k // kg].reshape(h * w)
         if three and not (unpadded and (checked or _finite(xf))):
-            _plane3x3_gw(gy[n, k].reshape(out_h * out_w), padf, xf, h, w, out_h, out_w, pt, pl, part)
+            # The zero-bordered plane, then its nine dot products with grad_output's rows as
+            # runs of out_w, the last vector of each masked (LLVM's loop over a 56-wide row
+            # left its tail to scalar code).
+            for a in range(out_h + 2):
+                _plane_copy_row(xf, h, w, padf, wp, a, pt, pl)
+            lanes[:] = 0
+            dot_block(gyf, (n * gy.shape[1] + k) * out_h * out_w, 0, out_w, padf, 0, wp, offs, 9, lanes, 0, 0,
+                      out_w, out_h, 1)
+            for t in range(9):
+                for lane in range(n_lanes):
+                    part[t] += lanes[t * n_lanes + lane]
         else:
             _widen_rows(gy[n, k].reshape(out_h * out_w), out_h, out_w, gwf, wp)
             src = xf
