@@ -412,7 +412,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
     cdef const floating* base
     cdef floating zeros[FC_TAP_ROWS]    # the starting sums when there is no bias
     cdef Py_ssize_t vl = FC_VECTOR_BYTES // sizeof(floating)    # lanes of tap_block's vectors
-    cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, nq, oh, ow0
+    cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, nq, oh, ow0, runs, run
     cdef bint first
     for kk in range(FC_TAP_ROWS):
         zeros[kk] = 0
@@ -450,38 +450,35 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             base = x_img + cc * in_plane
         ntaps = ncb * rs
         first = cc == 0
+        # Runs summed straight into y (no tile to fill and copy out): planes as wide as the
+        # output (column-shifted, or 1x1 read in place) are one run in y's own order; rows of
+        # at least one 3-vector block whose last vector wastes no more lanes than a wide row
+        # has extra columns are a run each (CIFAR conv1 0.74x, the 7x7 stem 0.82x the time of
+        # tiles; a 28-wide row, 3x3 stride 2 on 56x56 with 29-wide phase planes, stays with
+        # tiles: its half-empty last vector made it 17% slower). Output row oh reads
+        # base[oh*wp + ow + toff[t]]; TILE outputs at a time go through every block of
+        # channels while the input lines they read are in L1.
         if g.shifted or g.wp == g.out_w:
-            # Planes as wide as the output (column-shifted, or 1x1 read in place): outputs
-            # in y's own order, TILE at a time for every block of channels while the input
-            # lines they read are in L1; no tile to fill and copy out.
-            j0 = 0
-            while j0 < out_plane:
-                m = min(TILE, out_plane - j0)
-                kk = 0
-                while kk < nk:
-                    nq = _tap_rows(nk - kk)
-                    _taps(base + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
-                          y_blk + kk * out_plane + j0, out_plane, m,
-                          (bias + k0 + kk if bias != NULL else zeros) if first else NULL, g.tap_chunk)
-                    kk += nq
-                j0 += m
-            cc += ncb
-            continue
-        if g.out_w >= 3 * vl and (g.out_w + vl - 1) // vl * vl <= g.wp:
-            # Output row oh reads base[oh*wp + ow + toff[t]]. Rows of at least one 3-vector
-            # block, whose last vector wastes no more lanes than a wide row has extra
-            # columns, are summed straight into y: no tile to fill and copy out (CIFAR conv1
-            # 0.74x, the 7x7 stem 0.82x the time). A 28-wide row (3x3 stride 2 on 56x56,
-            # 29-wide phase planes) stays with tiles: its half-empty last vector made it 17%
-            # slower.
-            for oh in range(g.out_h):
-                kk = 0
-                while kk < nk:
-                    nq = _tap_rows(nk - kk)
-                    _taps(base + oh * g.wp, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
-                          y_blk + kk * out_plane + oh * g.out_w, out_plane, g.out_w,
-                          (bias + k0 + kk if bias != NULL else zeros) if first else NULL, g.tap_chunk)
-                    kk += nq
+            runs = 1
+            run = out_plane
+        elif g.out_w >= 3 * vl and (g.out_w + vl - 1) // vl * vl <= g.wp:
+            runs = g.out_h
+            run = g.out_w
+        else:
+            runs = 0
+        if runs > 0:
+            for oh in range(runs):
+                j0 = 0
+                while j0 < run:
+                    m = min(TILE, run - j0)
+                    kk = 0
+                    while kk < nk:
+                        nq = _tap_rows(nk - kk)
+                        _taps(base + oh * g.wp + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
+                              y_blk + kk * out_plane + oh * g.out_w + j0, out_plane, m,
+                              (bias + k0 + kk if bias != NULL else zeros) if first else NULL, g.tap_chunk)
+                        kk += nq
+                    j0 += m
             cc += ncb
             continue
         # Short rows: one run per plane, output j = oh*wp + ow reading base[j + toff[t]]

@@ -540,9 +540,16 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
     out_plane = out_h * out_w
     lanes = VECTOR_BYTES // y.itemsize
     seg = TAP_VECTORS * lanes
-    # Rows of at least one whole block whose last vector wastes no more lanes than a wide row
-    # has extra columns go straight into y; shorter ones through the tile.
-    straight = out_w >= seg and (out_w + lanes - 1) // lanes * lanes <= wq
+    # Runs summed straight into y (no tile): planes as wide as the output (column-shifted, or
+    # 1x1 read in place) are one run in y's own order; rows of at least one whole block whose
+    # last vector wastes no more lanes than a wide row has extra columns are a run each.
+    # Shorter rows go through the tile.
+    if shifted or wq == out_w:
+        runs, run = 1, out_plane
+    elif out_w >= seg and (out_w + lanes - 1) // lanes * lanes <= wq:
+        runs, run = out_h, out_w
+    else:
+        runs, run = 0, 0
     length = (out_h - 1) * wq + out_w
     # Unpadded stride-1 planes are read in place: x's channel planes are laid out as copies would be.
     in_place = not shifted and sh == 1 and sw == 1 and pt == 0 and pl == 0 and hq == x.shape[2] and wq == x.shape[3]
@@ -570,34 +577,21 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
                 _copy_planes(x, n, grp * cg + cc, ncb, ws, ps, hq, wq, sh, sw, pt, pl)
             ntaps = ncb * rs
             first = cc == 0
-            if shifted or wq == out_w:
-                # Planes as wide as the output (column-shifted, or 1x1 read in place): outputs
-                # in y's own order, each run of up to seg outputs straight into y, for every
-                # block of channels while its input lines are in L1; no tile.
-                j = 0
-                while j < out_plane:
-                    cnt = min(seg, out_plane - j)
-                    kk = 0
-                    while kk < nk:
-                        nq = _tap_rows(nk - kk)
-                        _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + j, offs, ntaps, yf,
-                              (n * k_all + k0 + kk) * out_plane + j, out_plane, cnt, bias, k0 + kk, first, nq,
-                              tap_chunk)
-                        kk += nq
-                    j += cnt
-            elif straight:
-                for oh in range(out_h):
-                    kk = 0
-                    while kk < nk:
-                        nq = _tap_rows(nk - kk)
-                        y0 = ((n * k_all + k0 + kk) * out_h + oh) * out_w
-                        j = 0
-                        while j < out_w:
-                            cnt = min(seg, out_w - j)
-                            _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + oh * wq + j, offs, ntaps, yf, y0 + j,
-                                  out_plane, cnt, bias, k0 + kk, first, nq, tap_chunk)
-                            j += cnt
-                        kk += nq
+            if runs > 0:
+                # Runs summed straight into y, seg outputs at a time for every block of
+                # channels while the input lines they read are in L1 (see ``runs`` above).
+                for oh in range(runs):
+                    j = 0
+                    while j < run:
+                        cnt = min(seg, run - j)
+                        kk = 0
+                        while kk < nk:
+                            nq = _tap_rows(nk - kk)
+                            _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + oh * wq + j, offs, ntaps, yf,
+                                  (n * k_all + k0 + kk) * out_plane + oh * out_w + j, out_plane, cnt, bias, k0 + kk,
+                                  first, nq, tap_chunk)
+                            kk += nq
+                        j += cnt
             else:
                 j0 = 0
                 while j0 < length:
