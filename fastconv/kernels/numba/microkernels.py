@@ -71,6 +71,15 @@ def _masked_memory_ops(builder, vec, ptr_type, lanes, bits):
     return load, store
 
 
+def _first_lanes(builder, k, lanes):
+    """The mask of vector lanes j < k (``k`` an i32; no lane when k <= 0): a run's last,
+    partly filled vector."""
+    i32v = ir.VectorType(ir.IntType(32), lanes)
+    k_v = builder.shuffle_vector(builder.insert_element(ir.Constant(i32v, ir.Undefined), k, ir.Constant(ir.IntType(32), 0)),
+                                 ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * lanes))
+    return builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), k_v)
+
+
 def _element_pointer(context, builder, array_type, array, index_type, index):
     """Pointer to ``array[index]`` (no bounds or negative-index handling)."""
     ary = context.make_array(array_type)(context, builder, array)
@@ -272,8 +281,7 @@ def tap_block(typingctx, w, w_index, w_stride, src, src_index, offsets, taps, ac
         def block(n_rows, n_vec):
             # The lanes of the last vector below count - (n_vec - 1) * L.
             rest = builder.trunc(builder.sub(count_, ir.Constant(intp, (n_vec - 1) * lanes)), i32)
-            mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, lanes), list(range(lanes))),
-                                       splat(rest, ir.VectorType(i32, lanes)))
+            mask = _first_lanes(builder, rest, lanes)
 
             def load(ptr, j):
                 p = builder.gep(ptr, [ir.Constant(intp, j * lanes)])
@@ -384,17 +392,13 @@ def dot_block(typingctx, g, g_index, g_stride, g_run, src, src_index, src_run, o
         count_, runs_, rows_ = intp_arg(12, ct), intp_arg(13, rut), intp_arg(14, rot)
         intp = g_row.type
         ptr_type = g_ptr.type
-        i32v = ir.VectorType(i32, n_lanes)
-        broadcast = ir.Constant(i32v, [0] * n_lanes)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                              f"llvm.fma.v{n_lanes}f{bits}")
         masked_load = _masked_memory_ops(builder, vec, ptr_type, n_lanes, bits)[0]
         zero_vec = ir.Constant(vec, None)
         full = builder.sdiv(count_, ir.Constant(intp, n_lanes))
         rest = builder.trunc(builder.sub(count_, builder.mul(full, ir.Constant(intp, n_lanes))), i32)
-        rest_v = builder.shuffle_vector(builder.insert_element(ir.Constant(i32v, ir.Undefined), rest, ir.Constant(i32, 0)),
-                                        ir.Constant(i32v, ir.Undefined), broadcast)
-        mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(n_lanes))), rest_v)
+        mask = _first_lanes(builder, rest, n_lanes)
         has_rest = builder.icmp_signed(">", rest, ir.Constant(i32, 0))
 
         def offset(t):
@@ -538,7 +542,7 @@ def stencil3x3_rows(typingctx, w, w_index, src, src_index, src_row, dst, dst_ind
         i = builder.mul(full, ir.Constant(intp, lanes))
         rest = builder.trunc(builder.sub(count_, i), i32)
         with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
-            mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), splat(rest, i32v))
+            mask = _first_lanes(builder, rest, lanes)
             step(i, mask)
         return context.get_dummy_value()
 
@@ -561,7 +565,6 @@ def copy_run(typingctx, src, src_index, dst, dst_index, count):
         align = st.dtype.bitwidth // 8
         bits = st.dtype.bitwidth
         i32 = ir.IntType(32)
-        i32v = ir.VectorType(i32, lanes)
         s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
         d_ptr = _element_pointer(context, builder, dt, args[2], dit, args[3])
         count_ = context.cast(builder, args[4], ct, types.intp)
@@ -576,10 +579,7 @@ def copy_run(typingctx, src, src_index, dst, dst_index, count):
         i = builder.mul(full, ir.Constant(intp, lanes))
         rest = builder.trunc(builder.sub(count_, i), i32)
         with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
-            rest_v = builder.shuffle_vector(builder.insert_element(ir.Constant(i32v, ir.Undefined), rest,
-                                                                   ir.Constant(i32, 0)),
-                                            ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * lanes))
-            mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), rest_v)
+            mask = _first_lanes(builder, rest, lanes)
             v = builder.call(masked_load, [builder.gep(s_ptr, [i]), ir.Constant(i32, align), mask, ir.Constant(vec, None)])
             builder.call(masked_store, [v, builder.gep(d_ptr, [i]), ir.Constant(i32, align), mask])
         return context.get_dummy_value()
@@ -620,12 +620,6 @@ def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
         def vector_at(ptr, i):
             return builder.bitcast(builder.gep(ptr, [i]), vec.as_pointer())
 
-        def first(k):
-            # The mask of lanes j < k (k an i32; none when k <= 0).
-            k_v = builder.shuffle_vector(builder.insert_element(ir.Constant(i32v, ir.Undefined), k, ir.Constant(i32, 0)),
-                                         ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * lanes))
-            return builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), k_v)
-
         pairs = builder.sdiv(count_, ir.Constant(intp, 2 * lanes))
         with cgutils.for_range(builder, pairs) as loop:
             m = builder.mul(loop.index, ir.Constant(intp, lanes))
@@ -639,16 +633,16 @@ def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
         rest = builder.trunc(builder.sub(count_, i), i32)
         with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
             zero = ir.Constant(vec, None)
-            v0 = builder.call(masked_load, [builder.gep(s_ptr, [i]), ir.Constant(i32, align), first(rest), zero])
+            v0 = builder.call(masked_load, [builder.gep(s_ptr, [i]), ir.Constant(i32, align), _first_lanes(builder, rest, lanes), zero])
             v1 = builder.call(masked_load, [builder.gep(s_ptr, [builder.add(i, ir.Constant(intp, lanes))]),
                                             ir.Constant(i32, align),
-                                            first(builder.sub(rest, ir.Constant(i32, lanes))), zero])
+                                            _first_lanes(builder, builder.sub(rest, ir.Constant(i32, lanes)), lanes), zero])
             half_up = builder.ashr(builder.add(rest, ir.Constant(i32, 1)), ir.Constant(i32, 1))
             half = builder.ashr(rest, ir.Constant(i32, 1))
             builder.call(masked_store, [builder.shuffle_vector(v0, v1, evens), builder.gep(e_ptr, [m]),
-                                        ir.Constant(i32, align), first(half_up)])
+                                        ir.Constant(i32, align), _first_lanes(builder, half_up, lanes)])
             builder.call(masked_store, [builder.shuffle_vector(v0, v1, odds), builder.gep(o_ptr, [m]),
-                                        ir.Constant(i32, align), first(half)])
+                                        ir.Constant(i32, align), _first_lanes(builder, half, lanes)])
         return context.get_dummy_value()
 
     return types.void(src, src_index, count, dst, even_index, odd_index), codegen
