@@ -147,7 +147,7 @@ def _dot_block(g, gi, gs, gr, src, si, sr, offs, taps, lanes, li, ls, count, run
 
 @pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
 @pytest.mark.parametrize("rows", list(range(1, DOT_ROWS + 1)))
-@pytest.mark.parametrize("taps", [1, 2, DOT_TAPS, 7])
+@pytest.mark.parametrize("taps", [1, 2, DOT_TAPS, 7, 9])
 def test_dot_block_adds_lane_sums_of_dot_products_over_runs(dtype, lanes, rows, taps):
     """lanes += per-lane partial sums of sum_u g_r[run u] . src[offset_t + run u], whose lane
     totals are the dot products; lanes outside the block untouched, nothing read past a run

@@ -363,7 +363,8 @@ def dot_block(typingctx, g, g_index, g_stride, g_run, src, src_index, src_run, o
     ``runs`` runs of ``count`` outputs each (rows of grad_output, ``g_run`` apart, against
     input rows ``src_run`` apart); the lanes past ``count`` in a run's last vector are neither
     read nor summed (masked loads), so runs never read a neighbouring row. Taps go DOT_TAPS
-    at a time with their rows x DOT_TAPS sums in registers over all the runs. Other values
+    at a time with their rows x DOT_TAPS sums in registers over all the runs (one filter's
+    nine taps in one block). Other values
     of rows do nothing. The Cython twin is ``dot_block`` in ``cython/microkernels.pxd``.
     """
     if not (_float_arrays(g, src, lanes) and isinstance(offsets, types.Array) and offsets.ndim == 1
@@ -441,23 +442,34 @@ def dot_block(typingctx, g, g_index, g_stride, g_run, src, src_index, src_run, o
                 for t in range(n_taps):
                     builder.store(builder.load(sums[r][t]), builder.bitcast(slots[r][t], vec.as_pointer()), align=align)
 
-        # Taps DOT_TAPS at a time (the last group may be shorter): one case per (rows, taps).
-        n_groups = builder.sdiv(builder.add(taps_, ir.Constant(intp, DOT_TAPS - 1)), ir.Constant(intp, DOT_TAPS))
-        with cgutils.for_range(builder, n_groups) as group_loop:
-            t0 = builder.mul(group_loop.index, ir.Constant(intp, DOT_TAPS))
-            m = builder.sub(taps_, t0)
-            m = builder.select(builder.icmp_signed(">", m, ir.Constant(intp, DOT_TAPS)), ir.Constant(intp, DOT_TAPS), m)
-            key = builder.add(builder.mul(rows_, ir.Constant(intp, 8)), m)
-            done = builder.append_basic_block("dot_block.done")
-            switch = builder.switch(key, done)
-            for n_rows in range(1, DOT_ROWS + 1):
-                for n_taps in range(1, DOT_TAPS + 1):
-                    case = builder.append_basic_block(f"dot_block.{n_rows}x{n_taps}")
-                    switch.add_case(ir.Constant(intp, n_rows * 8 + n_taps), case)
-                    builder.position_at_end(case)
-                    block(n_rows, n_taps, t0)
-                    builder.branch(done)
-            builder.position_at_end(done)
+        def tap_groups():
+            # Taps DOT_TAPS at a time (the last group may be shorter): one case per (rows, taps).
+            n_groups = builder.sdiv(builder.add(taps_, ir.Constant(intp, DOT_TAPS - 1)), ir.Constant(intp, DOT_TAPS))
+            with cgutils.for_range(builder, n_groups) as group_loop:
+                t0 = builder.mul(group_loop.index, ir.Constant(intp, DOT_TAPS))
+                m = builder.sub(taps_, t0)
+                m = builder.select(builder.icmp_signed(">", m, ir.Constant(intp, DOT_TAPS)), ir.Constant(intp, DOT_TAPS), m)
+                key = builder.add(builder.mul(rows_, ir.Constant(intp, 8)), m)
+                done = builder.append_basic_block("dot_block.done")
+                switch = builder.switch(key, done)
+                for n_rows in range(1, DOT_ROWS + 1):
+                    for n_taps in range(1, DOT_TAPS + 1):
+                        case = builder.append_basic_block(f"dot_block.{n_rows}x{n_taps}")
+                        switch.add_case(ir.Constant(intp, n_rows * 8 + n_taps), case)
+                        builder.position_at_end(case)
+                        block(n_rows, n_taps, t0)
+                        builder.branch(done)
+                builder.position_at_end(done)
+
+        # One filter's nine taps (depthwise 3x3) in one block: nine chains of FMAs, where
+        # three groups of three taps left three, too few to cover the FMA latency.
+        nine = builder.and_(builder.icmp_signed("==", rows_, ir.Constant(intp, 1)),
+                            builder.icmp_signed("==", taps_, ir.Constant(intp, 9)))
+        with builder.if_else(nine) as (single, grouped):
+            with single:
+                block(1, 9, ir.Constant(intp, 0))
+            with grouped:
+                tap_groups()
         return context.get_dummy_value()
 
     return types.void(g, g_index, g_stride, g_run, src, src_index, src_run, offsets, taps, lanes, l_index, l_stride,
