@@ -59,9 +59,9 @@ from libc.string cimport memset
 from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
-from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_TAP_ROWS,
-                                                   FC_VECTOR_BYTES, copy_run, dot_block, split_pairs,
-                                                   tap_block)
+from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_STENCIL_ROWS,
+                                                   FC_TAP_ROWS, FC_VECTOR_BYTES, copy_run, dot_block,
+                                                   split_pairs, stencil3x3_rows, tap_block)
 
 from fastconv.kernels import direct_plan
 from fastconv.threads import get_num_threads
@@ -317,63 +317,24 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
     """y (out_h x out_w) = b + 3x3 correlation (stride 1, dilation 1) of a plane with row
     stride ``wp`` (already padded, or unpadded when there is no padding).
 
-    The one-input-channel fast path (depthwise layers, and first layers with C = 1): the nine
-    weights stay in registers for the whole plane and two output rows are computed per pass
-    straight into the output (gcc checks at run time that the two output rows and the four
-    input rows do not overlap; they never do). The sum is formed tap after tap in tap
-    order, as ``tap_block`` forms it.
+    The one-input-channel fast path (depthwise layers, and first layers with C = 1):
+    FC_STENCIL_ROWS output rows per ``stencil3x3_rows`` call (``microkernels.pxd``) share
+    their input rows' loads; the sum is formed tap after tap in tap order, as ``tap_block``
+    forms it. As the Numba twin's ``_plane3x3``.
 
     With ``raw`` set, ``src`` is a zero-bordered workspace whose rows are copied from the
     unpadded plane ``raw`` (h x wr, placed at top/left) just before they are first needed,
     so the memory reads of the copy overlap the arithmetic on the rows already there.
     """
-    cdef floating w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4]
-    cdef floating w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8]
-    cdef floating a0, a1, a2, b0, b1, b2, c0, c1, c2, d0, d1, d2, v, u
-    cdef const floating* r0
-    cdef const floating* r1
-    cdef const floating* r2
-    cdef const floating* r3
-    cdef floating* y0
-    cdef floating* y1
-    cdef Py_ssize_t oh, i, filled = 0
-    oh = 0
-    while oh + 2 <= out_h:
+    cdef Py_ssize_t oh = 0, rows, filled = 0
+    while oh < out_h:
+        rows = min(<Py_ssize_t>FC_STENCIL_ROWS, out_h - oh)
         if raw != NULL:
-            while filled < min(oh + 4 + COPY_AHEAD, out_h + 2):
+            while filled < min(oh + rows + 2 + COPY_AHEAD, out_h + 2):
                 _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
                 filled += 1
-        r0 = src + oh * wp
-        r1 = r0 + wp
-        r2 = r1 + wp
-        r3 = r2 + wp
-        y0 = y + oh * out_w
-        y1 = y0 + out_w
-        for i in range(out_w):
-            a0 = r0[i]; a1 = r0[i + 1]; a2 = r0[i + 2]
-            b0 = r1[i]; b1 = r1[i + 1]; b2 = r1[i + 2]
-            c0 = r2[i]; c1 = r2[i + 1]; c2 = r2[i + 2]
-            d0 = r3[i]; d1 = r3[i + 1]; d2 = r3[i + 2]
-            v = b + w0 * a0 + w1 * a1 + w2 * a2
-            v = v + w3 * b0 + w4 * b1 + w5 * b2
-            y0[i] = v + w6 * c0 + w7 * c1 + w8 * c2
-            u = b + w0 * b0 + w1 * b1 + w2 * b2
-            u = u + w3 * c0 + w4 * c1 + w5 * c2
-            y1[i] = u + w6 * d0 + w7 * d1 + w8 * d2
-        oh += 2
-    if oh < out_h:
-        if raw != NULL:
-            while filled < out_h + 2:
-                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
-                filled += 1
-        r0 = src + oh * wp
-        r1 = r0 + wp
-        r2 = r1 + wp
-        y0 = y + oh * out_w
-        for i in range(out_w):
-            v = b + w0 * r0[i] + w1 * r0[i + 1] + w2 * r0[i + 2]
-            v = v + w3 * r1[i] + w4 * r1[i + 1] + w5 * r1[i + 2]
-            y0[i] = v + w6 * r2[i] + w7 * r2[i + 1] + w8 * r2[i + 2]
+        stencil3x3_rows(rows, w, b, src + oh * wp, wp, y + oh * out_w, out_w, out_w)
+        oh += rows
 
 
 cdef inline Py_ssize_t _channel_block(Py_ssize_t left) noexcept nogil:
