@@ -68,6 +68,7 @@ from fastconv.threads import get_num_threads
 
 cdef enum:
     TILE = 256        # outputs per tile (per output channel)
+    ONE_BY_ONE_TILE = 128    # outputs per tile of a 1x1 filter with several tap chunks
     GW_FILTERS = 16    # filters per grad_weight task that copies its input planes
     LANES = 8         # independent partial sums of a dot product (one AVX vector of float)
     COPY_AHEAD = 2        # rows the one-channel 3x3 kernels copy ahead of what they read (numba/direct.py)
@@ -373,7 +374,7 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
     cdef const floating* base
     cdef floating zeros[FC_TAP_ROWS]    # the starting sums when there is no bias
     cdef Py_ssize_t vl = FC_VECTOR_BYTES // sizeof(floating)    # lanes of tap_block's vectors
-    cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, nq, oh, ow0, runs, run
+    cdef Py_ssize_t cc, ncb, c, ntaps, length, j0, m, kk, nq, oh, ow0, runs, run, t, mt, tile, span
     cdef bint first
     for kk in range(FC_TAP_ROWS):
         zeros[kk] = 0
@@ -428,17 +429,32 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
         else:
             runs = 0
         if runs > 0:
+            # A 1x1 filter's taps each read another input plane: one tap chunk at a time for
+            # all the blocks of output channels, over ONE_BY_ONE_TILE outputs, so that the
+            # chunk's lines (64 planes x 512 bytes) stay in L1 from one block to the next
+            # (1x1 256->64 forward 0.85x the time at 1 and 2 threads). Other filters read
+            # few lines for many taps: every tap for one block, then the next (the 7x7 stem
+            # took 1.02-1.04x the time in the 1x1 order).
+            if rs == 1 and ntaps > g.tap_chunk:
+                tile, span = ONE_BY_ONE_TILE, g.tap_chunk
+            else:
+                tile, span = TILE, ntaps
             for oh in range(runs):
                 j0 = 0
                 while j0 < run:
-                    m = min(TILE, run - j0)
-                    kk = 0
-                    while kk < nk:
-                        nq = _tap_rows(nk - kk)
-                        _taps(base + oh * g.wp + j0, toff, ntaps, w_blk + kk * crs + cc * rs, crs, nq,
-                              y_blk + kk * out_plane + oh * g.out_w + j0, out_plane, m,
-                              (bias + k0 + kk if bias != NULL else zeros) if first else NULL, g.tap_chunk)
-                        kk += nq
+                    m = min(tile, run - j0)
+                    t = 0
+                    while t < ntaps:
+                        mt = min(span, ntaps - t)
+                        kk = 0
+                        while kk < nk:
+                            nq = _tap_rows(nk - kk)
+                            _taps(base + oh * g.wp + j0, toff + t, mt, w_blk + kk * crs + cc * rs + t, crs, nq,
+                                  y_blk + kk * out_plane + oh * g.out_w + j0, out_plane, m,
+                                  (bias + k0 + kk if bias != NULL else zeros) if first and t == 0 else NULL,
+                                  g.tap_chunk)
+                            kk += nq
+                        t += mt
                     j0 += m
             cc += ncb
             continue

@@ -68,6 +68,8 @@ _BAND_BYTES = 28 * 1024
 #: ``tap_block`` runs per tile of the tap-plane path (256 float32 positions with 64-byte
 #: vectors): fewer, longer row copies in and out of y (0.8-0.9x the time of one-run tiles).
 _TILE_BLOCKS = 4
+#: Outputs per run tile of a 1x1 filter with several tap chunks (the Cython twin's ONE_BY_ONE_TILE).
+_ONE_BY_ONE_TILE = 128
 #: Rows the one-channel 3x3 kernels (``_plane3x3``, ``_plane3x3_gw``) copy into their padded
 #: buffer ahead of the rows they read: a row read right after its copy waits for the copy's
 #: stores, which its unaligned loads cannot take forwarded (depthwise 3x3 forward 0.93-0.97x,
@@ -485,12 +487,12 @@ def _copy_shifted(x, n, c0, nc, ws, hp, out_w, ks, dw, top, left):
 
 
 @njit(**JIT_OPTIONS)
-def _taps(wf, w0, w_stride, src, s0, offs, ntaps, acc, a0, a_stride, count, init, i0, first, rows, chunk):
-    """``tap_block`` over ``ntaps`` taps, ``chunk`` at a time (the input lines a chunk reads
-    stay in L1 for the next block of channels); the first chunk starts from init if first."""
-    t = 0
-    while t < ntaps:
-        m = min(chunk, ntaps - t)
+def _taps(wf, w0, w_stride, src, s0, offs, t0, t1, acc, a0, a_stride, count, init, i0, first, rows, chunk):
+    """``tap_block`` over taps t0 .. t1-1, ``chunk`` at a time (the input lines a chunk reads
+    stay in L1 for the next block of channels); tap 0 starts from init if first."""
+    t = t0
+    while t < t1:
+        m = min(chunk, t1 - t)
         tap_block(wf, w0 + t, w_stride, src, s0, offs[t:t + m], m, acc, a0, a_stride, count, init, i0,
                   first and t == 0, rows)
         t += m
@@ -585,17 +587,29 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
             if runs > 0:
                 # Runs summed straight into y, seg outputs at a time for every block of
                 # channels while the input lines they read are in L1 (see ``runs`` above).
+                # A 1x1 filter's taps each read another input plane: one tap chunk at a time
+                # for all the blocks of channels, so that its lines stay in L1 from one block
+                # to the next (as in the Cython twin); other filters every tap per block.
+                if rs == 1 and ntaps > tap_chunk:
+                    tile_n, span = _ONE_BY_ONE_TILE, tap_chunk
+                else:
+                    tile_n, span = seg, ntaps
                 for oh in range(runs):
                     j = 0
                     while j < run:
-                        cnt = min(seg, run - j)
-                        kk = 0
-                        while kk < nk:
-                            nq = _tap_rows(nk - kk)
-                            _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + oh * wq + j, offs, ntaps, yf,
-                                  (n * k_all + k0 + kk) * out_plane + oh * out_w + j, out_plane, cnt, bias, k0 + kk,
-                                  first, nq, tap_chunk)
-                            kk += nq
+                        cnt = min(tile_n, run - j)
+                        t = 0
+                        while t < ntaps:
+                            mt = min(span, ntaps - t)
+                            kk = 0
+                            while kk < nk:
+                                nq = _tap_rows(nk - kk)
+                                for i in range(j, j + cnt, seg):    # tap_block takes seg outputs at most
+                                    _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + oh * wq + i, offs, t,
+                                          t + mt, yf, (n * k_all + k0 + kk) * out_plane + oh * out_w + i, out_plane,
+                                          min(seg, j + cnt - i), bias, k0 + kk, first, nq, tap_chunk)
+                                kk += nq
+                            t += mt
                         j += cnt
             else:
                 j0 = 0
@@ -610,8 +624,8 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
                         j = 0
                         while j < m:
                             cnt = min(seg, m - j)
-                            _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + j0 + j, offs, ntaps, tile, j, tile_len,
-                                  cnt, bias, k0 + kk, first, nq, tap_chunk)
+                            _taps(wf, (k0 + kk) * crs + cc * rs, crs, src, base + j0 + j, offs, 0, ntaps, tile, j,
+                                  tile_len, cnt, bias, k0 + kk, first, nq, tap_chunk)
                             j += cnt
                         _tile_move(tile, tile_len, yf, y0, out_plane, nq, j0, m, wq, out_w, False)
                         kk += nq
