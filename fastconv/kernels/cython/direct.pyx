@@ -477,6 +477,11 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
         cc += ncb
 
 
+cdef inline Py_ssize_t _tasks_per_take(Py_ssize_t ntasks, int nthreads) noexcept nogil:
+    """Consecutive tasks a thread takes at once: about eight takes per thread (load balance)."""
+    return max(1, ntasks // (8 * nthreads))
+
+
 cdef void _forward_core(const Geometry* g, const floating* x, const floating* w,
                         const floating* bias, floating* y, const Py_ssize_t* toff,
                         floating* ws, Py_ssize_t ws_stride, int nthreads) noexcept nogil:
@@ -487,7 +492,8 @@ cdef void _forward_core(const Geometry* g, const floating* x, const floating* w,
     """
     cdef Py_ssize_t ntasks = g.n * g.groups * g.nkb
     cdef Py_ssize_t task
-    for task in prange(ntasks, num_threads=nthreads, schedule="dynamic"):
+    cdef Py_ssize_t chunk = _tasks_per_take(ntasks, nthreads)
+    for task in prange(ntasks, num_threads=nthreads, schedule="dynamic", chunksize=chunk):
         _forward_task(g, task, x, w, bias, y, toff, ws + omp_get_thread_num() * ws_stride)
 
 
