@@ -96,6 +96,9 @@ LARGE_CONVS = [
     # (later chunks start from the sums already in y) with 4 + 1 output channels.
     ("rows_masked_tail", (2, 3, 9, 30), (6, 3, 3, 3), dict(padding=1)),
     ("rows_channel_chunks", (1, CHUNKED_70, 70, 64), (5, CHUNKED_70, 3, 3), dict(padding=1)),
+    # grad_weight over rows of whole vectors (32 wide), several rows per dot_block call and
+    # a last call with fewer, on phase planes (the 7x7 stem's layout)
+    ("rows_of_whole_vectors_stride2", (2, 3, 40, 64), (5, 3, 7, 7), dict(stride=2, padding=3)),
     # stride-1 grad_input rows that share their zero borders (a read past a row's end lands
     # in the next row's left border): dilated taps, an even kernel's uneven "same" padding,
     # and grad_output planes in several channel chunks (reads past the last row of a plane).

@@ -59,7 +59,7 @@ from libc.string cimport memset
 from fastconv.kernels.cython.blas cimport floating
 from fastconv.kernels.cython.max2x2 cimport max2x2_row
 from fastconv.kernels.cython.openmp cimport omp_get_thread_num
-from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_STENCIL_ROWS,
+from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANES_F64, FC_DOT_SPAN, FC_STENCIL_ROWS,
                                                    FC_TAP_ROWS, FC_VECTOR_BYTES, copy_run, dot_block,
                                                    split_pairs, stencil3x3_rows, tap_block)
 
@@ -688,6 +688,7 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
     cdef const floating* base
     cdef Py_ssize_t gstride, n, kk, nq, cc, ncb, c, ntaps, oh, a
     cdef Py_ssize_t length = (g.out_h - 1) * g.wp + g.out_w   # wide positions of a plane
+    cdef Py_ssize_t span_rows = max(1, FC_DOT_SPAN // g.out_w)
     cdef floating lanes[4][9 * LANES]
     cdef floating total
     cdef Py_ssize_t t, l
@@ -749,13 +750,17 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
             while kk < nk:
                 nq = _channel_block(nk - kk)
                 if g.rows:
-                    # Exact pairs only: one dot product per output row (no extra columns).
-                    for oh in range(g.out_h):
+                    # One run per output row, its last vector masked (no extra columns), in
+                    # spans of about FC_DOT_SPAN positions whose lines stay in L1.
+                    oh = 0
+                    while oh < g.out_h:
                         dot_block(nq, gp + kk * gstride + oh * g.out_w, gstride, base + oh * g.wp,
-                                  toff, ntaps, g.out_w, dots + (kk * crs + cc * rs) * nl, crs * nl)
+                                  toff, ntaps, g.out_w, dots + (kk * crs + cc * rs) * nl, crs * nl,
+                                  min(span_rows, g.out_h - oh), g.out_w, g.wp)
+                        oh += span_rows
                 else:
                     dot_block(nq, gp + kk * gstride, gstride, base, toff, ntaps, length,
-                              dots + (kk * crs + cc * rs) * nl, crs * nl)
+                              dots + (kk * crs + cc * rs) * nl, crs * nl, 1, 0, 0)
                 kk += nq
             cc += ncb
     for a in range(nk * crs):
@@ -944,10 +949,17 @@ cdef void _conv2d_grad_weight(const floating[:, :, :, ::1] gy, const floating[:,
     g.kbt = min(GW_FILTERS if g.copy and not g.plane3x3 else 4, g.kg)
     g.nkb = (g.kg + g.kbt - 1) // g.kbt
     g.nc = _batch_chunks(g.n, g.groups, g.kg, g.kbt, gw.size)
-    # The wide-row dot products pair the zero extra columns of grad_output with real input
-    # values: exact for finite inputs, but 0 * inf would be a NaN that PyTorch does not
-    # produce. An input holding Inf/NaN takes the row-by-row dot products instead.
-    g.rows = g.wp != g.out_w and not g.plane3x3 and not np.isfinite(np.asarray(x)).all()
+    # One run per plane of wide rows (grad_output copied with zero extra columns) where
+    # rows end in a part-filled vector and the plane takes no more vectors; otherwise one
+    # run per output row (rows of whole vectors need no copy: the 7x7 stem's 112, CIFAR
+    # conv1's 32). The wide runs pair the zero extra columns with real input values: exact
+    # for finite inputs, but 0 * inf would be a NaN that PyTorch does not produce, so an
+    # input holding Inf/NaN takes the rows. The Numba twin's rule (``_run_dots_gw``).
+    cdef Py_ssize_t nl = FC_DOT_LANES_F32 if floating is float else FC_DOT_LANES_F64
+    cdef Py_ssize_t length = (g.out_h - 1) * g.wp + g.out_w
+    g.rows = g.wp != g.out_w and not g.plane3x3 and not (
+        g.out_w % nl != 0 and (length + nl - 1) // nl <= g.out_h * ((g.out_w + nl - 1) // nl)
+        and np.isfinite(np.asarray(x)).all())
     dtype = np.float32 if floating is float else np.float64
     toff = direct_plan.tap_offsets(g.cb, g.r, g.s, g.dh, g.dw, g.sh, g.sw, g.hp, g.wp, g.ps)
     cdef Py_ssize_t[::1] toff_v = toff

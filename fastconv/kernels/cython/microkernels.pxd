@@ -241,28 +241,32 @@ cdef extern from *:
             for (q = 0; q < NQ; q++)                                                            \\
                 for (u = 0; u < DT; u++)                                                        \\
                     a[q][u] = LOADU(lanes + q * lstride + tu[u] * LANES);                       \\
-            for (i = i0; i < iv; i += LANES) {                                                  \\
-                V xv[DT];                                                                       \\
-                for (u = 0; u < DT; u++) {                                                      \\
-                    xv[u] = LOADU(xs[u] + i);                                                   \\
-                    /* In registers: gcc otherwise re-read them inside every FMA (15 loads      \\
-                       for 12 FMAs instead of 7 with 3 taps). */                                \\
-                    __asm__("" : FC_PIN(xv[u]));                                                \\
+            for (ru = 0; ru < runs; ru++) {                                                     \\
+                const T* gr = g + ru * grun;                                                    \\
+                const Py_ssize_t so = ru * srun;                                                \\
+                for (i = i0; i < iv; i += LANES) {                                              \\
+                    V xv[DT];                                                                   \\
+                    for (u = 0; u < DT; u++) {                                                  \\
+                        xv[u] = LOADU(xs[u] + so + i);                                          \\
+                        /* In registers: gcc otherwise re-read them inside every FMA (15 loads  \\
+                           for 12 FMAs instead of 7 with 3 taps). */                            \\
+                        __asm__("" : FC_PIN(xv[u]));                                            \\
+                    }                                                                           \\
+                    for (q = 0; q < NQ; q++) {                                                  \\
+                        V gq = LOADU(gr + q * gstride + i);                                     \\
+                        __asm__("" : FC_PIN(gq));                                               \\
+                        for (u = 0; u < DT; u++)                                                \\
+                            a[q][u] = FMADD(gq, xv[u], a[q][u]);                                \\
+                    }                                                                           \\
                 }                                                                               \\
-                for (q = 0; q < NQ; q++) {                                                      \\
-                    V gq = LOADU(g + q * gstride + i);                                          \\
-                    __asm__("" : FC_PIN(gq));                                                   \\
-                    for (u = 0; u < DT; u++)                                                    \\
-                        a[q][u] = FMADD(gq, xv[u], a[q][u]);                                    \\
-                }                                                                               \\
-            }                                                                                   \\
-            if (iv < i1) {                                                                      \\
-                V xv[DT];                                                                       \\
-                for (u = 0; u < DT; u++) xv[u] = MASKLOAD(xs[u] + iv, i1 - iv);                 \\
-                for (q = 0; q < NQ; q++) {                                                      \\
-                    V gq = MASKLOAD(g + q * gstride + iv, i1 - iv);                             \\
-                    for (u = 0; u < DT; u++)                                                    \\
-                        a[q][u] = FMADD(gq, xv[u], a[q][u]);                                    \\
+                if (iv < i1) {                                                                  \\
+                    V xv[DT];                                                                   \\
+                    for (u = 0; u < DT; u++) xv[u] = MASKLOAD(xs[u] + so + iv, i1 - iv);        \\
+                    for (q = 0; q < NQ; q++) {                                                  \\
+                        V gq = MASKLOAD(gr + q * gstride + iv, i1 - iv);                        \\
+                        for (u = 0; u < DT; u++)                                                \\
+                            a[q][u] = FMADD(gq, xv[u], a[q][u]);                                \\
+                    }                                                                           \\
                 }                                                                               \\
             }                                                                                   \\
             for (q = 0; q < NQ; q++)                                                            \\
@@ -272,8 +276,8 @@ cdef extern from *:
     #define FC_DOT_BLOCK(NAME, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, NQ)                 \\
     static __attribute__((noinline)) void NAME(const T* g, Py_ssize_t gstride, const T* src,    \\
             const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, T* lanes,                   \\
-            Py_ssize_t lstride) {                                                               \\
-        Py_ssize_t i, i0, i1, iv, t;                                                            \\
+            Py_ssize_t lstride, Py_ssize_t runs, Py_ssize_t grun, Py_ssize_t srun) {            \\
+        Py_ssize_t i, i0, i1, iv, t, ru;                                                        \\
         int q, u;                                                                               \\
         for (i0 = 0; i0 < n; i0 += FC_DOT_SPAN) {                                               \\
             i1 = i0 + FC_DOT_SPAN < n ? i0 + FC_DOT_SPAN : n;                                   \\
@@ -296,17 +300,19 @@ cdef extern from *:
     /* Plain C, the same lane for every position: lane (i - i0) mod LANES of its span. */
     #define FC_DOT_BLOCK(NAME, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, NQ)                 \\
     static void NAME(const T* g, Py_ssize_t gstride, const T* src, const Py_ssize_t* toff,      \\
-                     Py_ssize_t ntaps, Py_ssize_t n, T* lanes, Py_ssize_t lstride) {            \\
-        Py_ssize_t i, i0, i1, t;                                                                \\
+                     Py_ssize_t ntaps, Py_ssize_t n, T* lanes, Py_ssize_t lstride,              \\
+                     Py_ssize_t runs, Py_ssize_t grun, Py_ssize_t srun) {                       \\
+        Py_ssize_t i, i0, i1, t, ru;                                                            \\
         int q;                                                                                  \\
         for (i0 = 0; i0 < n; i0 += FC_DOT_SPAN) {                                               \\
             i1 = i0 + FC_DOT_SPAN < n ? i0 + FC_DOT_SPAN : n;                                   \\
             for (t = 0; t < ntaps; t++)                                                         \\
                 for (q = 0; q < NQ; q++) {                                                      \\
                     T* lt = lanes + q * lstride + t * LANES;                                    \\
-                    for (i = i0; i < i1; i++)                                                   \\
-                        lt[(i - i0) % LANES] = lt[(i - i0) % LANES]                             \\
-                                               + g[q * gstride + i] * src[toff[t] + i];         \\
+                    for (ru = 0; ru < runs; ru++)                                               \\
+                        for (i = i0; i < i1; i++)                                               \\
+                            lt[(i - i0) % LANES] = lt[(i - i0) % LANES] + g[ru * grun + q * gstride + i] \\
+                                                   * src[ru * srun + toff[t] + i];              \\
                 }                                                                               \\
         }                                                                                       \\
     }
@@ -319,12 +325,12 @@ cdef extern from *:
     FC_DOT_BLOCK(fc_dots4_##SUFFIX, T, V, LANES, LOADU, STOREU, FMADD, MASKLOAD, 4)             \\
     static void fc_dots_##SUFFIX(Py_ssize_t nq, const T* g, Py_ssize_t gstride, const T* src,   \\
             const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, T* lanes,                   \\
-            Py_ssize_t lstride) {                                                               \\
+            Py_ssize_t lstride, Py_ssize_t runs, Py_ssize_t grun, Py_ssize_t srun) {            \\
         switch (nq) {                                                                           \\
-        case 4: fc_dots4_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride); break;      \\
-        case 3: fc_dots3_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride); break;      \\
-        case 2: fc_dots2_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride); break;      \\
-        default: fc_dots1_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride);            \\
+        case 4: fc_dots4_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride, runs, grun, srun); break; \\
+        case 3: fc_dots3_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride, runs, grun, srun); break; \\
+        case 2: fc_dots2_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride, runs, grun, srun); break; \\
+        default: fc_dots1_##SUFFIX(g, gstride, src, toff, ntaps, n, lanes, lstride, runs, grun, srun); \\
         }                                                                                       \\
     }
 
@@ -615,12 +621,13 @@ cdef extern from *:
         FC_VECTOR_BYTES
         FC_DOT_LANES_F32
         FC_DOT_LANES_F64
+        FC_DOT_SPAN
     void fc_dots_f32(Py_ssize_t nq, const float* g, Py_ssize_t gstride, const float* src,
                      const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, float* lanes,
-                     Py_ssize_t lstride) noexcept nogil
+                     Py_ssize_t lstride, Py_ssize_t runs, Py_ssize_t grun, Py_ssize_t srun) noexcept nogil
     void fc_dots_f64(Py_ssize_t nq, const double* g, Py_ssize_t gstride, const double* src,
                      const Py_ssize_t* toff, Py_ssize_t ntaps, Py_ssize_t n, double* lanes,
-                     Py_ssize_t lstride) noexcept nogil
+                     Py_ssize_t lstride, Py_ssize_t runs, Py_ssize_t grun, Py_ssize_t srun) noexcept nogil
     enum:
         FC_GEMM_ROWS
         FC_GEMM_PANEL_VECTORS
@@ -657,13 +664,16 @@ cdef inline void tap_block(Py_ssize_t nq, const floating* src, const Py_ssize_t*
 
 cdef inline void dot_block(Py_ssize_t nq, const floating* g, Py_ssize_t gstride,
                            const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
-                           Py_ssize_t n, floating* lanes, Py_ssize_t lstride) noexcept nogil:
-    """lanes[q*lstride + t*L + l] += sum over i < n, i = l (mod L), of g[q*gstride + i] * src[toff[t] + i]
-    for q < nq (1-4) and t < ntaps; L = FC_DOT_LANES_F32 or FC_DOT_LANES_F64."""
+                           Py_ssize_t n, floating* lanes, Py_ssize_t lstride, Py_ssize_t runs,
+                           Py_ssize_t grun, Py_ssize_t srun) noexcept nogil:
+    """lanes[q*lstride + t*L + l] += sum over u < runs, i < n, i = l (mod L), of
+    g[u*grun + q*gstride + i] * src[u*srun + toff[t] + i] for q < nq (1-4) and t < ntaps;
+    L = FC_DOT_LANES_F32 or FC_DOT_LANES_F64. Runs of at most FC_DOT_SPAN positions (rows)
+    keep the sums in registers from one run to the next."""
     if floating is float:
-        fc_dots_f32(nq, g, gstride, src, toff, ntaps, n, lanes, lstride)
+        fc_dots_f32(nq, g, gstride, src, toff, ntaps, n, lanes, lstride, runs, grun, srun)
     else:
-        fc_dots_f64(nq, g, gstride, src, toff, ntaps, n, lanes, lstride)
+        fc_dots_f64(nq, g, gstride, src, toff, ntaps, n, lanes, lstride, runs, grun, srun)
 
 
 cdef inline void gemm_block(Py_ssize_t rows, const floating* a, Py_ssize_t lda, Py_ssize_t ldp,
