@@ -6,8 +6,8 @@ from numba.core.errors import TypingError
 
 from fastconv.kernels.numba import winograd
 from fastconv.kernels.numba.microkernels import (DOT_ROWS, DOT_TAPS, GEMM_PANEL_VECTORS, GEMM_ROWS, STENCIL_ROWS,
-                                                 TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, copy_run, dot_block,
-                                                 gemm_block, split_pairs, stencil3x3_rows, tap_block,
+                                                 TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, avg2x2_row, copy_run,
+                                                 dot_block, gemm_block, split_pairs, stencil3x3_rows, tap_block,
                                                  transpose_block)
 
 
@@ -229,6 +229,32 @@ def test_copy_run_copies_exactly_the_run(dtype, lanes):
         _copy_run(src, 1, dst, 3, count)
         expected = np.full_like(dst, 7.5)
         expected[3:3 + count] = src[1:1 + count]
+        assert dst.tobytes() == expected.tobytes(), count
+
+
+@njit
+def _avg2x2_row(src, i0, i1, count, dst, di):
+    avg2x2_row(src, i0, i1, count, dst, di)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
+def test_avg2x2_row_averages_pairs_of_two_rows_and_writes_nothing_else(dtype, lanes):
+    """dst[m] = (((r0[2m] + r0[2m+1]) + r1[2m]) + r1[2m+1]) / 4 in that order, bit for bit
+    with the scalar form; a NaN just past either row's 2*count elements would show in an
+    output if it were read, and the values around the outputs must stay."""
+    rng = np.random.default_rng(lanes + 3)
+    for count in sorted({1, 2, lanes // 2 + 1, lanes - 1, lanes, lanes + 1, 2 * lanes + 3, 5 * lanes - 1}):
+        n = 2 * count
+        src = np.full(2 * n + 10, np.nan, dtype=dtype)
+        r0, r1 = 2, n + 6
+        src[r0:r0 + n] = rng.standard_normal(n)
+        src[r1:r1 + n] = rng.standard_normal(n)
+        dst = np.full(count + 9, 7.5, dtype=dtype)
+        _avg2x2_row(src, r0, r1, count, dst, 4)
+        a, b = src[r0:r0 + n:2], src[r0 + 1:r0 + n:2]
+        c, d = src[r1:r1 + n:2], src[r1 + 1:r1 + n:2]
+        expected = np.full_like(dst, 7.5)
+        expected[4:4 + count] = (((a + b) + c) + d) / dtype(4)
         assert dst.tobytes() == expected.tobytes(), count
 
 

@@ -162,6 +162,34 @@ def test_max_backward_2x2_matches_reference(backend, hw, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_2x2_rows_of_every_width_match_reference(backend, dtype):
+    """Disjoint 2x2 windows over widths 2-37 (output rows 1-18: under, at and past a vector
+    of either dtype, odd widths leaving a last column in no window): forward and backward
+    against the float64 reference; NaN stays in its window, a -0.0 share becomes +0.0 and
+    uncovered elements get exactly 0."""
+    rng = np.random.default_rng(7)
+    for w in range(2, 38):
+        x = rng.standard_normal((2, 3, 5, w)).astype(dtype)
+        x[1, 2, 2, 0] = np.nan
+        y = fastconv.avg_pool2d(x, 2, backend=backend)
+        p = pool_params(x.shape, 2, None, 0, False, dtype)
+        want = np.empty(p.output_shape, np.float64)
+        reference.avg_pool2d_forward(x.astype(np.float64), want, p)
+        scale = np.nanmax(np.abs(x))       # rounding of three additions of such values
+        np.testing.assert_allclose(y, want, rtol=0, atol=4 * np.finfo(dtype).eps * scale)
+        assert np.isnan(y[1, 2, 1, 0]) and np.isnan(y).sum() == 1
+        gy = rng.standard_normal(p.output_shape).astype(dtype)
+        gy[0, 0, 0, :] = -0.0
+        gx = fastconv.avg_pool2d_backward(gy, x.shape, 2, backend=backend)
+        want_gx = np.empty(x.shape, np.float64)
+        reference.avg_pool2d_backward(gy.astype(np.float64), want_gx, p)
+        np.testing.assert_array_equal(gx, want_gx.astype(dtype))
+        assert not np.signbit(gx[0, 0, :2]).any()
+        assert (gx[:, :, 4] == 0).all() and (gx[:, :, :, 2 * (w // 2):] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_max_backward_2x2_indices_outside_their_window_still_accumulate(backend):
     # Indices need not come from max_pool2d: any offset in the plane is valid and adds there.
     rng = np.random.default_rng(5)

@@ -592,6 +592,43 @@ cdef extern from *:
     FC_ROW_MOVES(f64, double, __m512d, 8, __mmask8, fc_first8, _mm512_loadu_pd, _mm512_storeu_pd,
                  _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd, _mm512_permutex2var_pd,
                  _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15))
+    /* avg2x2_row, a row of the 2x2/stride-2 average pool (pooling.pyx) on the same even/odd
+       permutes: y[m] = (((r0[2m] + r0[2m + 1]) + r1[2m]) + r1[2m + 1]) * 0.25 for m < n
+       (the scalar form's order; * 0.25 is / 4 exactly), reading r0, r1 [0, 2n) only. gcc
+       left MNIST pool2's 5-wide output rows to scalar code. */
+    #define FC_POOL_PAIRS(SUFFIX, T, V, LANES, MASK, FIRST, LOADU, STOREU, MASKZ_LOADU,         \\
+                          MASK_STOREU, PERMUTE2, EVENS, ODDS, SET1, ADD, MUL)                  \\
+    static void fc_avg2x2_row_##SUFFIX(const T* r0, const T* r1, Py_ssize_t n, T* y) {         \\
+        const __m512i ie = EVENS, io = ODDS;                                                    \\
+        const V quarter = SET1((T)0.25);                                                        \\
+        Py_ssize_t m = 0, r;                                                                    \\
+        for (; m + LANES <= n; m += LANES) {                                                    \\
+            V a = LOADU(r0 + 2 * m), b = LOADU(r0 + 2 * m + LANES);                             \\
+            V c = LOADU(r1 + 2 * m), d = LOADU(r1 + 2 * m + LANES);                             \\
+            V s = ADD(ADD(ADD(PERMUTE2(a, ie, b), PERMUTE2(a, io, b)), PERMUTE2(c, ie, d)),     \\
+                      PERMUTE2(c, io, d));                                                      \\
+            STOREU(y + m, MUL(s, quarter));                                                     \\
+        }                                                                                       \\
+        r = 2 * (n - m);                                                                        \\
+        if (r > 0) {                                                                            \\
+            V a = MASKZ_LOADU(FIRST(r), r0 + 2 * m);                                            \\
+            V b = MASKZ_LOADU(FIRST(r - LANES), r0 + 2 * m + LANES);                            \\
+            V c = MASKZ_LOADU(FIRST(r), r1 + 2 * m);                                            \\
+            V d = MASKZ_LOADU(FIRST(r - LANES), r1 + 2 * m + LANES);                            \\
+            V s = ADD(ADD(ADD(PERMUTE2(a, ie, b), PERMUTE2(a, io, b)), PERMUTE2(c, ie, d)),     \\
+                      PERMUTE2(c, io, d));                                                      \\
+            MASK_STOREU(y + m, FIRST(n - m), MUL(s, quarter));                                  \\
+        }                                                                                       \\
+    }
+    FC_POOL_PAIRS(f32, float, __m512, 16, __mmask16, fc_first16, _mm512_loadu_ps, _mm512_storeu_ps,
+                  _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps, _mm512_permutex2var_ps,
+                  _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                  _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+                  _mm512_set1_ps, _mm512_add_ps, _mm512_mul_ps)
+    FC_POOL_PAIRS(f64, double, __m512d, 8, __mmask8, fc_first8, _mm512_loadu_pd, _mm512_storeu_pd,
+                  _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd, _mm512_permutex2var_pd,
+                  _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15),
+                  _mm512_set1_pd, _mm512_add_pd, _mm512_mul_pd)
     #else
     #define FC_COPY_RUN(SUFFIX, T)                                                              \\
     static inline void fc_copy_run_##SUFFIX(const T* s, T* d, Py_ssize_t n) {                  \\
@@ -607,6 +644,13 @@ cdef extern from *:
     }
     FC_SPLIT_PAIRS(f32, float)
     FC_SPLIT_PAIRS(f64, double)
+    #define FC_POOL_PAIRS(SUFFIX, T)                                                            \\
+    static void fc_avg2x2_row_##SUFFIX(const T* r0, const T* r1, Py_ssize_t n, T* y) {         \\
+        for (Py_ssize_t m = 0; m < n; m++)                                                      \\
+            y[m] = (r0[2 * m] + r0[2 * m + 1] + r1[2 * m] + r1[2 * m + 1]) / 4;                 \\
+    }
+    FC_POOL_PAIRS(f32, float)
+    FC_POOL_PAIRS(f64, double)
     #endif
 
     """
@@ -641,6 +685,8 @@ cdef extern from *:
     void fc_split_pairs_f32(const float* s, Py_ssize_t n, float* even, float* odd) noexcept nogil
     void fc_split_pairs_f64(const double* s, Py_ssize_t n, double* even, double* odd) noexcept nogil
     void fc_copy_run_f32(const float* s, float* d, Py_ssize_t n) noexcept nogil
+    void fc_avg2x2_row_f32(const float* r0, const float* r1, Py_ssize_t n, float* y) noexcept nogil
+    void fc_avg2x2_row_f64(const double* r0, const double* r1, Py_ssize_t n, double* y) noexcept nogil
     enum:
         FC_STENCIL_ROWS
     void fc_stencil3x3_f32(Py_ssize_t rows, const float* w, float b, const float* src, Py_ssize_t srow,
@@ -711,3 +757,12 @@ cdef inline void stencil3x3_rows(Py_ssize_t rows, const floating* w, floating b,
         fc_stencil3x3_f32(rows, w, b, src, srow, y, yrow, n)
     else:
         fc_stencil3x3_f64(rows, w, b, src, srow, y, yrow, n)
+
+
+cdef inline void avg2x2_row(const floating* r0, const floating* r1, Py_ssize_t n, floating* y) noexcept nogil:
+    """y[m] = (r0[2m] + r0[2m + 1] + r1[2m] + r1[2m + 1]) / 4 for m < n (r0, r1 [0, 2n) read)."""
+    if floating is float:
+        fc_avg2x2_row_f32(r0, r1, n, y)
+    else:
+        fc_avg2x2_row_f64(r0, r1, n, y)
+

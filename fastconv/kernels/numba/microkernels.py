@@ -658,3 +658,68 @@ def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
         return context.get_dummy_value()
 
     return types.void(src, src_index, count, dst, even_index, odd_index), codegen
+
+
+@intrinsic
+def avg2x2_row(typingctx, src, r0_index, r1_index, count, dst, dst_index):
+    """``dst[dst_index + m] = (((r0[2m] + r0[2m + 1]) + r1[2m]) + r1[2m + 1]) * 0.25`` for
+    m < count, r0 / r1 the rows of ``src`` from ``r0_index`` / ``r1_index`` (reading their
+    first 2 * count elements only): one output row of 2x2 stride-2 average pooling, in the
+    scalar loop's order (* 0.25 is / 4 exactly). Even and odd elements of two vectors of each
+    row by two-source permutes (as ``split_pairs``), the last output vector masked: LLVM left
+    MNIST pool2's 5-wide output rows to scalar code. Cython's twin is ``avg2x2_row`` in
+    ``cython/microkernels.pxd``."""
+    if not _float_arrays(src, dst):
+        return None
+    lanes = VECTOR_BYTES * 8 // src.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        st, r0t, r1t, ct, dt, dit = sig.args
+        elem = context.get_data_type(st.dtype)
+        vec = ir.VectorType(elem, lanes)
+        align = st.dtype.bitwidth // 8
+        bits = st.dtype.bitwidth
+        i32 = ir.IntType(32)
+        i32v = ir.VectorType(i32, lanes)
+        p0 = _element_pointer(context, builder, st, args[0], r0t, args[1])
+        p1 = _element_pointer(context, builder, st, args[0], r1t, args[2])
+        d_ptr = _element_pointer(context, builder, dt, args[4], dit, args[5])
+        count_ = context.cast(builder, args[3], ct, types.intp)
+        intp = count_.type
+        masked_load, masked_store = _masked_memory_ops(builder, vec, p0.type, lanes, bits)
+        evens = ir.Constant(i32v, [2 * j for j in range(lanes)])
+        odds = ir.Constant(i32v, [2 * j + 1 for j in range(lanes)])
+        quarter = ir.Constant(vec, [ir.Constant(elem, 0.25)] * lanes)
+        zero = ir.Constant(vec, None)
+
+        def average(load):
+            a, b, c, d = load(p0, 0), load(p0, 1), load(p1, 0), load(p1, 1)
+            s = builder.fadd(builder.shuffle_vector(a, b, evens), builder.shuffle_vector(a, b, odds))
+            s = builder.fadd(s, builder.shuffle_vector(c, d, evens))
+            s = builder.fadd(s, builder.shuffle_vector(c, d, odds))
+            return builder.fmul(s, quarter)
+
+        blocks = builder.sdiv(count_, ir.Constant(intp, lanes))
+        with cgutils.for_range(builder, blocks) as loop:
+            m = builder.mul(loop.index, ir.Constant(intp, lanes))
+            i = builder.add(m, m)
+
+            def full(ptr, half):
+                at = builder.gep(ptr, [builder.add(i, ir.Constant(intp, half * lanes))])
+                return builder.load(builder.bitcast(at, vec.as_pointer()), align=align)
+            builder.store(average(full), builder.bitcast(builder.gep(d_ptr, [m]), vec.as_pointer()), align=align)
+        m = builder.mul(blocks, ir.Constant(intp, lanes))
+        i = builder.add(m, m)
+        rest = builder.trunc(builder.sub(count_, m), i32)
+        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
+            inputs = builder.add(rest, rest)
+
+            def masked(ptr, half):
+                at = builder.gep(ptr, [builder.add(i, ir.Constant(intp, half * lanes))])
+                mask = _first_lanes(builder, builder.sub(inputs, ir.Constant(i32, half * lanes)), lanes)
+                return builder.call(masked_load, [at, ir.Constant(i32, align), mask, zero])
+            builder.call(masked_store, [average(masked), builder.gep(d_ptr, [m]), ir.Constant(i32, align),
+                                        _first_lanes(builder, rest, lanes)])
+        return context.get_dummy_value()
+
+    return types.void(src, r0_index, r1_index, count, dst, dst_index), codegen

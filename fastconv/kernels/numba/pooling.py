@@ -24,6 +24,7 @@ from numba import njit, prange
 
 from ... import threads
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
+from .microkernels import avg2x2_row
 
 _NO_INDICES = np.zeros((1, 1, 1), dtype=np.int64)
 
@@ -384,16 +385,14 @@ def _avg_forward(x, y, chunk, fast, kh, kw, sh, sw, ph, pw, include_pad):
 @njit(**JIT_OPTIONS)
 def _avg2x2_planes(x, y, q0, q1):
     """2x2 windows, stride 2, no padding: four elements per output, no clipping."""
-    four = y.dtype.type(4)  # float32 / int would compute in float64 (half the vector width)
-    out_h = y.shape[1]
-    out_w = y.shape[2]
+    h, w = x.shape[1], x.shape[2]
+    out_h, out_w = y.shape[1], y.shape[2]
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
     for q in range(q0, q1):
         for oh in range(out_h):
-            r0 = x[q, 2 * oh]
-            r1 = x[q, 2 * oh + 1]
-            yr = y[q, oh]
-            for ow in range(out_w):
-                yr[ow] = (r0[2 * ow] + r0[2 * ow + 1] + r1[2 * ow] + r1[2 * ow + 1]) / four
+            r0 = (q * h + 2 * oh) * w
+            avg2x2_row(xf, r0, r0 + w, out_w, yf, (q * out_h + oh) * out_w)
 
 
 @njit(inline="always", **JIT_OPTIONS)
