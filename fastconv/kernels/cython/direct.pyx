@@ -204,6 +204,16 @@ cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_s
     copy_run(s + b0, row + b0, b1 - b0)
 
 
+cdef inline Py_ssize_t _copy_rows(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
+                                  Py_ssize_t left, floating* dst, Py_ssize_t wp, Py_ssize_t filled,
+                                  Py_ssize_t end) noexcept nogil:
+    """Rows ``filled`` .. ``end - 1`` of the padded plane (``_copy_row``); the rows now filled."""
+    while filled < end:
+        _copy_row(raw, h, w, top, left, dst, wp, filled)
+        filled += 1
+    return filled
+
+
 cdef inline void _tile_load(floating* a, const floating* dst, Py_ssize_t j0, Py_ssize_t n,
                             Py_ssize_t wq, Py_ssize_t out_w) noexcept nogil:
     """a[i] = output j0 + i of a plane stored (out_h, out_w) but indexed by wide rows of wq."""
@@ -331,9 +341,8 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
     while oh < out_h:
         rows = min(<Py_ssize_t>FC_STENCIL_ROWS, out_h - oh)
         if raw != NULL:
-            while filled < min(oh + rows + 2 + COPY_AHEAD, out_h + 2):
-                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
-                filled += 1
+            filled = _copy_rows(raw, h, wr, top, left, <floating*>src, wp, filled,
+                                min(oh + rows + 2 + COPY_AHEAD, out_h + 2))
         stencil3x3_rows(rows, w, b, src + oh * wp, wp, y + oh * out_w, out_w, out_w)
         oh += rows
 
@@ -586,9 +595,8 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
     oh = 0
     while oh + 2 <= out_h:
         if raw != NULL:
-            while filled < min(oh + 4 + COPY_AHEAD, out_h + 2):
-                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
-                filled += 1
+            filled = _copy_rows(raw, h, wr, top, left, <floating*>src, wp, filled,
+                                min(oh + 4 + COPY_AHEAD, out_h + 2))
         g0 = gyp + oh * out_w
         g1 = g0 + out_w
         r0 = src + oh * wp
@@ -624,9 +632,7 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
         oh += 2
     if oh < out_h:
         if raw != NULL:
-            while filled < out_h + 2:
-                _copy_row(raw, h, wr, top, left, <floating*>src, wp, filled)
-                filled += 1
+            filled = _copy_rows(raw, h, wr, top, left, <floating*>src, wp, filled, out_h + 2)
         g0 = gyp + oh * out_w
         r0 = src + oh * wp
         r1 = r0 + wp

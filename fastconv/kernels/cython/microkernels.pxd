@@ -189,19 +189,100 @@ cdef extern from *:
         }                                                                                       \\
     }
 
+    /* stencil3x3_rows, the one-input-channel 3x3 forward (depthwise layers, C = 1 first
+       layers): y[r*yrow + j] = b + sum over a, c < 3 of w[3a + c] * src[(r + a)*srow + c + j]
+       for r < rows (1-FC_STENCIL_ROWS) and j < n. The nine weights are broadcast once per
+       call, each input vector is loaded once for the up to three output rows it feeds, and
+       every sum is formed tap after tap in (a, c) order, one FMA per term (as tap_block
+       forms it); a row's last partial vector is loaded and stored masked. gcc's
+       vectorisation of a two-row scalar loop took 1.2-1.3x the time of the Numba twin,
+       ``stencil3x3_rows`` in microkernels.py, which this mirrors. */
+    #define FC_STENCIL_ROWS 4
+    #if defined(__AVX2__) && defined(__FMA__)
+    #define COMMA_M , m
+    /* R output rows of the LANES positions from j (MASK: COMMA_M for the masked last). */
+    #define FC_STENCIL_STEP(T, V, LOAD, STORE, FMADD, R, MASK)                                  \\
+        {                                                                                       \\
+            V acc[R];                                                                           \\
+            for (r = 0; r < R; r++) acc[r] = vb;                                                \\
+            for (a = 0; a < R + 2; a++) {                                                       \\
+                const T* p = src + a * srow + j;                                                \\
+                V x0 = LOAD(p MASK), x1 = LOAD(p + 1 MASK), x2 = LOAD(p + 2 MASK);              \\
+                for (r = 0; r < R; r++)                                                         \\
+                    if (a - r >= 0 && a - r < 3) {                                              \\
+                        acc[r] = FMADD(wv[3 * (a - r)], x0, acc[r]);                            \\
+                        acc[r] = FMADD(wv[3 * (a - r) + 1], x1, acc[r]);                        \\
+                        acc[r] = FMADD(wv[3 * (a - r) + 2], x2, acc[r]);                        \\
+                    }                                                                           \\
+            }                                                                                   \\
+            for (r = 0; r < R; r++) STORE(y + r * yrow + j MASK, acc[r]);                       \\
+        }
+    #define FC_STENCIL_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
+    static void NAME(const T* w, T b, const T* src, Py_ssize_t srow, T* y, Py_ssize_t yrow,     \\
+                     Py_ssize_t n) {                                                            \\
+        V wv[9], vb = SET1(b);                                                                  \\
+        Py_ssize_t j = 0, m = 0;                                                                \\
+        int a, r;                                                                               \\
+        for (a = 0; a < 9; a++) wv[a] = SET1(w[a]);                                             \\
+        for (; j + LANES <= n; j += LANES)                                                      \\
+            FC_STENCIL_STEP(T, V, LOADU, STOREU, FMADD, R, )                                    \\
+        m = n - j;                                                                              \\
+        if (m > 0)                                                                              \\
+            FC_STENCIL_STEP(T, V, MASKLOAD, MASKSTORE, FMADD, R, COMMA_M)                       \\
+    }
+    #else
+    #define FC_STENCIL_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
+    static void NAME(const T* w, T b, const T* src, Py_ssize_t srow, T* y, Py_ssize_t yrow,     \\
+                     Py_ssize_t n) {                                                            \\
+        Py_ssize_t j;                                                                           \\
+        int r, a, c;                                                                            \\
+        for (r = 0; r < R; r++)                                                                 \\
+            for (j = 0; j < n; j++) {                                                           \\
+                T v = b;                                                                        \\
+                for (a = 0; a < 3; a++)                                                         \\
+                    for (c = 0; c < 3; c++)                                                     \\
+                        v = v + w[3 * a + c] * src[(r + a) * srow + c + j];                     \\
+                y[r * yrow + j] = v;                                                            \\
+            }                                                                                   \\
+    }
+    #endif
+    #define FC_STENCIL_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE) \\
+    FC_STENCIL_BLOCK(fc_stencil1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 1) \\
+    FC_STENCIL_BLOCK(fc_stencil2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 2) \\
+    FC_STENCIL_BLOCK(fc_stencil3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 3) \\
+    FC_STENCIL_BLOCK(fc_stencil4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 4) \\
+    static void fc_stencil3x3_##SUFFIX(Py_ssize_t rows, const T* w, T b, const T* src,          \\
+                                       Py_ssize_t srow, T* y, Py_ssize_t yrow, Py_ssize_t n) {  \\
+        switch (rows) {                                                                         \\
+        case 4: fc_stencil4_##SUFFIX(w, b, src, srow, y, yrow, n); break;                       \\
+        case 3: fc_stencil3_##SUFFIX(w, b, src, srow, y, yrow, n); break;                       \\
+        case 2: fc_stencil2_##SUFFIX(w, b, src, srow, y, yrow, n); break;                       \\
+        default: fc_stencil1_##SUFFIX(w, b, src, srow, y, yrow, n);                             \\
+        }                                                                                       \\
+    }
     #if defined(__AVX512F__)
     FC_TAP_BLOCKS(f32, float, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
                   _mm512_fmadd_ps, fc_maskload512_f32, fc_maskstore512_f32)
     FC_TAP_BLOCKS(f64, double, __m512d, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
                   _mm512_fmadd_pd, fc_maskload512_f64, fc_maskstore512_f64)
+    FC_STENCIL_BLOCKS(f32, float, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
+                      _mm512_fmadd_ps, fc_maskload512_f32, fc_maskstore512_f32)
+    FC_STENCIL_BLOCKS(f64, double, __m512d, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
+                      _mm512_fmadd_pd, fc_maskload512_f64, fc_maskstore512_f64)
     #elif defined(__AVX2__) && defined(__FMA__)
     FC_TAP_BLOCKS(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
                   _mm256_fmadd_ps, fc_maskload_f32, fc_maskstore_f32)
     FC_TAP_BLOCKS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
                   _mm256_fmadd_pd, fc_maskload_f64, fc_maskstore_f64)
+    FC_STENCIL_BLOCKS(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+                      _mm256_fmadd_ps, fc_maskload_f32, fc_maskstore_f32)
+    FC_STENCIL_BLOCKS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
+                      _mm256_fmadd_pd, fc_maskload_f64, fc_maskstore_f64)
     #else
     FC_TAP_BLOCKS(f32, float, float, 1, , , , , , )
     FC_TAP_BLOCKS(f64, double, double, 1, , , , , , )
+    FC_STENCIL_BLOCKS(f32, float, float, 1, , , , , , )
+    FC_STENCIL_BLOCKS(f64, double, double, 1, , , , , , )
     #endif
 
 
@@ -347,92 +428,6 @@ cdef extern from *:
     #else
     FC_DOT_BLOCKS(f32, float, float, FC_DOT_LANES_F32, , , , )
     FC_DOT_BLOCKS(f64, double, double, FC_DOT_LANES_F64, , , , )
-    #endif
-
-    /* stencil3x3_rows, the one-input-channel 3x3 forward (depthwise layers, C = 1 first
-       layers): y[r*yrow + j] = b + sum over a, c < 3 of w[3a + c] * src[(r + a)*srow + c + j]
-       for r < rows (1-FC_STENCIL_ROWS) and j < n. The nine weights are broadcast once per
-       call, each input vector is loaded once for the up to three output rows it feeds, and
-       every sum is formed tap after tap in (a, c) order, one FMA per term (as tap_block
-       forms it); a row's last partial vector is loaded and stored masked. gcc's
-       vectorisation of a two-row scalar loop took 1.2-1.3x the time of the Numba twin,
-       ``stencil3x3_rows`` in microkernels.py, which this mirrors. */
-    #define FC_STENCIL_ROWS 4
-    #if defined(__AVX2__) && defined(__FMA__)
-    #define COMMA_M , m
-    /* R output rows of the LANES positions from j (MASK: COMMA_M for the masked last). */
-    #define FC_STENCIL_STEP(T, V, LOAD, STORE, FMADD, R, MASK)                                  \\
-        {                                                                                       \\
-            V acc[R];                                                                           \\
-            for (r = 0; r < R; r++) acc[r] = vb;                                                \\
-            for (a = 0; a < R + 2; a++) {                                                       \\
-                const T* p = src + a * srow + j;                                                \\
-                V x0 = LOAD(p MASK), x1 = LOAD(p + 1 MASK), x2 = LOAD(p + 2 MASK);              \\
-                for (r = 0; r < R; r++)                                                         \\
-                    if (a - r >= 0 && a - r < 3) {                                              \\
-                        acc[r] = FMADD(wv[3 * (a - r)], x0, acc[r]);                            \\
-                        acc[r] = FMADD(wv[3 * (a - r) + 1], x1, acc[r]);                        \\
-                        acc[r] = FMADD(wv[3 * (a - r) + 2], x2, acc[r]);                        \\
-                    }                                                                           \\
-            }                                                                                   \\
-            for (r = 0; r < R; r++) STORE(y + r * yrow + j MASK, acc[r]);                       \\
-        }
-    #define FC_STENCIL_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
-    static void NAME(const T* w, T b, const T* src, Py_ssize_t srow, T* y, Py_ssize_t yrow,     \\
-                     Py_ssize_t n) {                                                            \\
-        V wv[9], vb = SET1(b);                                                                  \\
-        Py_ssize_t j = 0, m = 0;                                                                \\
-        int a, r;                                                                               \\
-        for (a = 0; a < 9; a++) wv[a] = SET1(w[a]);                                             \\
-        for (; j + LANES <= n; j += LANES)                                                      \\
-            FC_STENCIL_STEP(T, V, LOADU, STOREU, FMADD, R, )                                    \\
-        m = n - j;                                                                              \\
-        if (m > 0)                                                                              \\
-            FC_STENCIL_STEP(T, V, MASKLOAD, MASKSTORE, FMADD, R, COMMA_M)                       \\
-    }
-    #else
-    #define FC_STENCIL_BLOCK(NAME, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, R) \\
-    static void NAME(const T* w, T b, const T* src, Py_ssize_t srow, T* y, Py_ssize_t yrow,     \\
-                     Py_ssize_t n) {                                                            \\
-        Py_ssize_t j;                                                                           \\
-        int r, a, c;                                                                            \\
-        for (r = 0; r < R; r++)                                                                 \\
-            for (j = 0; j < n; j++) {                                                           \\
-                T v = b;                                                                        \\
-                for (a = 0; a < 3; a++)                                                         \\
-                    for (c = 0; c < 3; c++)                                                     \\
-                        v = v + w[3 * a + c] * src[(r + a) * srow + c + j];                     \\
-                y[r * yrow + j] = v;                                                            \\
-            }                                                                                   \\
-    }
-    #endif
-    #define FC_STENCIL_BLOCKS(SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE) \\
-    FC_STENCIL_BLOCK(fc_stencil1_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 1) \\
-    FC_STENCIL_BLOCK(fc_stencil2_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 2) \\
-    FC_STENCIL_BLOCK(fc_stencil3_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 3) \\
-    FC_STENCIL_BLOCK(fc_stencil4_##SUFFIX, T, V, LANES, LOADU, STOREU, SET1, FMADD, MASKLOAD, MASKSTORE, 4) \\
-    static void fc_stencil3x3_##SUFFIX(Py_ssize_t rows, const T* w, T b, const T* src,          \\
-                                       Py_ssize_t srow, T* y, Py_ssize_t yrow, Py_ssize_t n) {  \\
-        switch (rows) {                                                                         \\
-        case 4: fc_stencil4_##SUFFIX(w, b, src, srow, y, yrow, n); break;                       \\
-        case 3: fc_stencil3_##SUFFIX(w, b, src, srow, y, yrow, n); break;                       \\
-        case 2: fc_stencil2_##SUFFIX(w, b, src, srow, y, yrow, n); break;                       \\
-        default: fc_stencil1_##SUFFIX(w, b, src, srow, y, yrow, n);                             \\
-        }                                                                                       \\
-    }
-    #if defined(__AVX512F__)
-    FC_STENCIL_BLOCKS(f32, float, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
-                      _mm512_fmadd_ps, fc_maskload512_f32, fc_maskstore512_f32)
-    FC_STENCIL_BLOCKS(f64, double, __m512d, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
-                      _mm512_fmadd_pd, fc_maskload512_f64, fc_maskstore512_f64)
-    #elif defined(__AVX2__) && defined(__FMA__)
-    FC_STENCIL_BLOCKS(f32, float, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
-                      _mm256_fmadd_ps, fc_maskload_f32, fc_maskstore_f32)
-    FC_STENCIL_BLOCKS(f64, double, __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
-                      _mm256_fmadd_pd, fc_maskload_f64, fc_maskstore_f64)
-    #else
-    FC_STENCIL_BLOCKS(f32, float, float, 1, , , , , , )
-    FC_STENCIL_BLOCKS(f64, double, double, 1, , , , , , )
     #endif
 
     /* gemm_block, the Winograd products: c[r*ldc + j] = s + sum over p < depth of

@@ -926,6 +926,15 @@ def _plane_copy_row(xf, h, w, padf, wp, a, pt, pl):
 
 
 @njit(**JIT_OPTIONS)
+def _plane_copy_rows(xf, h, w, padf, wp, filled, end, pt, pl):
+    """Rows ``filled`` .. ``end - 1`` of ``padf`` (``_plane_copy_row``); the rows now filled."""
+    while filled < end:
+        _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
+        filled += 1
+    return filled
+
+
+@njit(**JIT_OPTIONS)
 def _plane3x3(padf, xf, h, w, wk, b, yf, out_h, out_w, pt, pl):
     """yf (out_h x out_w, flat) = b + 3x3 correlation of the plane xf (h x w, flat)
     zero-padded by (pt, pl).
@@ -942,9 +951,8 @@ def _plane3x3(padf, xf, h, w, wk, b, yf, out_h, out_w, pt, pl):
     oh = 0
     while oh < out_h:
         rows = min(STENCIL_ROWS, out_h - oh)
-        while filled < min(oh + rows + 2 + _COPY_AHEAD, out_h + 2):
-            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
-            filled += 1
+        filled = _plane_copy_rows(xf, h, w, padf, wp, filled, min(oh + rows + 2 + _COPY_AHEAD, out_h + 2),
+                                  pt, pl)
         if rows == STENCIL_ROWS:
             stencil3x3_rows(wf, 0, padf, oh * wp, wp, yf, oh * out_w, out_w, out_w, b, STENCIL_ROWS)
         elif rows == 3:
@@ -1008,9 +1016,7 @@ def _plane3x3_gw(gf, padf, xf, h, w, out_h, out_w, pt, pl, sums):
     filled = 0
     oh = 0
     while oh + 2 <= out_h:
-        while filled < min(oh + 4 + _COPY_AHEAD, out_h + 2):
-            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
-            filled += 1
+        filled = _plane_copy_rows(xf, h, w, padf, wp, filled, min(oh + 4 + _COPY_AHEAD, out_h + 2), pt, pl)
         p0 = np.uint64(oh * wp)
         p1 = p0 + uwp
         p2 = p1 + uwp
@@ -1036,9 +1042,7 @@ def _plane3x3_gw(gf, padf, xf, h, w, out_h, out_w, pt, pl, sums):
     sums[6], sums[7], sums[8] = s6, s7, s8
     if oh < out_h:
         # The odd last row: a flat run of out_w outputs (it reads no column past its own row).
-        while filled < out_h + 2:
-            _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
-            filled += 1
+        filled = _plane_copy_rows(xf, h, w, padf, wp, filled, out_h + 2, pt, pl)
         _plane3x3_gw_flat(gf[oh * out_w:(oh + 1) * out_w], padf[oh * wp:], out_w, wp, sums)
 
 
@@ -1172,9 +1176,8 @@ def _plane_gw_task(gy, x, gw, k, groups, pt, pl, checked):
             oh = 0
             while oh < out_h:
                 nr = min(_GW_ROWS, out_h - oh)
-                while filled < min(oh + nr + 2 + _COPY_AHEAD, out_h + 2):
-                    _plane_copy_row(xf, h, w, padf, wp, filled, pt, pl)
-                    filled += 1
+                filled = _plane_copy_rows(xf, h, w, padf, wp, filled, min(oh + nr + 2 + _COPY_AHEAD, out_h + 2),
+                                          pt, pl)
                 dot_block(gyf, ((n * gy.shape[1] + k) * out_h + oh) * out_w, 0, out_w, padf, oh * wp, wp, offs, 9,
                           lanes, 0, 0, out_w, nr, 1)
                 oh += nr
