@@ -7,8 +7,8 @@ from numba.core.errors import TypingError
 from fastconv.kernels.numba import winograd
 from fastconv.kernels.numba.microkernels import (DOT_ROWS, DOT_TAPS, GEMM_PANEL_VECTORS, GEMM_ROWS, STENCIL_ROWS,
                                                  TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, avg2x2_row, copy_run,
-                                                 dot_block, gemm_block, split_pairs, stencil3x3_rows, tap_block,
-                                                 transpose_block)
+                                                 dot_block, gemm_block, split_pairs, spread_pairs, stencil3x3_rows,
+                                                 tap_block, transpose_block)
 
 
 @njit
@@ -256,6 +256,30 @@ def test_avg2x2_row_averages_pairs_of_two_rows_and_writes_nothing_else(dtype, la
         expected = np.full_like(dst, 7.5)
         expected[4:4 + count] = (((a + b) + c) + d) / dtype(4)
         assert dst.tobytes() == expected.tobytes(), count
+
+
+@njit
+def _spread_pairs(src, si, count, dst, di):
+    spread_pairs(src, si, count, dst, di)
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, VECTOR_BYTES // 4), (np.float64, VECTOR_BYTES // 8)])
+def test_spread_pairs_doubles_quarter_shares_and_writes_nothing_else(dtype, lanes):
+    """dst[2m] = dst[2m+1] = src[m] / 4 + 0 (a -0.0 share is +0.0) for m < count, nothing read
+    past src's count elements (a NaN there would show) nor written outside 2*count."""
+    rng = np.random.default_rng(lanes + 5)
+    for count in sorted({1, 2, lanes // 2, lanes // 2 + 1, lanes - 1, lanes, lanes + 1, 3 * lanes + 2}):
+        src = np.full(count + 8, np.nan, dtype=dtype)
+        src[3:3 + count] = rng.standard_normal(count)
+        src[3] = -0.0
+        dst = np.full(2 * count + 9, 7.5, dtype=dtype)
+        _spread_pairs(src, 3, count, dst, 5)
+        expected = np.full_like(dst, 7.5)
+        share = src[3:3 + count] / dtype(4) + dtype(0)
+        expected[5:5 + 2 * count:2] = share
+        expected[6:6 + 2 * count:2] = share
+        assert dst.tobytes() == expected.tobytes(), count
+        assert not np.signbit(dst[5])
 
 
 @njit

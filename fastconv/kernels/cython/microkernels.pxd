@@ -587,12 +587,14 @@ cdef extern from *:
     FC_ROW_MOVES(f64, double, __m512d, 8, __mmask8, fc_first8, _mm512_loadu_pd, _mm512_storeu_pd,
                  _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd, _mm512_permutex2var_pd,
                  _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15))
-    /* avg2x2_row, a row of the 2x2/stride-2 average pool (pooling.pyx) on the same even/odd
-       permutes: y[m] = (((r0[2m] + r0[2m + 1]) + r1[2m]) + r1[2m + 1]) * 0.25 for m < n
-       (the scalar form's order; * 0.25 is / 4 exactly), reading r0, r1 [0, 2n) only. gcc
-       left MNIST pool2's 5-wide output rows to scalar code. */
+    /* The 2x2/stride-2 average pool's rows (pooling.pyx), on the same even/odd permutes:
+       avg2x2_row: y[m] = (((r0[2m] + r0[2m + 1]) + r1[2m]) + r1[2m + 1]) * 0.25 for m < n
+       (the scalar form's order; * 0.25 is / 4 exactly), reading r0, r1 [0, 2n) only;
+       spread_pairs: r[2m] = r[2m + 1] = g[m] * 0.25 + 0 for m < n (+ 0: a -0.0 share is
+       +0.0, as added to a zeroed gradient), writing r [0, 2n) only. gcc left MNIST pool2's
+       5-wide output rows to scalar code. */
     #define FC_POOL_PAIRS(SUFFIX, T, V, LANES, MASK, FIRST, LOADU, STOREU, MASKZ_LOADU,         \\
-                          MASK_STOREU, PERMUTE2, EVENS, ODDS, SET1, ADD, MUL)                  \\
+                          MASK_STOREU, PERMUTE2, EVENS, ODDS, LOWS, HIGHS, SET1, ADD, MUL)      \\
     static void fc_avg2x2_row_##SUFFIX(const T* r0, const T* r1, Py_ssize_t n, T* y) {         \\
         const __m512i ie = EVENS, io = ODDS;                                                    \\
         const V quarter = SET1((T)0.25);                                                        \\
@@ -614,15 +616,34 @@ cdef extern from *:
                       PERMUTE2(c, io, d));                                                      \\
             MASK_STOREU(y + m, FIRST(n - m), MUL(s, quarter));                                  \\
         }                                                                                       \\
+    }                                                                                           \\
+    static void fc_spread_pairs_##SUFFIX(const T* g, Py_ssize_t n, T* r) {                     \\
+        const __m512i il = LOWS, ih = HIGHS;                                                    \\
+        const V quarter = SET1((T)0.25), zero = SET1((T)0);                                     \\
+        Py_ssize_t m = 0, k;                                                                    \\
+        for (; m + LANES <= n; m += LANES) {                                                    \\
+            V s = ADD(MUL(LOADU(g + m), quarter), zero);                                        \\
+            STOREU(r + 2 * m, PERMUTE2(s, il, s));                                              \\
+            STOREU(r + 2 * m + LANES, PERMUTE2(s, ih, s));                                      \\
+        }                                                                                       \\
+        k = n - m;                                                                              \\
+        if (k > 0) {                                                                            \\
+            V s = ADD(MUL(MASKZ_LOADU(FIRST(k), g + m), quarter), zero);                        \\
+            MASK_STOREU(r + 2 * m, FIRST(2 * k), PERMUTE2(s, il, s));                           \\
+            MASK_STOREU(r + 2 * m + LANES, FIRST(2 * k - LANES), PERMUTE2(s, ih, s));           \\
+        }                                                                                       \\
     }
     FC_POOL_PAIRS(f32, float, __m512, 16, __mmask16, fc_first16, _mm512_loadu_ps, _mm512_storeu_ps,
                   _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps, _mm512_permutex2var_ps,
                   _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
                   _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+                  _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+                  _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15),
                   _mm512_set1_ps, _mm512_add_ps, _mm512_mul_ps)
     FC_POOL_PAIRS(f64, double, __m512d, 8, __mmask8, fc_first8, _mm512_loadu_pd, _mm512_storeu_pd,
                   _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd, _mm512_permutex2var_pd,
                   _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15),
+                  _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3), _mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7),
                   _mm512_set1_pd, _mm512_add_pd, _mm512_mul_pd)
     #else
     #define FC_COPY_RUN(SUFFIX, T)                                                              \\
@@ -643,6 +664,13 @@ cdef extern from *:
     static void fc_avg2x2_row_##SUFFIX(const T* r0, const T* r1, Py_ssize_t n, T* y) {         \\
         for (Py_ssize_t m = 0; m < n; m++)                                                      \\
             y[m] = (r0[2 * m] + r0[2 * m + 1] + r1[2 * m] + r1[2 * m + 1]) / 4;                 \\
+    }                                                                                           \\
+    static void fc_spread_pairs_##SUFFIX(const T* g, Py_ssize_t n, T* r) {                     \\
+        for (Py_ssize_t m = 0; m < n; m++) {                                                    \\
+            T s = g[m] / 4 + (T)0;                                                              \\
+            r[2 * m] = s;                                                                       \\
+            r[2 * m + 1] = s;                                                                   \\
+        }                                                                                       \\
     }
     FC_POOL_PAIRS(f32, float)
     FC_POOL_PAIRS(f64, double)
@@ -682,6 +710,8 @@ cdef extern from *:
     void fc_copy_run_f32(const float* s, float* d, Py_ssize_t n) noexcept nogil
     void fc_avg2x2_row_f32(const float* r0, const float* r1, Py_ssize_t n, float* y) noexcept nogil
     void fc_avg2x2_row_f64(const double* r0, const double* r1, Py_ssize_t n, double* y) noexcept nogil
+    void fc_spread_pairs_f32(const float* g, Py_ssize_t n, float* r) noexcept nogil
+    void fc_spread_pairs_f64(const double* g, Py_ssize_t n, double* r) noexcept nogil
     enum:
         FC_STENCIL_ROWS
     void fc_stencil3x3_f32(Py_ssize_t rows, const float* w, float b, const float* src, Py_ssize_t srow,
@@ -761,3 +791,10 @@ cdef inline void avg2x2_row(const floating* r0, const floating* r1, Py_ssize_t n
     else:
         fc_avg2x2_row_f64(r0, r1, n, y)
 
+
+cdef inline void spread_pairs(const floating* g, Py_ssize_t n, floating* r) noexcept nogil:
+    """r[2m] = r[2m + 1] = g[m] / 4 + 0 for m < n (r [0, 2n) written)."""
+    if floating is float:
+        fc_spread_pairs_f32(g, n, r)
+    else:
+        fc_spread_pairs_f64(g, n, r)

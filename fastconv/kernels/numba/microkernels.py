@@ -723,3 +723,59 @@ def avg2x2_row(typingctx, src, r0_index, r1_index, count, dst, dst_index):
         return context.get_dummy_value()
 
     return types.void(src, r0_index, r1_index, count, dst, dst_index), codegen
+
+
+@intrinsic
+def spread_pairs(typingctx, src, src_index, count, dst, dst_index):
+    """``dst[dst_index + 2m] = dst[dst_index + 2m + 1] = src[src_index + m] * 0.25 + 0`` for
+    m < count (+ 0: a -0.0 share becomes +0.0, as added to a zeroed gradient): one row of
+    the 2x2 stride-2 average pool's backward, each vector of shares doubled into two by
+    permutes, the last ones masked. Cython's twin is ``spread_pairs`` in
+    ``cython/microkernels.pxd``."""
+    if not _float_arrays(src, dst):
+        return None
+    lanes = VECTOR_BYTES * 8 // src.dtype.bitwidth
+
+    def codegen(context, builder, sig, args):
+        st, sit, ct, dt, dit = sig.args
+        elem = context.get_data_type(st.dtype)
+        vec = ir.VectorType(elem, lanes)
+        align = st.dtype.bitwidth // 8
+        bits = st.dtype.bitwidth
+        i32 = ir.IntType(32)
+        i32v = ir.VectorType(i32, lanes)
+        s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
+        d_ptr = _element_pointer(context, builder, dt, args[3], dit, args[4])
+        count_ = context.cast(builder, args[2], ct, types.intp)
+        intp = count_.type
+        masked_load, masked_store = _masked_memory_ops(builder, vec, s_ptr.type, lanes, bits)
+        lows = ir.Constant(i32v, [j // 2 for j in range(lanes)])
+        highs = ir.Constant(i32v, [lanes // 2 + j // 2 for j in range(lanes)])
+        quarter = ir.Constant(vec, [ir.Constant(elem, 0.25)] * lanes)
+        zero = ir.Constant(vec, None)
+
+        def share(v):
+            return builder.fadd(builder.fmul(v, quarter), zero)
+
+        def at(m, half):
+            return builder.gep(d_ptr, [builder.add(builder.add(m, m), ir.Constant(intp, half * lanes))])
+
+        blocks = builder.sdiv(count_, ir.Constant(intp, lanes))
+        with cgutils.for_range(builder, blocks) as loop:
+            m = builder.mul(loop.index, ir.Constant(intp, lanes))
+            v = share(builder.load(builder.bitcast(builder.gep(s_ptr, [m]), vec.as_pointer()), align=align))
+            builder.store(builder.shuffle_vector(v, v, lows), builder.bitcast(at(m, 0), vec.as_pointer()), align=align)
+            builder.store(builder.shuffle_vector(v, v, highs), builder.bitcast(at(m, 1), vec.as_pointer()), align=align)
+        m = builder.mul(blocks, ir.Constant(intp, lanes))
+        rest = builder.trunc(builder.sub(count_, m), i32)
+        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
+            v = share(builder.call(masked_load, [builder.gep(s_ptr, [m]), ir.Constant(i32, align),
+                                                 _first_lanes(builder, rest, lanes), zero]))
+            outputs = builder.add(rest, rest)
+            for half, order in ((0, lows), (1, highs)):
+                mask = _first_lanes(builder, builder.sub(outputs, ir.Constant(i32, half * lanes)), lanes)
+                builder.call(masked_store, [builder.shuffle_vector(v, v, order), at(m, half), ir.Constant(i32, align),
+                                            mask])
+        return context.get_dummy_value()
+
+    return types.void(src, src_index, count, dst, dst_index), codegen

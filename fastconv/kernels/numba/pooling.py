@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ... import threads
 from ._runtime import JIT_OPTIONS, PARALLEL_JIT_OPTIONS, use_configured_threads
-from .microkernels import avg2x2_row
+from .microkernels import avg2x2_row, spread_pairs
 
 _NO_INDICES = np.zeros((1, 1, 1), dtype=np.int64)
 
@@ -541,27 +541,23 @@ def _avg2x2_backward_planes(gy, gx, q0, q1):
     last row/column lies in no window and gets 0. ``+ 0`` turns a -0.0 share into +0.0, as
     adding it to a zeroed gradient does.
 
-    Each output row's shares are doubled into a scratch row, then copied to both input rows
-    (contiguous copies; measured 1.35x faster than four stride-2 stores per output).
+    Each output row's shares are doubled (``spread_pairs``) into both input rows, as in the
+    Cython twin (MNIST pool2 0.83-0.86x, pool1 0.90-0.93x the time of doubling them into a
+    scratch row copied to both, at 1 and 2 threads).
     """
-    four = gx.dtype.type(4)
-    zero = gx.dtype.type(0)
     h, w = gx.shape[1], gx.shape[2]
     out_h, out_w = gy.shape[1], gy.shape[2]
-    row = np.zeros(w, dtype=gx.dtype)   # an odd last column stays 0
+    gyf = gy.reshape(-1)
+    gxf = gx.reshape(-1)
     for q in range(q0, q1):
         for oh in range(out_h):
-            g = gy[q, oh]
-            for ow in range(out_w):
-                s = g[ow] / four + zero
-                row[2 * ow] = s
-                row[2 * ow + 1] = s
-            r0 = gx[q, 2 * oh]
-            r1 = gx[q, 2 * oh + 1]
-            for j in range(w):
-                r0[j] = row[j]
-            for j in range(w):
-                r1[j] = row[j]
+            r0 = (q * h + 2 * oh) * w
+            g0 = (q * out_h + oh) * out_w
+            spread_pairs(gyf, g0, out_w, gxf, r0)
+            spread_pairs(gyf, g0, out_w, gxf, r0 + w)
+            if w > 2 * out_w:
+                gxf[r0 + w - 1] = 0
+                gxf[r0 + 2 * w - 1] = 0
         if h > 2 * out_h:
             gx[q, h - 1, :] = 0
 
