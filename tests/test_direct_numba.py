@@ -155,7 +155,7 @@ LARGE_CONV_CASES = [
     # 1x1 planes as wide as the output, summed in y's own order: read in place with several
     # tap chunks (direct_plan.TAP_CHANNELS), and copied (padding) or phase-split (stride 2)
     ConvCase("pointwise_tap_chunks", (2, 150, 7, 9), 11, (1, 1)),
-    # ... over planes of several 1x1 tiles (_ONE_BY_ONE_TILE), the last one partial
+    # ... over planes of several 1x1 tiles (direct_plan.ONE_BY_ONE_TILE), the last one partial
     ConvCase("pointwise_tap_chunks_tiles", (1, 130, 19, 15), 13, (1, 1)),
     ConvCase("pointwise_padded", (2, 70, 6, 5), 5, (1, 1), padding=1),
     ConvCase("pointwise_stride2_chunks", (1, 130, 9, 8), 7, (1, 1), stride=2),

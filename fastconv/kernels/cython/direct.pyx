@@ -68,7 +68,6 @@ from fastconv.threads import get_num_threads
 
 cdef enum:
     TILE = 256        # outputs per tile (per output channel)
-    ONE_BY_ONE_TILE = 128    # outputs per tile of a 1x1 filter with several tap chunks
     GW_FILTERS = 16    # filters per grad_weight task that copies its input planes
     LANES = 8         # independent partial sums of a dot product (one AVX vector of float)
     COPY_AHEAD = 2        # rows the one-channel 3x3 kernels copy ahead of what they read (numba/direct.py)
@@ -79,6 +78,10 @@ cdef enum:
 # value (NaN, Inf and -0.0 included), but it keeps gcc from turning the loop into a memcpy
 # call, whose call overhead exceeds the copy itself for rows of a few dozen elements.
 cdef double _UNIT = float(np.ones(1)[0])
+
+# Outputs per tile of a 1x1 filter with several tap chunks, as planned for both backends (a C
+# value: read without the GIL).
+cdef Py_ssize_t _one_by_one_tile = direct_plan.ONE_BY_ONE_TILE
 
 
 cdef extern from *:
@@ -439,13 +442,10 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
             runs = 0
         if runs > 0:
             # A 1x1 filter's taps each read another input plane: one tap chunk at a time for
-            # all the blocks of output channels, over ONE_BY_ONE_TILE outputs, so that the
-            # chunk's lines (64 planes x 512 bytes) stay in L1 from one block to the next
-            # (1x1 256->64 forward 0.85x the time at 1 and 2 threads). Other filters read
-            # few lines for many taps: every tap for one block, then the next (the 7x7 stem
-            # took 1.02-1.04x the time in the 1x1 order).
+            # all the blocks of output channels (``direct_plan.ONE_BY_ONE_TILE``); other
+            # filters every tap for one block, then the next.
             if rs == 1 and ntaps > g.tap_chunk:
-                tile, span = ONE_BY_ONE_TILE, g.tap_chunk
+                tile, span = _one_by_one_tile, g.tap_chunk
             else:
                 tile, span = TILE, ntaps
             for oh in range(runs):
@@ -486,22 +486,17 @@ cdef void _forward_task(const Geometry* g, Py_ssize_t task, const floating* x, c
         cc += ncb
 
 
-cdef inline Py_ssize_t _tasks_per_take(Py_ssize_t ntasks, int nthreads) noexcept nogil:
-    """Consecutive tasks a thread takes at once: about eight takes per thread (load balance)."""
-    return max(1, ntasks // (8 * nthreads))
-
-
 cdef void _forward_core(const Geometry* g, const floating* x, const floating* w,
                         const floating* bias, floating* y, const Py_ssize_t* toff,
-                        floating* ws, Py_ssize_t ws_stride, int nthreads) noexcept nogil:
-    """y = correlation of x with w (+ bias), parallel over (image, group, output-channel block).
+                        floating* ws, Py_ssize_t ws_stride, Py_ssize_t chunk, int nthreads) noexcept nogil:
+    """y = correlation of x with w (+ bias), parallel over (image, group, output-channel block),
+    ``chunk`` consecutive tasks per take (``direct_plan.tasks_per_take``).
 
     Each task writes its own output planes, so there are no races; ``ws`` holds one padded
     plane buffer of ``ws_stride`` elements per thread.
     """
     cdef Py_ssize_t ntasks = g.n * g.groups * g.nkb
     cdef Py_ssize_t task
-    cdef Py_ssize_t chunk = _tasks_per_take(ntasks, nthreads)
     for task in prange(ntasks, num_threads=nthreads, schedule="dynamic", chunksize=chunk):
         _forward_task(g, task, x, w, bias, y, toff, ws + omp_get_thread_num() * ws_stride)
 
@@ -878,9 +873,10 @@ cdef void _run_forward(Geometry* g, const floating[:, :, :, ::1] x, const floati
     workspace = np.zeros(max(1, nthreads * ws_stride), dtype=dtype)  # zero borders
     cdef floating[::1] ws_v = workspace
     cdef const floating* b = &bias[0] if has_bias else NULL
+    cdef Py_ssize_t chunk = direct_plan.tasks_per_take(g.n * g.groups * g.nkb, nthreads)
     with nogil:
         _forward_core(g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], b, &y[0, 0, 0, 0], &toff_v[0],
-                      &ws_v[0], ws_stride, nthreads)
+                      &ws_v[0], ws_stride, chunk, nthreads)
 
 
 cdef void _conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, const floating[::1] bias,

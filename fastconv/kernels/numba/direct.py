@@ -62,14 +62,13 @@ from .microkernels import (DOT_ROWS, STENCIL_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR
                            split_pairs, stencil3x3_rows, tap_block)
 from .pooling import _max2x2_plane_idx
 from .. import direct_plan
+from ..direct_plan import ONE_BY_ONE_TILE
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
 _BAND_BYTES = 28 * 1024
 #: ``tap_block`` runs per tile of the tap-plane path (256 float32 positions with 64-byte
 #: vectors): fewer, longer row copies in and out of y (0.8-0.9x the time of one-run tiles).
 _TILE_BLOCKS = 4
-#: Outputs per run tile of a 1x1 filter with several tap chunks (the Cython twin's ONE_BY_ONE_TILE).
-_ONE_BY_ONE_TILE = 128
 #: Rows the one-channel 3x3 kernels (``_plane3x3``, ``_plane3x3_gw``) copy into their padded
 #: buffer ahead of the rows they read: a row read right after its copy waits for the copy's
 #: stores, which its unaligned loads cannot take forwarded (depthwise 3x3 forward 0.93-0.97x,
@@ -356,11 +355,11 @@ def _store_rows(a, plane, oh0, bh, wp, bias, k, has_bias):
 
 
 def _chunk(n_tasks):
-    """Tasks per parallel iteration: about eight iterations per thread (load balance) while
-    per-iteration costs (buffer allocation, reference counting of views) stay negligible."""
+    """Tasks per parallel iteration (``direct_plan.tasks_per_take``): per-iteration costs
+    (buffer allocation, reference counting of views) stay negligible."""
     from ... import threads
 
-    return max(1, n_tasks // (8 * threads.get_num_threads()))
+    return direct_plan.tasks_per_take(n_tasks, threads.get_num_threads())
 
 
 def _forward_blocking(n_tasks_per_block, kg, wp, kr, sh, dh, itemsize):
@@ -588,10 +587,10 @@ def _planes_forward_tasks(x, weight, bias, y, t0, t1, groups, sh, sw, pt, pl, hq
                 # Runs summed straight into y, seg outputs at a time for every block of
                 # channels while the input lines they read are in L1 (see ``runs`` above).
                 # A 1x1 filter's taps each read another input plane: one tap chunk at a time
-                # for all the blocks of channels, so that its lines stay in L1 from one block
-                # to the next (as in the Cython twin); other filters every tap per block.
+                # for all the blocks of channels (``direct_plan.ONE_BY_ONE_TILE``); other
+                # filters every tap per block.
                 if rs == 1 and ntaps > tap_chunk:
-                    tile_n, span = _ONE_BY_ONE_TILE, tap_chunk
+                    tile_n, span = ONE_BY_ONE_TILE, tap_chunk
                 else:
                     tile_n, span = seg, ntaps
                 for oh in range(runs):
@@ -1141,8 +1140,9 @@ def _plane_gw_task(gy, x, gw, k, groups, pt, pl, checked):
     The dot products run over whole planes of wide rows ("flat") where that is exact: for
     3x3, on "valid" planes found finite here (then the plane is its own padded copy, and
     the check is one pass over it in cache); for other sizes always (``checked``: the
-    caller found the whole input finite). Padded 3x3 planes go row by row (``_plane3x3_gw``),
-    which measured faster there than a padded copy plus a flat run (depthwise 3x3).
+    caller found the whole input finite). Padded 3x3 planes go row by row (``dot_block`` on
+    a few rows at a time, each right after its input rows are copied), which measured faster
+    there than a padded copy plus a flat run (depthwise 3x3).
     """
     h, w = x.shape[2], x.shape[3]
     kr, ks = gw.shape[2], gw.shape[3]
@@ -1152,7 +1152,8 @@ def _plane_gw_task(gy, x, gw, k, groups, pt, pl, checked):
     unpadded = pt == 0 and pl == 0 and w == wp and h == out_h + kr - 1
     three = kr == 3 and ks == 3
     padf = np.zeros((out_h + kr - 1) * wp, dtype=x.dtype)
-    gwf = np.zeros(out_h * wp, dtype=gy.dtype)
+    # Widened grad_output rows for the flat runs only (padded 3x3 planes never take them).
+    gwf = np.zeros(out_h * wp if unpadded or not three else 0, dtype=gy.dtype)
     sums = np.zeros(kr * ks, dtype=np.float64)
     part = np.empty(kr * ks, dtype=gw.dtype)
     n_flat = (out_h - 1) * wp + out_w

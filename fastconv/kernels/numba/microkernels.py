@@ -87,6 +87,64 @@ def _element_pointer(context, builder, array_type, array, index_type, index):
                                     [context.cast(builder, index, index_type, types.intp)], wraparound=False)
 
 
+class _RowVectors:
+    """VECTOR_BYTES vectors of one float dtype for the row blocks (``copy_run``,
+    ``split_pairs``, ``avg2x2_row``, ``spread_pairs``): loads and stores at an element
+    pointer plus an index, whole, or for a row's last vector masked to its first ``k`` lanes
+    (an i32; lanes past it are neither read, reading as 0, nor written)."""
+
+    def __init__(self, context, builder, dtype, lanes):
+        self.builder = builder
+        self.lanes = lanes
+        self.i32 = ir.IntType(32)
+        elem = context.get_data_type(dtype)
+        self.vec = ir.VectorType(elem, lanes)
+        self.align = dtype.bitwidth // 8
+        self._masked_load, self._masked_store = _masked_memory_ops(builder, self.vec, elem.as_pointer(), lanes,
+                                                                   dtype.bitwidth)
+
+    def load(self, ptr, i, k=None):
+        at = self.builder.gep(ptr, [i])
+        if k is None:
+            return self.builder.load(self.builder.bitcast(at, self.vec.as_pointer()), align=self.align)
+        return self.builder.call(self._masked_load, [at, ir.Constant(self.i32, self.align),
+                                                     _first_lanes(self.builder, k, self.lanes),
+                                                     ir.Constant(self.vec, None)])
+
+    def store(self, v, ptr, i, k=None):
+        at = self.builder.gep(ptr, [i])
+        if k is None:
+            self.builder.store(v, self.builder.bitcast(at, self.vec.as_pointer()), align=self.align)
+        else:
+            self.builder.call(self._masked_store, [v, at, ir.Constant(self.i32, self.align),
+                                                   _first_lanes(self.builder, k, self.lanes)])
+
+    def splat(self, x):
+        return ir.Constant(self.vec, [ir.Constant(self.vec.element, x)] * self.lanes)
+
+    def order(self, positions):
+        """A shufflevector mask."""
+        return ir.Constant(ir.VectorType(self.i32, self.lanes), list(positions))
+
+    def plus(self, i, n):
+        """i + n for an index (intp) or a lane count (i32; None, a whole vector, stays None)."""
+        return None if i is None else self.builder.add(i, ir.Constant(i.type, n))
+
+    def each(self, count, step, width=1):
+        """step(i, k) for the elements of ``count`` (intp) in blocks of width vectors: i
+        their first element, k None for whole blocks and the elements left (an i32) for a
+        last, partly filled one."""
+        b = self.builder
+        size = ir.Constant(count.type, width * self.lanes)
+        blocks = b.sdiv(count, size)
+        with cgutils.for_range(b, blocks) as loop:
+            step(b.mul(loop.index, size), None)
+        i = b.mul(blocks, size)
+        k = b.trunc(b.sub(count, i), self.i32)
+        with b.if_then(b.icmp_signed(">", k, ir.Constant(self.i32, 0))):
+            step(i, k)
+
+
 # The shuffles of a transpose of one 32-byte-vector square block, as LLVM shufflevector masks
 # over the concatenation of two vectors: for float32 (8 x 8) the unpack / shuffle / 128-bit
 # lane-swap network the x86 backend lowers to one instruction each; for float64 (4 x 4) the
@@ -572,28 +630,11 @@ def copy_run(typingctx, src, src_index, dst, dst_index, count):
 
     def codegen(context, builder, sig, args):
         st, sit, dt, dit, ct = sig.args
-        elem = context.get_data_type(st.dtype)
-        vec = ir.VectorType(elem, lanes)
-        align = st.dtype.bitwidth // 8
-        bits = st.dtype.bitwidth
-        i32 = ir.IntType(32)
+        rv = _RowVectors(context, builder, st.dtype, lanes)
         s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
         d_ptr = _element_pointer(context, builder, dt, args[2], dit, args[3])
-        count_ = context.cast(builder, args[4], ct, types.intp)
-        intp = count_.type
-        ptr_type = s_ptr.type
-        masked_load, masked_store = _masked_memory_ops(builder, vec, ptr_type, lanes, bits)
-        full = builder.sdiv(count_, ir.Constant(intp, lanes))
-        with cgutils.for_range(builder, full) as loop:
-            i = builder.mul(loop.index, ir.Constant(intp, lanes))
-            v = builder.load(builder.bitcast(builder.gep(s_ptr, [i]), vec.as_pointer()), align=align)
-            builder.store(v, builder.bitcast(builder.gep(d_ptr, [i]), vec.as_pointer()), align=align)
-        i = builder.mul(full, ir.Constant(intp, lanes))
-        rest = builder.trunc(builder.sub(count_, i), i32)
-        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
-            mask = _first_lanes(builder, rest, lanes)
-            v = builder.call(masked_load, [builder.gep(s_ptr, [i]), ir.Constant(i32, align), mask, ir.Constant(vec, None)])
-            builder.call(masked_store, [v, builder.gep(d_ptr, [i]), ir.Constant(i32, align), mask])
+        rv.each(context.cast(builder, args[4], ct, types.intp),
+                lambda i, k: rv.store(rv.load(s_ptr, i, k), d_ptr, i, k))
         return context.get_dummy_value()
 
     return types.void(src, src_index, dst, dst_index, count), codegen
@@ -613,48 +654,23 @@ def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
 
     def codegen(context, builder, sig, args):
         st, sit, ct, dt, eit, oit = sig.args
-        elem = context.get_data_type(st.dtype)
-        vec = ir.VectorType(elem, lanes)
-        align = st.dtype.bitwidth // 8
-        bits = st.dtype.bitwidth
-        i32 = ir.IntType(32)
-        i32v = ir.VectorType(i32, lanes)
+        rv = _RowVectors(context, builder, st.dtype, lanes)
         s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
         e_ptr = _element_pointer(context, builder, dt, args[3], eit, args[4])
         o_ptr = _element_pointer(context, builder, dt, args[3], oit, args[5])
-        count_ = context.cast(builder, args[2], ct, types.intp)
-        intp = count_.type
-        ptr_type = s_ptr.type
-        masked_load, masked_store = _masked_memory_ops(builder, vec, ptr_type, lanes, bits)
-        evens = ir.Constant(i32v, [2 * j for j in range(lanes)])
-        odds = ir.Constant(i32v, [2 * j + 1 for j in range(lanes)])
+        evens = rv.order(2 * j for j in range(lanes))
+        odds = rv.order(2 * j + 1 for j in range(lanes))
 
-        def vector_at(ptr, i):
-            return builder.bitcast(builder.gep(ptr, [i]), vec.as_pointer())
+        def step(i, k):     # i even: outputs from m = i / 2
+            m = builder.ashr(i, ir.Constant(i.type, 1))
+            v0 = rv.load(s_ptr, i, k)
+            v1 = rv.load(s_ptr, rv.plus(i, lanes), rv.plus(k, -lanes))
+            half_up = None if k is None else builder.ashr(rv.plus(k, 1), ir.Constant(rv.i32, 1))
+            half = None if k is None else builder.ashr(k, ir.Constant(rv.i32, 1))
+            rv.store(builder.shuffle_vector(v0, v1, evens), e_ptr, m, half_up)
+            rv.store(builder.shuffle_vector(v0, v1, odds), o_ptr, m, half)
 
-        pairs = builder.sdiv(count_, ir.Constant(intp, 2 * lanes))
-        with cgutils.for_range(builder, pairs) as loop:
-            m = builder.mul(loop.index, ir.Constant(intp, lanes))
-            i = builder.add(m, m)
-            v0 = builder.load(vector_at(s_ptr, i), align=align)
-            v1 = builder.load(vector_at(s_ptr, builder.add(i, ir.Constant(intp, lanes))), align=align)
-            builder.store(builder.shuffle_vector(v0, v1, evens), vector_at(e_ptr, m), align=align)
-            builder.store(builder.shuffle_vector(v0, v1, odds), vector_at(o_ptr, m), align=align)
-        m = builder.mul(pairs, ir.Constant(intp, lanes))
-        i = builder.add(m, m)
-        rest = builder.trunc(builder.sub(count_, i), i32)
-        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
-            zero = ir.Constant(vec, None)
-            v0 = builder.call(masked_load, [builder.gep(s_ptr, [i]), ir.Constant(i32, align), _first_lanes(builder, rest, lanes), zero])
-            v1 = builder.call(masked_load, [builder.gep(s_ptr, [builder.add(i, ir.Constant(intp, lanes))]),
-                                            ir.Constant(i32, align),
-                                            _first_lanes(builder, builder.sub(rest, ir.Constant(i32, lanes)), lanes), zero])
-            half_up = builder.ashr(builder.add(rest, ir.Constant(i32, 1)), ir.Constant(i32, 1))
-            half = builder.ashr(rest, ir.Constant(i32, 1))
-            builder.call(masked_store, [builder.shuffle_vector(v0, v1, evens), builder.gep(e_ptr, [m]),
-                                        ir.Constant(i32, align), _first_lanes(builder, half_up, lanes)])
-            builder.call(masked_store, [builder.shuffle_vector(v0, v1, odds), builder.gep(o_ptr, [m]),
-                                        ir.Constant(i32, align), _first_lanes(builder, half, lanes)])
+        rv.each(context.cast(builder, args[2], ct, types.intp), step, width=2)
         return context.get_dummy_value()
 
     return types.void(src, src_index, count, dst, even_index, odd_index), codegen
@@ -675,51 +691,25 @@ def avg2x2_row(typingctx, src, r0_index, r1_index, count, dst, dst_index):
 
     def codegen(context, builder, sig, args):
         st, r0t, r1t, ct, dt, dit = sig.args
-        elem = context.get_data_type(st.dtype)
-        vec = ir.VectorType(elem, lanes)
-        align = st.dtype.bitwidth // 8
-        bits = st.dtype.bitwidth
-        i32 = ir.IntType(32)
-        i32v = ir.VectorType(i32, lanes)
+        rv = _RowVectors(context, builder, st.dtype, lanes)
         p0 = _element_pointer(context, builder, st, args[0], r0t, args[1])
         p1 = _element_pointer(context, builder, st, args[0], r1t, args[2])
         d_ptr = _element_pointer(context, builder, dt, args[4], dit, args[5])
-        count_ = context.cast(builder, args[3], ct, types.intp)
-        intp = count_.type
-        masked_load, masked_store = _masked_memory_ops(builder, vec, p0.type, lanes, bits)
-        evens = ir.Constant(i32v, [2 * j for j in range(lanes)])
-        odds = ir.Constant(i32v, [2 * j + 1 for j in range(lanes)])
-        quarter = ir.Constant(vec, [ir.Constant(elem, 0.25)] * lanes)
-        zero = ir.Constant(vec, None)
+        evens = rv.order(2 * j for j in range(lanes))
+        odds = rv.order(2 * j + 1 for j in range(lanes))
+        quarter = rv.splat(0.25)
 
-        def average(load):
-            a, b, c, d = load(p0, 0), load(p0, 1), load(p1, 0), load(p1, 1)
+        def step(m, k):     # outputs from m: inputs from 2m, 2k of them in a last vector
+            i = builder.add(m, m)
+            k2 = None if k is None else builder.add(k, k)
+            a, b = rv.load(p0, i, k2), rv.load(p0, rv.plus(i, lanes), rv.plus(k2, -lanes))
+            c, d = rv.load(p1, i, k2), rv.load(p1, rv.plus(i, lanes), rv.plus(k2, -lanes))
             s = builder.fadd(builder.shuffle_vector(a, b, evens), builder.shuffle_vector(a, b, odds))
             s = builder.fadd(s, builder.shuffle_vector(c, d, evens))
             s = builder.fadd(s, builder.shuffle_vector(c, d, odds))
-            return builder.fmul(s, quarter)
+            rv.store(builder.fmul(s, quarter), d_ptr, m, k)
 
-        blocks = builder.sdiv(count_, ir.Constant(intp, lanes))
-        with cgutils.for_range(builder, blocks) as loop:
-            m = builder.mul(loop.index, ir.Constant(intp, lanes))
-            i = builder.add(m, m)
-
-            def full(ptr, half):
-                at = builder.gep(ptr, [builder.add(i, ir.Constant(intp, half * lanes))])
-                return builder.load(builder.bitcast(at, vec.as_pointer()), align=align)
-            builder.store(average(full), builder.bitcast(builder.gep(d_ptr, [m]), vec.as_pointer()), align=align)
-        m = builder.mul(blocks, ir.Constant(intp, lanes))
-        i = builder.add(m, m)
-        rest = builder.trunc(builder.sub(count_, m), i32)
-        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
-            inputs = builder.add(rest, rest)
-
-            def masked(ptr, half):
-                at = builder.gep(ptr, [builder.add(i, ir.Constant(intp, half * lanes))])
-                mask = _first_lanes(builder, builder.sub(inputs, ir.Constant(i32, half * lanes)), lanes)
-                return builder.call(masked_load, [at, ir.Constant(i32, align), mask, zero])
-            builder.call(masked_store, [average(masked), builder.gep(d_ptr, [m]), ir.Constant(i32, align),
-                                        _first_lanes(builder, rest, lanes)])
+        rv.each(context.cast(builder, args[3], ct, types.intp), step)
         return context.get_dummy_value()
 
     return types.void(src, r0_index, r1_index, count, dst, dst_index), codegen
@@ -738,44 +728,21 @@ def spread_pairs(typingctx, src, src_index, count, dst, dst_index):
 
     def codegen(context, builder, sig, args):
         st, sit, ct, dt, dit = sig.args
-        elem = context.get_data_type(st.dtype)
-        vec = ir.VectorType(elem, lanes)
-        align = st.dtype.bitwidth // 8
-        bits = st.dtype.bitwidth
-        i32 = ir.IntType(32)
-        i32v = ir.VectorType(i32, lanes)
+        rv = _RowVectors(context, builder, st.dtype, lanes)
         s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
         d_ptr = _element_pointer(context, builder, dt, args[3], dit, args[4])
-        count_ = context.cast(builder, args[2], ct, types.intp)
-        intp = count_.type
-        masked_load, masked_store = _masked_memory_ops(builder, vec, s_ptr.type, lanes, bits)
-        lows = ir.Constant(i32v, [j // 2 for j in range(lanes)])
-        highs = ir.Constant(i32v, [lanes // 2 + j // 2 for j in range(lanes)])
-        quarter = ir.Constant(vec, [ir.Constant(elem, 0.25)] * lanes)
-        zero = ir.Constant(vec, None)
+        lows = rv.order(j // 2 for j in range(lanes))
+        highs = rv.order(lanes // 2 + j // 2 for j in range(lanes))
+        quarter, zero = rv.splat(0.25), rv.splat(0.0)
 
-        def share(v):
-            return builder.fadd(builder.fmul(v, quarter), zero)
+        def step(m, k):     # shares from m, written from 2m (2k of them in a last vector)
+            v = builder.fadd(builder.fmul(rv.load(s_ptr, m, k), quarter), zero)
+            i = builder.add(m, m)
+            k2 = None if k is None else builder.add(k, k)
+            rv.store(builder.shuffle_vector(v, v, lows), d_ptr, i, k2)
+            rv.store(builder.shuffle_vector(v, v, highs), d_ptr, rv.plus(i, lanes), rv.plus(k2, -lanes))
 
-        def at(m, half):
-            return builder.gep(d_ptr, [builder.add(builder.add(m, m), ir.Constant(intp, half * lanes))])
-
-        blocks = builder.sdiv(count_, ir.Constant(intp, lanes))
-        with cgutils.for_range(builder, blocks) as loop:
-            m = builder.mul(loop.index, ir.Constant(intp, lanes))
-            v = share(builder.load(builder.bitcast(builder.gep(s_ptr, [m]), vec.as_pointer()), align=align))
-            builder.store(builder.shuffle_vector(v, v, lows), builder.bitcast(at(m, 0), vec.as_pointer()), align=align)
-            builder.store(builder.shuffle_vector(v, v, highs), builder.bitcast(at(m, 1), vec.as_pointer()), align=align)
-        m = builder.mul(blocks, ir.Constant(intp, lanes))
-        rest = builder.trunc(builder.sub(count_, m), i32)
-        with builder.if_then(builder.icmp_signed(">", rest, ir.Constant(i32, 0))):
-            v = share(builder.call(masked_load, [builder.gep(s_ptr, [m]), ir.Constant(i32, align),
-                                                 _first_lanes(builder, rest, lanes), zero]))
-            outputs = builder.add(rest, rest)
-            for half, order in ((0, lows), (1, highs)):
-                mask = _first_lanes(builder, builder.sub(outputs, ir.Constant(i32, half * lanes)), lanes)
-                builder.call(masked_store, [builder.shuffle_vector(v, v, order), at(m, half), ir.Constant(i32, align),
-                                            mask])
+        rv.each(context.cast(builder, args[2], ct, types.intp), step)
         return context.get_dummy_value()
 
     return types.void(src, src_index, count, dst, dst_index), codegen
