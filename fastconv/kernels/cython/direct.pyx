@@ -194,6 +194,25 @@ cdef void _copy_shifted(const floating* src, Py_ssize_t h, Py_ssize_t w, floatin
                 copy_run(row + lo, out + lo, hi - lo)
 
 
+cdef inline void _prefetch_lines(const floating* p, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """Ask for the cache lines of p[start:stop] to be read a while later: into L2, where lines
+    asked for a whole plane ahead do not push the working set out of L1. A hint: it never
+    faults, so the range may reach past an array's end. As ``prefetch_lines`` in
+    numba/_runtime.py."""
+    cdef Py_ssize_t i = start
+    while i < stop:
+        __builtin_prefetch(p + i, 0, 2)
+        i += 64 // sizeof(floating)
+
+
+cdef inline void _prefetch_lines_for_write(floating* p, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    """``_prefetch_lines`` for lines about to be written (fetched in the exclusive state)."""
+    cdef Py_ssize_t i = start
+    while i < stop:
+        __builtin_prefetch(p + i, 1, 3)
+        i += 64 // sizeof(floating)
+
+
 cdef inline void _copy_row(const floating* raw, Py_ssize_t h, Py_ssize_t w, Py_ssize_t top,
                            Py_ssize_t left, floating* dst, Py_ssize_t wp, Py_ssize_t a) noexcept nogil:
     """Row ``a`` of the padded plane ``dst`` (zero border already in place) from ``raw``."""
@@ -305,16 +324,13 @@ cdef void _tile(const floating* src, const Py_ssize_t* toff, Py_ssize_t ntaps,
     in a local tile, then the real outputs are copied to ``dst``.
     """
     cdef floating acc[FC_TAP_ROWS * TILE]
-    cdef Py_ssize_t q, i
+    cdef Py_ssize_t q
     # The output lines are requested for writing now, while the taps are summed: written in
     # one burst at the end, their misses otherwise stalled the copy (a fifth of the CIFAR
     # conv1 forward time).
     cdef Py_ssize_t p0 = (j0 // wq) * out_w, p1 = ((j0 + n - 1) // wq + 1) * out_w
     for q in range(nq):
-        i = p0
-        while i < p1:
-            __builtin_prefetch(dst + q * dstride + i, 1, 3)
-            i += 64 // sizeof(floating)
+        _prefetch_lines_for_write(dst + q * dstride, p0, p1)
     if init == NULL:
         for q in range(nq):
             _tile_load(acc + q * TILE, dst + q * dstride, j0, n, wq, out_w)
@@ -339,13 +355,23 @@ cdef void _plane3x3(const floating* src, Py_ssize_t wp, floating* y, Py_ssize_t 
     With ``raw`` set, ``src`` is a zero-bordered workspace whose rows are copied from the
     unpadded plane ``raw`` (h x wr, placed at top/left) just before they are first needed,
     so the memory reads of the copy overlap the arithmetic on the rows already there.
+
+    Memory-bound on data not in cache (12.8 MB in and out for the depthwise layer): the
+    lines of the next input plane and of the next output rows are requested a block ahead
+    (depthwise forward and grad input 0.78-0.90x the time on data not in cache). The
+    hardware prefetchers follow a stream within a page but start over at every plane.
     """
-    cdef Py_ssize_t oh = 0, rows, filled = 0
+    cdef Py_ssize_t oh = 0, rows, filled = 0, plane = h * wr
     while oh < out_h:
         rows = min(<Py_ssize_t>FC_STENCIL_ROWS, out_h - oh)
         if raw != NULL:
             filled = _copy_rows(raw, h, wr, top, left, <floating*>src, wp, filled,
                                 min(oh + rows + 2 + COPY_AHEAD, out_h + 2))
+            # The next plane (the next task's, or the next image's) a share per block.
+            _prefetch_lines(raw + plane, oh * plane // out_h, (oh + rows) * plane // out_h)
+        # The next block's output lines, flat (the last block asks for the next plane's
+        # first rows): a store to a line not in cache otherwise waited for its read.
+        _prefetch_lines_for_write(y, (oh + rows) * out_w, (oh + 2 * rows) * out_w)
         stencil3x3_rows(rows, w, b, src + oh * wp, wp, y + oh * out_w, out_w, out_w)
         oh += rows
 
@@ -563,7 +589,8 @@ cdef void _grad_input_scatter(const Geometry* g, const floating* gy, const float
 
 cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
                        const floating* src, Py_ssize_t wp, floating* p, const floating* raw,
-                       Py_ssize_t h, Py_ssize_t wr, Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+                       Py_ssize_t h, Py_ssize_t wr, Py_ssize_t top, Py_ssize_t left,
+                       const floating* next_g, const floating* next_x) noexcept nogil:
     """p[t*LANES + l] += lane l of sum over the plane of grad_output x input shifted by tap t.
 
     The one-input-channel grad_weight path (depthwise and C = 1 layers, 3x3, stride and
@@ -572,7 +599,9 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
     partial sums each in registers across the whole plane (the caller carries them over
     images and adds the lanes once at the end), and two grad_output rows are taken per pass
     so that they share their input rows. ``raw``: as for ``_plane3x3`` (rows of the padded
-    input copied just before first use).
+    input copied just before first use). ``next_g`` and ``next_x`` (or NULL): the next
+    image's grad_output and input planes, requested a share per pass as ``_plane3x3`` does
+    (0.86-0.92x the time on data not in cache).
     """
     cdef floating q[9][LANES]
     cdef const floating* g0
@@ -592,6 +621,9 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
         if raw != NULL:
             filled = _copy_rows(raw, h, wr, top, left, <floating*>src, wp, filled,
                                 min(oh + 4 + COPY_AHEAD, out_h + 2))
+        if next_g != NULL:
+            _prefetch_lines(next_g, oh * out_w, (oh + 2) * out_w)
+            _prefetch_lines(next_x, oh * (h * wr) // out_h, (oh + 2) * (h * wr) // out_h)
         g0 = gyp + oh * out_w
         g1 = g0 + out_w
         r0 = src + oh * wp
@@ -709,7 +741,9 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
             for kk in range(nk):
                 _plane3x3_gw(gy_blk + kk * out_plane, g.out_h, g.out_w,
                              <const floating*>xws if g.copy else x_img, g.wp, lanes[kk],
-                             x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left)
+                             x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left,
+                             gy_blk + (g.k + kk) * out_plane if n + 1 < n1 else NULL,
+                             x_img + g.c * in_plane)
         for kk in range(nk):
             for t in range(9):
                 total = 0
@@ -1097,7 +1131,7 @@ cdef void _conv_relu_pool_gw_task(const Geometry* g, Py_ssize_t k, const floatin
                 plane[2 * (oh * g.out_w + ow) + (c >> 1) * g.out_w + (c & 1)] = v
                 bl[ow & (LANES - 1)] += v       # LANES (a power of two) independent sums
         _plane3x3_gw(plane, g.out_h, g.out_w, <const floating*>ws if g.copy else x_img, g.wp,
-                     lanes, x_img if g.copy else NULL, g.h, g.w, g.top, g.left)
+                     lanes, x_img if g.copy else NULL, g.h, g.w, g.top, g.left, NULL, NULL)
         memset(plane, 0, g.out_h * g.out_w * sizeof(floating))
     for t in range(9):
         total = 0

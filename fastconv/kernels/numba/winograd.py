@@ -557,9 +557,9 @@ def _prefetch_rows(flat, base, stride, n_rows, row_len, for_write):
     for r in range(n_rows):
         for b in range(0, row_len, step):
             if for_write:
-                prefetch(flat, base + r * stride + b, True)
+                prefetch(flat, base + r * stride + b, True, 3)
             else:
-                prefetch(flat, base + r * stride + b, False)
+                prefetch(flat, base + r * stride + b, False, 3)
 
 
 # ---------------------------------------------------------------- input transform
