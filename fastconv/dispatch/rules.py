@@ -91,8 +91,12 @@ def unsupported_reason(op: str, algo: str, params) -> Optional[str]:
 #: (1.73 / 1.23). (On the AVX2 machine of
 #: earlier recordings, where the rules were first derived, Winograd led by far more:
 #: 1.5-2.4x PyTorch.) Hence: direct up to a reduction of 160 (its register blocks beat a
-#: GEMM with few rows), for grad_input only with filters up to 5x5 (a 7x7 filter's strided
-#: grad_input scatter loses to im2col's fold), Winograd F(4x4,3x3) for all three passes of
+#: GEMM with few rows), for grad_input only with filters up to 5x5 (the 7x7 stem's strided
+#: grad_input, now per phase of the input (``kernels/stride_phases.py``), reads 13.5 / 8.6 ms
+#: direct/cython against im2col/numba's 13.1 / 8.2 at 1 / 2 threads; the 3x3 stride-2
+#: grad_input 10.5 / 6.5 against 9.2 / 6.1, where the scatter it replaced took 92 / 52 ms:
+#: ``fastconv bench --shapes resnet_3x3_s2 resnet_stem_7x7_s2 --ops grad_input --threads 1,2
+#: --budget 2 --repeats 7``), Winograd F(4x4,3x3) for all three passes of
 #: 3x3 stride-1 layers (any dilation) from 32 channels per group (3 channels starve its 36
 #: GEMMs), im2col otherwise.
 #:

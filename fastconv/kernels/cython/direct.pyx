@@ -63,7 +63,8 @@ from fastconv.kernels.cython.microkernels cimport (FC_DOT_LANES_F32, FC_DOT_LANE
                                                    FC_TAP_ROWS, FC_VECTOR_BYTES, copy_run, dot_block,
                                                    split_pairs, stencil3x3_rows, tap_block)
 
-from fastconv.kernels import direct_plan
+from fastconv.kernels import direct_plan, stride_phases
+from fastconv.kernels.cython.winograd import _merge_phases
 from fastconv.threads import get_num_threads
 
 cdef enum:
@@ -1231,10 +1232,14 @@ def conv2d_grad_input(grad_output, weight, grad_input, p):
     """grad_input (n, c, h, w) from grad_output (n, k, out_h, out_w) and weight (k, c/groups, r, s).
 
     Stride 1: a gather (the forward core on padded grad_output with flipped filters), parallel
-    over (image, group, block of input channels). Larger strides: each (image, channel) task
-    scatters into its own padded plane. No races either way.
+    over (image, group, block of input channels). Larger strides (undilated, finite weights):
+    the same gather per phase of the input, interleaved (``kernels/stride_phases.py``). Else
+    each (image, channel) task scatters into its own padded plane. No races in any.
     """
     cdef int nthreads = get_num_threads()
+    if stride_phases.applies(p, weight):
+        stride_phases.grad_input(conv2d_forward, _merge_phases, grad_output, weight, grad_input, p, nthreads)
+        return
     if grad_output.dtype == np.float32:
         _conv2d_grad_input[float](grad_output, weight, grad_input, p, nthreads)
     else:

@@ -62,7 +62,8 @@ from ._runtime import (JIT_OPTIONS, PARALLEL_JIT_OPTIONS, prefetch_lines, prefet
 from .microkernels import (DOT_ROWS, STENCIL_ROWS, TAP_ROWS, TAP_VECTORS, VECTOR_BYTES, copy_run, dot_block,
                            split_pairs, stencil3x3_rows, tap_block)
 from .pooling import _max2x2_plane_idx
-from .. import direct_plan
+from ... import threads
+from .. import direct_plan, stride_phases
 from ..direct_plan import ONE_BY_ONE_TILE
 
 #: Bytes of accumulators + input band one task keeps hot (L1 is 32 KiB on common x86 cores).
@@ -358,15 +359,11 @@ def _store_rows(a, plane, oh0, bh, wp, bias, k, has_bias):
 def _chunk(n_tasks):
     """Tasks per parallel iteration (``direct_plan.tasks_per_take``): per-iteration costs
     (buffer allocation, reference counting of views) stay negligible."""
-    from ... import threads
-
     return direct_plan.tasks_per_take(n_tasks, threads.get_num_threads())
 
 
 def _forward_blocking(n_tasks_per_block, kg, wp, kr, sh, dh, itemsize):
     """(kblock, band_h) for ``_forward_core``: enough tasks for the threads, bands in cache."""
-    from ... import threads
-
     nthreads = threads.get_num_threads()
     kblock = kg
     # Split channel blocks when images x groups alone cannot feed every thread.
@@ -645,8 +642,6 @@ def _tap_planes(out_h, out_w, cg, kr, ks, sh, sw, dh, dw):
 
 def _run_planes_forward(x, weight, bias, y, groups, sh, sw, pt, pl, dh, dw):
     """Plan (``direct_plan``) and run ``_planes_forward_core``; ``bias`` is never None."""
-    from ... import threads
-
     n = x.shape[0]
     k, cg, kr, ks = weight.shape
     hq, wq, cb, offs = _tap_planes(y.shape[2], y.shape[3], cg, kr, ks, sh, sw, dh, dw)
@@ -1420,6 +1415,14 @@ def conv2d_grad_input(grad_output, weight, grad_input, p):
                      plane_ok=bool(np.isfinite(weight).all()))
         return
     use_configured_threads()
+    if stride_phases.applies(p, weight):
+        # The stride-1 gather per phase of the input (``kernels/stride_phases.py``), as Cython.
+        # Imported here: the Winograd module's import takes ~80 ms, which no other direct call needs.
+        from .winograd import _merge_phases
+
+        stride_phases.grad_input(conv2d_forward, _merge_phases, grad_output, weight, grad_input, p,
+                                 threads.numba_threads())
+        return
     _grad_input_scatter(grad_output, weight, grad_input, p.groups, p.stride_h, p.stride_w,
                         p.pad_top, p.pad_left, p.dil_h, p.dil_w)
 
