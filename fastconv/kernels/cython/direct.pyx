@@ -600,9 +600,9 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
     partial sums each in registers across the whole plane (the caller carries them over
     images and adds the lanes once at the end), and two grad_output rows are taken per pass
     so that they share their input rows. ``raw``: as for ``_plane3x3`` (rows of the padded
-    input copied just before first use). ``next_g`` and ``next_x`` (or NULL): the next
+    input copied just before first use). ``next_g`` and ``next_x`` (each or NULL): the next
     image's grad_output and input planes, requested a share per pass as ``_plane3x3`` does
-    (0.86-0.92x the time on data not in cache).
+    (0.86-0.92x the time on data not in cache); the input plane by one filter's pass only.
     """
     cdef floating q[9][LANES]
     cdef const floating* g0
@@ -624,6 +624,7 @@ cdef void _plane3x3_gw(const floating* gyp, Py_ssize_t out_h, Py_ssize_t out_w,
                                 min(oh + 4 + COPY_AHEAD, out_h + 2))
         if next_g != NULL:
             _prefetch_lines(next_g, oh * out_w, (oh + 2) * out_w)
+        if next_x != NULL:
             _prefetch_lines(next_x, oh * (h * wr) // out_h, (oh + 2) * (h * wr) // out_h)
         g0 = gyp + oh * out_w
         g1 = g0 + out_w
@@ -744,7 +745,7 @@ cdef void _grad_weight_task(const Geometry* g, Py_ssize_t task, const floating* 
                              <const floating*>xws if g.copy else x_img, g.wp, lanes[kk],
                              x_img if g.copy and kk == 0 else NULL, g.h, g.w, g.top, g.left,
                              gy_blk + (g.k + kk) * out_plane if n + 1 < n1 else NULL,
-                             x_img + g.c * in_plane)
+                             x_img + g.c * in_plane if n + 1 < n1 and kk == 0 else NULL)
         for kk in range(nk):
             for t in range(9):
                 total = 0

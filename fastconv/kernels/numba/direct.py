@@ -930,9 +930,10 @@ def _plane_copy_rows(xf, h, w, padf, wp, filled, end, pt, pl):
 
 
 @njit(**JIT_OPTIONS)
-def _plane3x3(padf, xs, x0, h, w, wk, b, ys, y0, out_h, out_w, pt, pl):
+def _plane3x3(padf, xs, x0, h, w, wk, b, ys, y0, out_h, out_w, pt, pl, ahead):
     """ys[y0:] (out_h x out_w) = b + 3x3 correlation of the plane xs[x0:] (h x w) zero-padded
-    by (pt, pl); xs and ys are the flat input and output.
+    by (pt, pl); xs and ys are the flat input and output. ``ahead``: the next task reads the
+    next input plane (else the same one).
 
     ``padf`` is a flat (out_h + 2) x (out_w + 2) buffer whose border is already zero; the
     plane's rows are copied into it ``_COPY_AHEAD`` rows before they are first read.
@@ -951,7 +952,8 @@ def _plane3x3(padf, xs, x0, h, w, wk, b, ys, y0, out_h, out_w, pt, pl):
         rows = min(STENCIL_ROWS, out_h - oh)
         filled = _plane_copy_rows(xf, h, w, padf, wp, filled, min(oh + rows + 2 + _COPY_AHEAD, out_h + 2),
                                   pt, pl)
-        prefetch_lines(xs, x0 + plane + oh * plane // out_h, x0 + plane + (oh + rows) * plane // out_h)
+        if ahead:
+            prefetch_lines(xs, x0 + plane + oh * plane // out_h, x0 + plane + (oh + rows) * plane // out_h)
         yo = y0 + oh * out_w
         prefetch_lines_for_write(ys, yo + rows * out_w, yo + 2 * rows * out_w)
         if rows == STENCIL_ROWS:
@@ -988,7 +990,7 @@ def _plane3x3_tasks(x, weight, bias, has_bias, y, t0, t1, groups, pt, pl):
         # ``bias`` is a one-element zero array when there is none (same dtype as y).
         b = bias[k] if has_bias else bias[0]
         _plane3x3(padf, xs, (n * x.shape[1] + k // kg) * h * w, h, w, weight[k, 0], b,
-                  ys, task * out_h * out_w, out_h, out_w, pt, pl)
+                  ys, task * out_h * out_w, out_h, out_w, pt, pl, (k + 1) % kg == 0)
 
 
 def _run_plane3x3(x, weight, bias, y, groups, pt, pl):

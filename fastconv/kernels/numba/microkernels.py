@@ -126,6 +126,15 @@ class _RowVectors:
         """A shufflevector mask."""
         return ir.Constant(ir.VectorType(self.i32, self.lanes), list(positions))
 
+    def pairs(self, ptr, i, k=None):
+        """(even, odd): elements i, i+2, ... and i+1, i+3, ... of the two vectors at ``ptr``
+        from ``i`` (the first ``k`` elements of them, if given), one two-source permute each."""
+        b = self.builder
+        v0 = self.load(ptr, i, k)
+        v1 = self.load(ptr, self.plus(i, self.lanes), self.plus(k, -self.lanes))
+        return (b.shuffle_vector(v0, v1, self.order(2 * j for j in range(self.lanes))),
+                b.shuffle_vector(v0, v1, self.order(2 * j + 1 for j in range(self.lanes))))
+
     def plus(self, i, n):
         """i + n for an index (intp) or a lane count (i32; None, a whole vector, stays None)."""
         return None if i is None else self.builder.add(i, ir.Constant(i.type, n))
@@ -658,17 +667,14 @@ def split_pairs(typingctx, src, src_index, count, dst, even_index, odd_index):
         s_ptr = _element_pointer(context, builder, st, args[0], sit, args[1])
         e_ptr = _element_pointer(context, builder, dt, args[3], eit, args[4])
         o_ptr = _element_pointer(context, builder, dt, args[3], oit, args[5])
-        evens = rv.order(2 * j for j in range(lanes))
-        odds = rv.order(2 * j + 1 for j in range(lanes))
 
         def step(i, k):     # i even: outputs from m = i / 2
             m = builder.ashr(i, ir.Constant(i.type, 1))
-            v0 = rv.load(s_ptr, i, k)
-            v1 = rv.load(s_ptr, rv.plus(i, lanes), rv.plus(k, -lanes))
+            even, odd = rv.pairs(s_ptr, i, k)
             half_up = None if k is None else builder.ashr(rv.plus(k, 1), ir.Constant(rv.i32, 1))
             half = None if k is None else builder.ashr(k, ir.Constant(rv.i32, 1))
-            rv.store(builder.shuffle_vector(v0, v1, evens), e_ptr, m, half_up)
-            rv.store(builder.shuffle_vector(v0, v1, odds), o_ptr, m, half)
+            rv.store(even, e_ptr, m, half_up)
+            rv.store(odd, o_ptr, m, half)
 
         rv.each(context.cast(builder, args[2], ct, types.intp), step, width=2)
         return context.get_dummy_value()
@@ -695,18 +701,14 @@ def avg2x2_row(typingctx, src, r0_index, r1_index, count, dst, dst_index):
         p0 = _element_pointer(context, builder, st, args[0], r0t, args[1])
         p1 = _element_pointer(context, builder, st, args[0], r1t, args[2])
         d_ptr = _element_pointer(context, builder, dt, args[4], dit, args[5])
-        evens = rv.order(2 * j for j in range(lanes))
-        odds = rv.order(2 * j + 1 for j in range(lanes))
         quarter = rv.splat(0.25)
 
         def step(m, k):     # outputs from m: inputs from 2m, 2k of them in a last vector
             i = builder.add(m, m)
             k2 = None if k is None else builder.add(k, k)
-            a, b = rv.load(p0, i, k2), rv.load(p0, rv.plus(i, lanes), rv.plus(k2, -lanes))
-            c, d = rv.load(p1, i, k2), rv.load(p1, rv.plus(i, lanes), rv.plus(k2, -lanes))
-            s = builder.fadd(builder.shuffle_vector(a, b, evens), builder.shuffle_vector(a, b, odds))
-            s = builder.fadd(s, builder.shuffle_vector(c, d, evens))
-            s = builder.fadd(s, builder.shuffle_vector(c, d, odds))
+            a, b = rv.pairs(p0, i, k2)
+            c, d = rv.pairs(p1, i, k2)
+            s = builder.fadd(builder.fadd(builder.fadd(a, b), c), d)
             rv.store(builder.fmul(s, quarter), d_ptr, m, k)
 
         rv.each(context.cast(builder, args[3], ct, types.intp), step)
