@@ -61,6 +61,28 @@ def test_gemm_share_reports_each_im2col_call(tmp_path, capsys):
     assert runner.main(["--gemm-share", "--shapes", "no_such_layer"]) == 2
 
 
+def test_gemm_share_kernels_run_their_blas_at_fastconv_thread_count():
+    # A fresh process, so that SciPy's BLAS (the Cython im2col kernels') loads only when the
+    # report asks for its kernel, after the thread count was set.
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, fastconv\n"
+        "from fastconv.benchmarks import gemm_share, suite\n"
+        "from threadpoolctl import threadpool_info\n"
+        "fastconv.set_num_threads(1)\n"
+        "layer = [l for l in suite.CONV_LAYERS if l.name == 'lenet_conv2'][0]\n"
+        "gemm_share._kernel_call('cython', layer, 'forward', 'float32')\n"
+        "print(json.dumps([(i['filepath'], i['num_threads']) for i in threadpool_info()\n"
+        "                  if i['user_api'] == 'blas']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    blas = json.loads(out.strip().splitlines()[-1])
+    assert blas and all(n == 1 for _, n in blas), blas
+
+
 def test_bench_times_the_fused_op_and_its_pytorch_counterpart(tmp_path, capsys):
     import json
     import numpy as np

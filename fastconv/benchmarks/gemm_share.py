@@ -8,11 +8,11 @@ times are medians of separate runs, so a share near 100% can read above the trut
 """
 from __future__ import annotations
 
-import importlib
 from typing import List
 
 import numpy as np
 
+from ..dispatch import registry
 from ..kernels import im2col_plan
 from .suite import CONV_OPS, ConvLayer
 from .timing import sgemm_gflops
@@ -21,14 +21,17 @@ BACKENDS = ("cython", "numba")
 
 
 def _kernel_call(backend: str, layer: ConvLayer, op: str, dtype: str):
-    module = importlib.import_module(f"fastconv.kernels.{backend}.im2col")
+    # Through the registry, which limits the BLAS a kernel module loads (SciPy's, for the
+    # Cython kernels) to fastconv's thread count: imported directly, its GEMMs ran on every
+    # core in the 1-thread rows.
+    kernel = registry.lookup(f"conv2d_{op}", "im2col", backend).function()
     p = layer.params(dtype)
     x, w, b, gy = layer.arrays(dtype)
     if op == "forward":
-        return p, module.conv2d_forward, (x, w, b, np.empty(p.output_shape, p.dtype), p)
+        return p, kernel, (x, w, b, np.empty(p.output_shape, p.dtype), p)
     if op == "grad_input":
-        return p, module.conv2d_grad_input, (gy, w, np.empty(p.input_shape, p.dtype), p)
-    return p, module.conv2d_grad_weight, (gy, x, np.empty(p.weight_shape, p.dtype), p)
+        return p, kernel, (gy, w, np.empty(p.input_shape, p.dtype), p)
+    return p, kernel, (gy, x, np.empty(p.weight_shape, p.dtype), p)
 
 
 def measure(layers: List[ConvLayer], ops: List[str], thread_counts: List[int], backends=BACKENDS,
