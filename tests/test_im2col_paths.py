@@ -81,12 +81,17 @@ def test_fold_block_covers_every_row():
 
 
 # Stride 1: tap columns that read no padding take the plain-copy path of the unfold, the
-# others (and padded rows) the general one; stride 2 never takes it.
+# others (and padded rows) the general one; stride 2 never takes it. Rows shorter than
+# im2col_plan.SHORT_ROW are copied as vectors, longer ones by loops: with padding 1, a
+# SHORT_ROW-wide output has full rows of SHORT_ROW and edge rows one shorter.
 UNFOLD_CASES = [
     ConvCase("pad_rows_only", (3, 2, 9, 11), 3, (3, 5), padding=(2, 0)),
     ConvCase("pad_both", (2, 3, 8, 10), 4, (5, 5), padding=1),
     ConvCase("narrow_rows", (9, 6, 14, 14), 16, (5, 5)),
     ConvCase("stride2_no_pad", (2, 2, 13, 12), 3, (3, 3), stride=2),
+    ConvCase("rows_at_short_row", (2, 2, 5, im2col_plan.SHORT_ROW), 3, (3, 3), padding=1),
+    ConvCase("rows_past_short_row", (2, 2, 5, im2col_plan.SHORT_ROW + 1), 3, (3, 3), padding=1),
+    ConvCase("rows_40", (1, 2, 4, 40), 3, (3, 3), padding=(0, 1)),
 ]
 
 

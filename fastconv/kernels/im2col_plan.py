@@ -60,6 +60,18 @@ WIDE_COLUMNS = 1536
 CACHE_TARGET_BYTES = 8 * 2**20
 
 
+#: Unfolded rows shorter than this are copied as whole vectors, the last one masked
+#: (``copy_run`` in both backends); longer rows by the compilers' own loops. LLVM turns
+#: Numba's element loop into a call of memmove, whose overhead exceeds the copy of a short
+#: row. In-process A/B against the loops, 1 and 2 threads, forward and weight gradient:
+#: Numba MNIST conv2 (rows of 11) 0.62-0.72x the time, LeNet conv2 (10) 0.70-0.76x, ResNet
+#: 256 (14) 0.94-0.97x; Cython (gcc's loops had no call) LeNet conv2 0.88-0.99x, MNIST conv2
+#: and ResNet 256 0.97-0.99x. With copy_run also for CIFAR conv1's rows of 31-32 the Numba
+#: forward took 1.04-1.15x, so longer rows keep the loops (ResNet 64 and 128, the dilated
+#: layer: Numba 1.00-1.03x, Cython 0.98-1.00x).
+SHORT_ROW = 16
+
+
 def is_plain_pointwise(p):
     """1x1, stride 1, no padding: the input is its own column matrix."""
     return p.is_pointwise and p.stride_h == 1 and p.stride_w == 1

@@ -33,13 +33,17 @@ from cython.parallel cimport prange
 from fastconv.threads import get_num_threads
 
 from fastconv.kernels.cython.blas cimport floating, gemm
+from fastconv.kernels.cython.microkernels cimport copy_run
 
 from fastconv.kernels import im2col_plan as _plan_module
-from fastconv.kernels.im2col_plan import (CACHE_TARGET_BYTES, WIDE_BELOW_PIXELS, WIDE_COLUMNS, Plan,
-                                         band_table as _band_table, fold_block as _fold_block,
+from fastconv.kernels.im2col_plan import (CACHE_TARGET_BYTES, SHORT_ROW, WIDE_BELOW_PIXELS, WIDE_COLUMNS,
+                                         Plan, band_table as _band_table, fold_block as _fold_block,
                                          is_plain_pointwise as _is_plain_pointwise,
                                          plan as _plan, tap_columns as _tap_columns, workspace as _workspace,
                                          workspace_cache_bytes as _workspace_cache_bytes)
+
+# Rows shorter than this go as vectors (``copy_run``): a C value, read without the GIL.
+cdef Py_ssize_t _short_row = SHORT_ROW
 
 
 ctypedef struct Geometry:
@@ -109,6 +113,9 @@ cdef inline void _unfold_unit(const floating* x, floating* col, Py_ssize_t t, Py
             for oy in range(oy_lo, oy_hi):
                 d = dst + oy * ow
                 src = (oy * g.sh + i * g.dh - g.pt) * g.w + off
+                if ow < _short_row:
+                    copy_run(xs + src, col + d, ow)
+                    continue
                 for ox in range(ow):
                     col[d + ox] = xs[src + ox]
             continue
@@ -117,7 +124,9 @@ cdef inline void _unfold_unit(const floating* x, floating* col, Py_ssize_t t, Py
             src = (oy * g.sh + i * g.dh - g.pt) * g.w + off
             for ox in range(ox_lo):
                 col[d + ox] = 0
-            if sw == 1:
+            if sw == 1 and ox_hi - ox_lo < _short_row:
+                copy_run(xs + src + ox_lo, col + d + ox_lo, ox_hi - ox_lo)
+            elif sw == 1:
                 for ox in range(ox_lo, ox_hi):
                     col[d + ox] = xs[src + ox]
             elif sw == 2:  # a constant stride vectorises
