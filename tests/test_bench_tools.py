@@ -61,12 +61,17 @@ def test_gemm_share_reports_each_im2col_call(tmp_path, capsys):
     assert runner.main(["--gemm-share", "--shapes", "no_such_layer"]) == 2
 
 
-def test_gemm_share_kernels_run_their_blas_at_fastconv_thread_count():
+def test_gemm_share_kernels_run_their_blas_at_fastconv_thread_count(tmp_path):
     # A fresh process, so that SciPy's BLAS (the Cython im2col kernels') loads only when the
-    # report asks for its kernel, after the thread count was set.
+    # report asks for its kernel, after the thread count was set. It imports the fastconv
+    # this process did (run from the repository root, `import fastconv` in a child would
+    # find the source tree, without the compiled extension of an installed package).
     import json
+    import os
     import subprocess
     import sys
+
+    import fastconv
 
     code = (
         "import json, fastconv\n"
@@ -78,8 +83,10 @@ def test_gemm_share_kernels_run_their_blas_at_fastconv_thread_count():
         "print(json.dumps([(i['filepath'], i['num_threads']) for i in threadpool_info()\n"
         "                  if i['user_api'] == 'blas']))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    blas = json.loads(out.strip().splitlines()[-1])
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastconv.__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    blas = json.loads(done.stdout.strip().splitlines()[-1])
     assert blas and all(n == 1 for _, n in blas), blas
 
 
