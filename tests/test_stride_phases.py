@@ -47,6 +47,29 @@ def test_strided_grad_input_by_phases_matches_oracle(case, dtype, backend, monke
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_phases_go_by_chunks_of_images_within_the_workspace_limit(backend, monkeypatch):
+    from fastconv.kernels import dilation_phases
+
+    case = ConvCase("stride2_batch5", (5, 3, 11, 12), 4, (3, 3), stride=2, padding=1)
+    x, w, _, gy = case.arrays("float64", seed=5)
+    whole = fastconv.conv2d_backward(gy, x, w, **case.kwargs(), needs=("input",), algo="direct",
+                                     backend=backend)[0]
+    images = []
+    real = dilation_phases.phase_array
+    monkeypatch.setattr(dilation_phases, "phase_array", lambda name, shape, *a: images.append(shape[0])
+                        or real(name, shape, *a))
+    try:
+        fastconv.set_workspace_limit(1)     # one image per chunk
+        chunked = fastconv.conv2d_backward(gy, x, w, **case.kwargs(), needs=("input",), algo="direct",
+                                           backend=backend)[0]
+    finally:
+        fastconv.set_workspace_limit(None)
+    assert images == [1] * 5
+    np.testing.assert_array_equal(chunked, whole)   # images are independent: the same sums
+    assert_close(whole, _reference_grad_input(case, gy, w), "float64", "direct", case.name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_infinite_weight_takes_the_scatter(backend, monkeypatch):
     case = PHASE_CASES[0]
     x, w, _, gy = case.arrays("float64", seed=4)

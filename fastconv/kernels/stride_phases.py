@@ -45,20 +45,31 @@ def grad_input(forward: Callable, merge_phases: Callable, grad_output: np.ndarra
     # shorter than grad_output, so that the bottom and right paddings are >= 0.
     a = max(-(-(p.h + p.pad_top) // sh), p.out_h)
     b = max(-(-(p.w + p.pad_left) // sw), p.out_w)
-    z = dilation_phases.phase_array("stride_grad_input", grad_input.shape, (sh, sw), (a, b), grad_input.dtype)
     g, kg, cg = p.groups, p.k_per_group, p.c_per_group
     grouped = weight.reshape(g, kg, cg, p.r, p.s)
+    # Per phase: its filter taps, flipped and channel-swapped (None: a phase without taps).
+    phase_filters = []
     for i in range(sh):
         for j in range(sw):
-            part = z[(i * sw + j) * p.n:(i * sw + j + 1) * p.n]
             taps = grouped[..., i::sh, j::sw]
             mh, mw = taps.shape[-2:]
-            if mh == 0 or mw == 0:
+            phase_filters.append(None if mh == 0 or mw == 0 else np.ascontiguousarray(
+                taps[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)).reshape(p.c, kg, mh, mw))
+    # The phase planes of a chunk of images at a time, within the workspace limit (as the
+    # dilation phases' chunks).
+    per_image = sh * sw * p.c * a * b * np.dtype(grad_input.dtype).itemsize
+    for s in dilation_phases.image_chunks(p.n, per_image):
+        n = s.stop - s.start
+        z = dilation_phases.phase_array("stride_grad_input", grad_input[s].shape, (sh, sw), (a, b),
+                                        grad_input.dtype)
+        for f, flipped in enumerate(phase_filters):
+            part = z[f * n:(f + 1) * n]
+            if flipped is None:
                 part[...] = 0
                 continue
-            flipped = np.ascontiguousarray(taps[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)).reshape(p.c, kg, mh, mw)
-            phase = ConvParams(n=p.n, c=p.k, h=p.out_h, w=p.out_w, k=p.c, r=mh, s=mw, stride_h=1, stride_w=1,
+            mh, mw = flipped.shape[-2:]
+            phase = ConvParams(n=n, c=p.k, h=p.out_h, w=p.out_w, k=p.c, r=mh, s=mw, stride_h=1, stride_w=1,
                                pad_top=mh - 1, pad_bottom=a - p.out_h, pad_left=mw - 1, pad_right=b - p.out_w,
                                dil_h=1, dil_w=1, groups=g, dtype=p.dtype)
-            forward(grad_output, flipped, None, part, phase)
-    dilation_phases.merge(merge_phases, z, grad_input, (p.pad_top, p.pad_left), (sh, sw), workers)
+            forward(grad_output[s], flipped, None, part, phase)
+        dilation_phases.merge(merge_phases, z, grad_input[s], (p.pad_top, p.pad_left), (sh, sw), workers)
